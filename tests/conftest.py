@@ -1,0 +1,114 @@
+"""Shared fixtures: bridges and clients on loopback with free ports, CURVE key sets."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import zmqcross
+from zmqcross import Bridge, Client, CurveClient, CurveServer, generate_keypair
+
+TOKEN = "test-token"
+
+# Fast heartbeats so silence is detected within a test's budget.
+FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago (for tests that restart a bridge on the same port)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:
+    """Poll ``predicate`` until true; fail the test after ``timeout`` seconds."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + timeout
+    while not predicate():
+        if loop.time() > end:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        await asyncio.sleep(0.01)
+
+
+class Keys:
+    """A bridge key pair and client key pairs, with an allow-list directory."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.allowed = root / "allowed"
+        self.bridge_public, self.bridge_secret = generate_keypair(root / "bridge", "bridge")
+
+    def client(self, name: str, *, allowed: bool = True) -> CurveClient:
+        public, secret = generate_keypair(self.allowed if allowed else self.root / "outsiders", name)
+        return CurveClient.from_files(secret, server_key=self.bridge_public)
+
+    def server(self) -> CurveServer:
+        return CurveServer.from_files(self.bridge_secret, allow=self.allowed)
+
+
+@pytest.fixture
+def keys(tmp_path: Path) -> Keys:
+    return Keys(tmp_path / "keys")
+
+
+BridgeFactory = Callable[..., Awaitable[Bridge]]
+ClientFactory = Callable[..., Awaitable[Client]]
+
+
+@pytest.fixture
+async def make_bridge() -> AsyncIterator[BridgeFactory]:
+    bridges: list[Bridge] = []
+
+    async def make(**options: Any) -> Bridge:
+        settings: dict[str, Any] = {"auth_token": TOKEN, "port": 0, "total_shards": 4, "shards_per_cluster": 2,
+                                    "total_machines": 2}
+        settings.update(options)
+        bridge = Bridge(**settings)
+        await bridge.start()
+        bridges.append(bridge)
+        return bridge
+
+    yield make
+    for bridge in bridges:
+        await bridge.close()
+
+
+@pytest.fixture
+async def make_client() -> AsyncIterator[ClientFactory]:
+    clients: list[Client] = []
+
+    async def make(bridge: Bridge | None = None, *, connect: bool = True, initial_data: Any = None,
+                   **options: Any) -> Client:
+        settings: dict[str, Any] = {"auth_token": TOKEN, "connect_timeout": 5.0}
+        if bridge is not None:
+            settings.update(port=bridge.port, pub_port=bridge.pub_port)
+        settings.update(options)
+        client = Client(**settings)
+        clients.append(client)
+        if connect:
+            await client.connect(initial_data)
+        return client
+
+    yield make
+    for client in clients:
+        await client.close()
+
+
+@pytest.fixture
+async def bridge(make_bridge: BridgeFactory) -> Bridge:
+    return await make_bridge()
+
+
+@pytest.fixture(autouse=True)
+def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, logger="zmqcross")
+
+
+__all__ = ["FAST", "TOKEN", "Keys", "free_port", "wait_for", "zmqcross"]

@@ -1,0 +1,59 @@
+"""zmqcross: run a discord.py bot's shards across many machines, over ZeroMQ.
+
+A :class:`Bridge` plans the shards and connects every machine; a :class:`Client` is a
+machine agent (or a dashboard) talking to it. See README.md for the whole picture.
+"""
+
+from .bridge import Bridge, BridgeStatistics
+from .client import Client, ClientStatistics
+from .errors import (
+    AuthenticationError,
+    ClientNotFound,
+    ConfigurationError,
+    ConnectionLost,
+    MessageTooLarge,
+    PermissionDenied,
+    ProtocolError,
+    RemoteError,
+    RequestTimeout,
+    SerializationError,
+    ZmqcrossError,
+)
+from .messages import IncomingMessage, IncomingRequest
+from .planning import ShardData, ShardPlan, build_plan, shard_for_guild
+from .protocol import DEFAULT_TIMEOUT, Limits
+from .registry import ClientInfo
+from .security import AccessPolicy, CurveClient, CurveServer, generate_keypair
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "AccessPolicy",
+    "AuthenticationError",
+    "Bridge",
+    "BridgeStatistics",
+    "Client",
+    "ClientInfo",
+    "ClientNotFound",
+    "ClientStatistics",
+    "ConfigurationError",
+    "ConnectionLost",
+    "CurveClient",
+    "CurveServer",
+    "DEFAULT_TIMEOUT",
+    "IncomingMessage",
+    "IncomingRequest",
+    "Limits",
+    "MessageTooLarge",
+    "PermissionDenied",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTimeout",
+    "SerializationError",
+    "ShardData",
+    "ShardPlan",
+    "ZmqcrossError",
+    "build_plan",
+    "generate_keypair",
+    "shard_for_guild",
+]

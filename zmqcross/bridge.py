@@ -1,0 +1,758 @@
+"""The bridge: the fleet's one ROUTER (requests, replies, per-peer sends) and PUB (beacons).
+
+Every machine agent and dashboard connects here. The bridge authenticates them (CURVE
+allow-list through ZAP, then the auth token), keeps the registry of who is connected,
+hands out the shard plan, answers and relays requests, and drops peers that go silent.
+All of its socket work happens in this module's loop; decisions live in
+:mod:`~zmqcross.registry`, :mod:`~zmqcross.planning` and :mod:`~zmqcross.security`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import secrets
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import zmq
+
+from .discord_api import fetch_recommended_shards
+from .errors import (
+    AuthenticationError,
+    ClientNotFound,
+    ConfigurationError,
+    ConnectionLost,
+    PermissionDenied,
+    ProtocolError,
+    ZmqcrossError,
+)
+from .events import EventEmitter, Handler
+from .messages import IncomingMessage, IncomingRequest, serve_request
+from .planning import ClusterListParser, Placement, ShardPlan, build_plan
+from .protocol import (
+    DEFAULT_LIMITS,
+    DEFAULT_TIMEOUT,
+    PROTOCOL_VERSION,
+    Beacon,
+    ErrorInfo,
+    ErrorReply,
+    Goodbye,
+    Hosting,
+    Limits,
+    Message,
+    Ping,
+    Pong,
+    Register,
+    Reply,
+    Request,
+    Reregister,
+    Send,
+    ShardDataRequest,
+    Welcome,
+    check_limits,
+    decode,
+    dump,
+    encode,
+)
+from .registry import ClientInfo, Peer, Registry, check_name
+from .security import AccessPolicy, CurveServer, ZapHandler, tokens_match
+from .transport import MonitorEvent, OpenRequests, Pump, closed_error, configure_socket, result_of, watch_monitor
+
+__all__ = ["BRIDGE_EVENTS", "Bridge", "BridgeStatistics"]
+
+log = logging.getLogger("zmqcross.bridge")
+
+BRIDGE_EVENTS = ("client_message", "client_request", "connect", "disconnect", "error", "ready")
+"""Events a :class:`Bridge` emits; see :meth:`Bridge.on`."""
+
+ClientFilter = Callable[[ClientInfo], bool]
+
+BEACON_BURST = (0.0, 0.02, 0.1, 0.3)
+"""Seconds after a registration at which extra beacons go out, for the newcomer's SUB."""
+
+
+@dataclass(frozen=True, slots=True)
+class BridgeStatistics:
+    """A snapshot of a running bridge's counters."""
+
+    clients: int
+    open_requests: int
+    messages_in: int
+    messages_out: int
+    protocol_errors: int
+    refused_registrations: int
+    refused_keys: int
+    plan_version: str | None
+
+
+def _endpoint(host: str, port: int) -> str:
+    where = f"[{host}]" if ":" in host else host
+    return f"tcp://{where}:{port if port else '*'}"
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def _peer_address(frame: zmq.Frame) -> str | None:
+    try:
+        return frame.get("Peer-Address")  # type: ignore[no-any-return]
+    except zmq.ZMQError:
+        return None
+
+
+class Bridge:
+    """The central process of a zmqcross fleet.
+
+    ::
+
+        async with Bridge(auth_token="...", total_shards=16, total_machines=4,
+                          shards_per_cluster=2) as bridge:
+            await bridge.wait_closed()
+
+    ``port`` is the ROUTER's port and ``pub_port`` the PUB's (default ``port + 1``);
+    ``port=0`` picks free ports, readable from :attr:`port` and :attr:`pub_port` after
+    :meth:`start`. ``total_shards="auto"`` asks Discord (``token`` is the bot token;
+    ``api_base`` or ``$ZMQCROSS_DISCORD_API`` redirects the call). With ``curve`` set,
+    only allow-listed client keys get in; ``auth_token`` is checked in every case.
+    A client silent for ``heartbeat_timeout`` seconds is dropped with a ``disconnect``.
+    """
+
+    def __init__(
+        self,
+        *,
+        auth_token: str,
+        host: str = "127.0.0.1",
+        port: int = 4444,
+        pub_port: int | None = None,
+        total_shards: int | Literal["auto"] = 1,
+        shards_per_cluster: int = 1,
+        total_machines: int = 1,
+        shard_list: Sequence[int] | None = None,
+        parse_cluster_list: ClusterListParser | None = None,
+        token: str | None = None,
+        api_base: str | None = None,
+        curve: CurveServer | None = None,
+        permissions: AccessPolicy | None = None,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 4.0,
+        limits: Limits = DEFAULT_LIMITS,
+        request_timeout: float = DEFAULT_TIMEOUT,
+    ) -> None:
+        if not isinstance(auth_token, str) or not auth_token:
+            raise ConfigurationError("auth_token must be a non-empty string; every client must present it")
+        for name, value in (("port", port), ("pub_port", pub_port)):
+            if value is not None and (type(value) is not int or not 0 <= value <= 65535):
+                raise ConfigurationError(f"{name} must be a TCP port number (0 picks a free one), not {value!r}")
+        if not 0 < heartbeat_interval < heartbeat_timeout:
+            raise ConfigurationError("heartbeat_interval must be positive and shorter than heartbeat_timeout")
+        if total_shards != "auto" and type(total_shards) is not int:
+            raise ConfigurationError(f'total_shards must be a positive integer or "auto", not {total_shards!r}')
+        self._auth_token = auth_token
+        self._host = host
+        self._port = port
+        self._pub_port = pub_port if pub_port is not None else (port + 1 if port else 0)
+        self._plan_options: dict[str, Any] = {
+            "shards_per_cluster": shards_per_cluster,
+            "total_machines": total_machines,
+            "shard_list": shard_list,
+            "parse_cluster_list": parse_cluster_list,
+        }
+        self._total_shards = total_shards
+        self._discord_token = token
+        self._api_base = api_base
+        self._plan: ShardPlan | None = None
+        if total_shards != "auto":
+            self._plan = build_plan(total_shards, **self._plan_options)  # fail at construction, not later
+        self._curve = curve
+        self._policy = permissions or AccessPolicy()
+        self._heartbeat_interval = float(heartbeat_interval)
+        self._heartbeat_timeout = float(heartbeat_timeout)
+        self._limits = limits
+        self._request_timeout = float(request_timeout)
+
+        self._events = EventEmitter(BRIDGE_EVENTS, log)
+        self._registry = Registry()
+        self._open = OpenRequests()
+        self._placement: Placement | None = None
+        self._zap: ZapHandler | None = None
+        self._epoch = secrets.token_hex(8)
+        self._beacon_seq = 0
+        self._counters = {"in": 0, "out": 0, "protocol_errors": 0, "refused": 0}
+        self._ctx: zmq.Context[Any] | None = None
+        self._router: zmq.Socket[Any] | None = None
+        self._pub: zmq.Socket[Any] | None = None
+        self._pumps: list[Pump] = []
+        self._router_pump: Pump | None = None
+        self._sockets: list[zmq.Socket[Any]] = []
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._closed: asyncio.Event | None = None
+        self._dispatch: dict[type, Callable[[Peer, Any], None]] = {
+            Ping: self._on_ping,
+            Request: self._on_request,
+            Send: self._on_send,
+            ShardDataRequest: self._on_shard_data,
+            Reply: self._on_answer,
+            ErrorReply: self._on_answer,
+            Goodbye: self._on_goodbye,
+            Register: self._on_reregister,
+        }
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def start(self) -> None:
+        """Resolve the shard plan, start the ZAP handler, bind both sockets, begin heartbeats."""
+        if self._ctx is not None:
+            raise RuntimeError("this bridge is already started")
+        if self._plan is None:
+            shards = await fetch_recommended_shards(self._discord_token or "", base=self._api_base)
+            self._plan = build_plan(shards, **self._plan_options)
+            log.info('total_shards="auto": Discord recommends %d shards', shards)
+        self._placement = Placement(self._plan)
+        self._closed = asyncio.Event()
+        ctx: zmq.Context[Any] = zmq.Context()
+        self._ctx = ctx
+        try:
+            self._bind(ctx)
+        except BaseException:
+            self._close_sockets()
+            raise
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat())
+        log.info(
+            "bridge listening on %s (pub %s), CURVE %s, plan %s: %d shards in %d clusters for %d machine chunks",
+            self.endpoint,
+            self.pub_endpoint,
+            "on" if self._curve else "off",
+            self._plan.version,
+            self._plan.total_shards,
+            self._plan.total_clusters,
+            len(self._plan.chunks),
+        )
+        self._events.emit("ready")
+
+    def _bind(self, ctx: zmq.Context[Any]) -> None:
+        if self._curve is not None:
+            # Must exist before any CURVE socket binds: libzmq admits every key without it.
+            zap_socket = self._socket(ctx, zmq.REP)
+            zap_socket.bind("inproc://zeromq.zap.01")
+            self._zap = ZapHandler(self._curve.allowed)
+            zap = self._zap
+
+            def answer_zap(frames: list[bytes]) -> None:
+                zap_socket.send_multipart(zap.handle(frames))
+
+            self._pump(zap_socket, answer_zap, name="zap")
+        elif not _is_loopback(self._host):
+            log.warning(
+                "!!! The bridge listens on %s WITHOUT CURVE: anyone who can reach it and learns the auth "
+                "token can run code on every cluster. Configure curve=CurveServer.from_files(...). !!!",
+                self._host,
+            )
+        router = self._socket(ctx, zmq.ROUTER)
+        configure_socket(router, self._limits, curve_server=self._curve)
+        # Without ROUTER_MANDATORY a send to a vanished peer is dropped silently; with it
+        # the send fails and the peer is known to be gone at once.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        pub = self._socket(ctx, zmq.PUB)
+        configure_socket(pub, self._limits, curve_server=self._curve)
+        for sock in (router, pub):
+            if ":" in self._host:
+                sock.setsockopt(zmq.IPV6, 1)
+        try:
+            router.bind(_endpoint(self._host, self._port))
+            pub.bind(_endpoint(self._host, self._pub_port))
+        except zmq.ZMQError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {self._host} ports {self._port}/{self._pub_port}: {exc.strerror}"
+            ) from None
+        self._router, self._pub = router, pub
+        self._port = int(router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
+        self._pub_port = int(pub.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
+        self._router_pump = self._pump(router, self._on_router, name="router", receive=_receive_routed)
+        self._pump_monitor(router, "router")
+
+    def _socket(self, ctx: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
+        sock = ctx.socket(kind)
+        self._sockets.append(sock)
+        return sock
+
+    def _pump(self, sock: zmq.Socket[Any], handle: Callable[[Any], None], **kwargs: Any) -> Pump:
+        pump = Pump(sock, handle, **kwargs)
+        pump.start()
+        self._pumps.append(pump)
+        return pump
+
+    def _pump_monitor(self, sock: zmq.Socket[Any], name: str) -> None:
+        pump = watch_monitor(sock, self._on_monitor, name=f"{name}-monitor")
+        self._sockets.append(pump.sock)
+        pump.start()
+        self._pumps.append(pump)
+
+    async def close(self) -> None:
+        """Tell clients the bridge is going (they will re-register with the next one), then stop."""
+        if self._ctx is None:
+            return
+        for peer in self._registry:
+            self._send(peer.routing_id, Goodbye(reason="the bridge is shutting down", retry=True))
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        self._open.fail_all(ConnectionLost("the bridge was closed"))
+        for peer in self._registry:
+            self._registry.remove(peer.routing_id)
+        ctx = self._ctx
+        self._ctx = None
+        self._close_sockets(linger_ms=200)
+        await asyncio.to_thread(ctx.term)  # waits out the goodbyes' linger without blocking the loop
+        await self._events.aclose()
+        if self._closed is not None:
+            self._closed.set()
+        log.info("bridge closed")
+
+    def _close_sockets(self, linger_ms: int = 0) -> None:
+        for pump in self._pumps:
+            pump.stop()
+        self._pumps.clear()
+        for sock in self._sockets:
+            sock.close(linger=linger_ms if sock is self._router else 0)
+        self._sockets.clear()
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    async def wait_closed(self) -> None:
+        """Wait until :meth:`close` has finished."""
+        if self._closed is None:
+            raise RuntimeError("the bridge was never started")
+        await self._closed.wait()
+
+    async def __aenter__(self) -> Bridge:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------------ public API
+
+    def on(self, name: str, handler: Handler | None = None) -> Any:
+        """Register a handler (sync or async) for an event; usable as ``@bridge.on(name)``.
+
+        Events: ``ready()``, ``connect(client, initial_data)``, ``disconnect(client, reason)``,
+        ``client_message(message, client)``, ``client_request(request, client)`` (answer with
+        ``await request.reply(data)`` or by returning a value), ``error(exception)``.
+        """
+        return self._events.on(name, handler) if handler is not None else self._events.on(name)
+
+    @property
+    def endpoint(self) -> str:
+        """The ROUTER's address, e.g. ``tcp://127.0.0.1:4444``."""
+        return _endpoint(self._host, self._port)
+
+    @property
+    def pub_endpoint(self) -> str:
+        """The PUB socket's address."""
+        return _endpoint(self._host, self._pub_port)
+
+    @property
+    def port(self) -> int:
+        """The ROUTER's port (the real one after :meth:`start`, also when 0 was asked for)."""
+        return self._port
+
+    @property
+    def pub_port(self) -> int:
+        """The PUB socket's port."""
+        return self._pub_port
+
+    @property
+    def epoch(self) -> str:
+        """Random id of this bridge run; clients re-register when it changes."""
+        return self._epoch
+
+    @property
+    def plan(self) -> ShardPlan:
+        """The shard plan (available after :meth:`start` when ``total_shards="auto"``)."""
+        if self._plan is None:
+            raise RuntimeError('the plan is not known yet: total_shards="auto" is resolved by start()')
+        return self._plan
+
+    @property
+    def clients(self) -> tuple[ClientInfo, ...]:
+        """The connected clients, in registration order."""
+        return tuple(peer.info for peer in self._registry)
+
+    def shard_map(self) -> dict[str, object]:
+        """Which machine holds which clusters (held, orphaned and free chunks)."""
+        return self._placement.snapshot() if self._placement is not None else {}
+
+    def statistics(self) -> BridgeStatistics:
+        """Counters of this bridge since it started."""
+        return BridgeStatistics(
+            clients=len(self._registry),
+            open_requests=len(self._open),
+            messages_in=self._counters["in"],
+            messages_out=self._counters["out"],
+            protocol_errors=self._counters["protocol_errors"],
+            refused_registrations=self._counters["refused"],
+            refused_keys=self._zap.denied if self._zap is not None else 0,
+            plan_version=self._plan.version if self._plan is not None else None,
+        )
+
+    async def send(self, data: Any, *, filter: ClientFilter | None = None) -> list[str]:
+        """Send a custom message to every client ``filter`` accepts (all without one).
+
+        Delivered peer by peer over the ROUTER, so none is silently lost to a slow
+        subscriber; returns the ids of the clients it was handed to.
+        """
+        self._require_running()
+        frames = encode(Send(data=dump(data)))
+        check_limits(frames, self._limits)
+        sent = []
+        for peer in self._registry.select(filter):
+            if self._send_frames(peer.routing_id, frames):
+                sent.append(peer.info.id)
+        return sent
+
+    async def request(self, data: Any, *, client: str | ClientInfo, timeout: float | None = None) -> Any:
+        """Send a custom request to one client and return its answer.
+
+        Raises :class:`ClientNotFound`, :class:`RequestTimeout`, :class:`ConnectionLost` (the
+        client went away), or the client handler's error as :class:`RemoteError`.
+        """
+        self._require_running()
+        client_id = client.id if isinstance(client, ClientInfo) else client
+        peer = self._registry.by_id(client_id)
+        if peer is None:
+            raise ClientNotFound(f"no connected client {client_id!r}; connected: {self._client_ids()}")
+        timeout = self._request_timeout if timeout is None else float(timeout)
+        request_id = self._open.next_id()
+        frames = encode(Request(id=request_id, deadline=time.time() + timeout, data=dump(data)))
+        check_limits(frames, self._limits)
+        outcome = self._open.future(
+            request_id=request_id, timeout=timeout, what=f"request to client {client_id!r}", peer=peer.routing_id
+        )
+        self._send_frames(peer.routing_id, frames)
+        return result_of(await outcome)
+
+    # ------------------------------------------------------------------ receiving
+
+    def _on_router(self, routed: tuple[zmq.Frame, list[bytes]]) -> None:
+        first, body = routed
+        routing_id = first.bytes
+        self._counters["in"] += 1
+        try:
+            msg = decode(body, self._limits)
+        except ProtocolError as exc:
+            self._counters["protocol_errors"] += 1
+            peer = self._registry.get(routing_id)
+            who = repr(peer.info.id) if peer else f"an unregistered peer at {_peer_address(first)}"
+            log.warning("bad message from %s: %s", who, exc.message)
+            self._send(routing_id, ErrorReply(reply_to=exc.request_id, error=ErrorInfo.from_exception(exc, with_traceback=False)))
+            return
+        peer = self._registry.get(routing_id)
+        if peer is None:
+            self._from_stranger(routing_id, first, msg)
+            return
+        if self._curve is not None and first.get("User-Id") != peer.user_id:
+            # Any allow-listed key can claim any routing id; the registration pinned this one to a key.
+            log.warning("dropped a message claiming client %r's routing id from another CURVE key", peer.info.id)
+            return
+        peer.last_seen = time.monotonic()
+        handler = self._dispatch.get(type(msg))
+        if handler is None:
+            error = ProtocolError(f"the bridge does not accept {msg.type!r} messages")
+            self._send(routing_id, ErrorReply(reply_to=getattr(msg, "id", None), error=ErrorInfo.from_exception(error, with_traceback=False)))
+            return
+        handler(peer, msg)
+
+    def _from_stranger(self, routing_id: bytes, frame: zmq.Frame, msg: Message) -> None:
+        if isinstance(msg, Register):
+            self._register(routing_id, frame, msg)
+        elif isinstance(msg, (Reply, ErrorReply, Pong, Goodbye)):
+            log.debug("ignored a %r from an unregistered peer", msg.type)
+        else:
+            # Typically a client of the previous bridge run: nothing it sent was run here.
+            self._send(
+                routing_id,
+                Reregister(reason="this bridge does not know you (it restarted?); register again", reply_to=getattr(msg, "id", None)),
+            )
+
+    def _on_reregister(self, peer: Peer, msg: Register) -> None:
+        self._register(peer.routing_id, None, msg, current=peer)
+
+    def _register(self, routing_id: bytes, frame: zmq.Frame | None, msg: Register, current: Peer | None = None) -> None:
+        if msg.deadline < time.time():
+            log.debug("ignored an expired registration from %r", msg.machine_id)
+            return
+        address = current.info.address if current is not None else (_peer_address(frame) if frame else None)
+        user_id = current.user_id if current is not None else (frame.get("User-Id") if self._curve and frame else None)
+
+        def refuse(error: ZmqcrossError) -> None:
+            self._counters["refused"] += 1
+            log.warning("refused registration of %r (agent %r) from %s: %s", msg.machine_id, msg.agent, address, error.message)
+            self._send(routing_id, ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(error, with_traceback=False)))
+
+        if msg.protocol != PROTOCOL_VERSION:
+            return refuse(ProtocolError(f"client speaks protocol {msg.protocol}; this bridge speaks {PROTOCOL_VERSION}"))
+        if not tokens_match(self._auth_token, msg.token):
+            return refuse(AuthenticationError("wrong auth token: it does not match the bridge's auth_token"))
+        for what, value in (("machine_id", msg.machine_id), ("agent", msg.agent)):
+            problem = check_name(what, value)
+            if problem:
+                return refuse(ProtocolError(problem))
+        admission = self._registry.admit(routing_id=routing_id, client_id=msg.machine_id, user_id=user_id)
+        if not admission.accepted:
+            return refuse(AuthenticationError(admission.reason or "refused"))
+        if admission.replaces is not None:
+            old = admission.replaces
+            reason = f"replaced by a new connection for machine id {msg.machine_id!r} from {address}"
+            self._send(old.routing_id, Goodbye(reason=reason + "; give each process its own machine_id", retry=False))
+            self._drop(old, reason)
+        key_name = self._curve.allowed.get(user_id.encode()) if self._curve is not None and user_id else None
+        refresh = current is not None and current.info.id == msg.machine_id
+        info = ClientInfo(
+            id=msg.machine_id,
+            agent=msg.agent,
+            initial_data=msg.initial_data,
+            address=address,
+            key=key_name,
+            connected_at=current.info.connected_at if refresh and current else time.time(),
+            permissions=self._policy.permissions(agent=msg.agent, key=key_name),
+        )
+        notice = self._claim(msg.machine_id, msg.hosting) if msg.hosting is not None else None
+        assert self._placement is not None
+        peer = Peer(routing_id, info, user_id, time.monotonic(), self._placement.held_by(msg.machine_id))
+        self._registry.add(peer)
+        self._send(
+            routing_id,
+            Welcome(
+                reply_to=msg.id,
+                client_id=info.id,
+                epoch=self._epoch,
+                heartbeat_interval=self._heartbeat_interval,
+                heartbeat_timeout=self._heartbeat_timeout,
+                permissions=tuple(sorted(info.permissions)),
+                plan_version=self.plan.version,
+                notice=notice,
+            ),
+        )
+        # A new subscriber misses what PUB sends before its subscription arrives (slow
+        # joiner); a short burst of beacons lets it see one without waiting an interval.
+        loop = asyncio.get_running_loop()
+        for delay in BEACON_BURST:
+            loop.call_later(delay, self._publish_beacon)
+        if not refresh:
+            log.info("client %r (agent %r) connected from %s", info.id, info.agent, address)
+            self._events.emit("connect", info, msg.initial_data)
+
+    def _claim(self, machine_id: str, hosting: Hosting) -> str | None:
+        assert self._placement is not None
+        if hosting.plan_version != self.plan.version or hosting.total_shards != self.plan.total_shards:
+            notice = f"runs plan {hosting.plan_version}, the bridge's plan is {self.plan.version}: stale"
+            log.warning("machine %r %s", machine_id, notice)
+            return notice
+        problem = self._placement.claim(machine_id, hosting.cluster_list)
+        if problem is not None:
+            log.warning("machine %r claims clusters %s: refused, %s", machine_id, list(hosting.cluster_list), problem)
+            return f"claim refused: {problem}"
+        log.info("machine %r re-registered running clusters %s", machine_id, list(hosting.cluster_list))
+        return None
+
+    def _on_ping(self, peer: Peer, msg: Ping) -> None:
+        self._send(peer.routing_id, Pong(sent_at=msg.sent_at))
+
+    def _on_goodbye(self, peer: Peer, msg: Goodbye) -> None:
+        self._drop(peer, f"left: {msg.reason}")
+
+    def _allowed(self, peer: Peer, action: str, request_id: int | None) -> bool:
+        if action in peer.info.permissions:
+            return True
+        error = PermissionDenied(
+            f"client {peer.info.id!r} (agent {peer.info.agent!r}, key {peer.info.key!r}) may not {action}; "
+            f"it may: {', '.join(sorted(peer.info.permissions)) or 'nothing'}"
+        )
+        log.warning("%s", error.message)
+        self._send(peer.routing_id, ErrorReply(reply_to=request_id, error=ErrorInfo.from_exception(error, with_traceback=False)))
+        return False
+
+    def _on_send(self, peer: Peer, msg: Send) -> None:
+        if self._allowed(peer, "request", None):
+            self._events.emit("client_message", IncomingMessage(msg.data, client=peer.info), peer.info)
+
+    def _on_request(self, peer: Peer, msg: Request) -> None:
+        if not self._allowed(peer, "request", msg.id):
+            return
+        if msg.deadline < time.time():
+            log.debug("dropped request %d from %r: its deadline passed in transit", msg.id, peer.info.id)
+            return
+        if msg.target is not None or msg.agent is not None:
+            self._relay(peer, msg)
+            return
+        request = IncomingRequest(
+            msg.data,
+            request_id=msg.id,
+            deadline=msg.deadline,
+            respond=functools.partial(self._send, peer.routing_id),
+            client=peer.info,
+        )
+        serve_request(
+            request,
+            self._events.handlers("client_request"),
+            (request, peer.info),
+            self._events,
+            "client_request",
+            missing="the bridge has no 'client_request' handler; add one with bridge.on('client_request', ...)",
+        )
+
+    def _relay(self, origin: Peer, msg: Request) -> None:
+        try:
+            target = self._find_target(msg.target, msg.agent)
+        except ClientNotFound as exc:
+            self._send(origin.routing_id, ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)))
+            return
+        origin_route, origin_id = origin.routing_id, msg.id
+
+        def forward(outcome: Any) -> None:
+            if isinstance(outcome, Reply):
+                answer: Message = Reply(reply_to=origin_id, data=outcome.data)  # bytes pass through untouched
+            elif isinstance(outcome, ErrorReply):
+                answer = ErrorReply(reply_to=origin_id, error=outcome.error)
+            else:
+                answer = ErrorReply(reply_to=origin_id, error=ErrorInfo.from_exception(outcome, with_traceback=False))
+            self._send(origin_route, answer)
+
+        request_id = self._open.next_id()
+        self._open.add(
+            request_id=request_id,
+            timeout=max(msg.deadline - time.time(), 0.0),
+            what=f"request relayed to client {target.info.id!r}",
+            on_done=forward,
+            peer=target.routing_id,
+        )
+        self._send(target.routing_id, Request(id=request_id, deadline=msg.deadline, data=msg.data, origin=origin.info.id))
+
+    def _find_target(self, client_id: str | None, agent: str | None) -> Peer:
+        if client_id is not None:
+            peer = self._registry.by_id(client_id)
+            if peer is None:
+                raise ClientNotFound(f"no connected client {client_id!r}; connected: {self._client_ids()}")
+            return peer
+        matches = [p for p in self._registry if p.info.agent == agent]
+        if len(matches) == 1:
+            return matches[0]
+        if not matches:
+            raise ClientNotFound(f"no connected client has agent {agent!r}; connected: {self._client_ids()}")
+        names = ", ".join(repr(p.info.id) for p in matches)
+        raise ClientNotFound(f"{len(matches)} clients have agent {agent!r} ({names}); name one with client_id=")
+
+    def _client_ids(self) -> str:
+        return ", ".join(repr(p.info.id) for p in self._registry) or "none"
+
+    def _on_shard_data(self, peer: Peer, msg: ShardDataRequest) -> None:
+        assert self._placement is not None
+        try:
+            clusters = self._placement.assign(peer.info.id, max_clusters=msg.max_clusters)
+        except ConfigurationError as exc:
+            self._send(peer.routing_id, ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)))
+            return
+        peer.clusters = clusters
+        data = self._placement.shard_data(clusters)
+        if clusters:
+            log.info("machine %r runs clusters %s (shards %s)", peer.info.id, list(clusters), [list(s) for s in data.shard_list])
+        else:
+            log.info("machine %r is a standby: every chunk of the plan is held", peer.info.id)
+        self._send(peer.routing_id, Reply(reply_to=msg.id, data=dump(data.to_json())))
+
+    def _on_answer(self, peer: Peer, msg: Reply | ErrorReply) -> None:
+        entry = self._open.get(msg.reply_to) if msg.reply_to is not None else None
+        if entry is None or entry.peer != peer.routing_id:
+            if isinstance(msg, ErrorReply) and msg.reply_to is None:
+                log.warning("client %r reports a bad message from the bridge: %s", peer.info.id, msg.error.message)
+            else:
+                log.debug("ignored a late or unknown answer from %r", peer.info.id)
+            return
+        self._open.finish(msg.reply_to, msg)
+
+    def _on_monitor(self, event: MonitorEvent) -> None:
+        if event.event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            log.warning("a peer failed the ZMTP handshake (a client without CURVE, or with a wrong server key?)")
+        elif event.event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            log.warning("a peer's handshake failed (errno %d): often a CURVE client with a wrong server key", event.value)
+
+    # ------------------------------------------------------------------ sending
+
+    def _send(self, routing_id: bytes, msg: Message) -> bool:
+        frames = encode(msg)
+        check_limits(frames, self._limits)
+        return self._send_frames(routing_id, frames)
+
+    def _send_frames(self, routing_id: bytes, frames: list[bytes]) -> bool:
+        router = self._router
+        if router is None or router.closed:
+            return False
+        try:
+            router.send_multipart([routing_id, *frames], zmq.NOBLOCK)
+        except zmq.ZMQError as exc:
+            peer = self._registry.get(routing_id)
+            if exc.errno == zmq.EHOSTUNREACH:
+                if peer is not None:
+                    self._drop(peer, "its connection is gone (send failed: host unreachable)")
+                return False
+            if exc.errno == zmq.EAGAIN:
+                log.warning("send queue to %r is full; a message was dropped", peer.info.id if peer else routing_id)
+                return False
+            raise
+        finally:
+            if self._router_pump is not None:
+                self._router_pump.kick()
+        self._counters["out"] += 1
+        return True
+
+    def _publish_beacon(self) -> None:
+        if self._pub is None or self._pub.closed:
+            return
+        self._beacon_seq += 1
+        beacon = Beacon(epoch=self._epoch, seq=self._beacon_seq, plan_version=self._plan.version if self._plan else None)
+        try:
+            self._pub.send_multipart(encode(beacon), zmq.NOBLOCK)
+        except zmq.Again:
+            pass  # beacons repeat every interval; a dropped one costs nothing
+
+    def _drop(self, peer: Peer, reason: str) -> None:
+        if self._registry.remove(peer.routing_id) is None:
+            return
+        if self._placement is not None:
+            self._placement.release(peer.info.id)
+        self._open.fail_peer(peer.routing_id, ConnectionLost(f"client {peer.info.id!r} went away: {reason}"))
+        log.info("client %r disconnected: %s", peer.info.id, reason)
+        self._events.emit("disconnect", peer.info, reason)
+
+    async def _heartbeat(self) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            try:
+                now = time.monotonic()
+                for peer in self._registry.silent(now, self._heartbeat_timeout):
+                    silent_for = now - peer.last_seen
+                    self._drop(peer, f"silent for {silent_for:.1f} s (heartbeat_timeout is {self._heartbeat_timeout:g} s)")
+                self._publish_beacon()
+            except Exception:  # the heartbeat must outlive any one bad tick
+                log.exception("bridge heartbeat tick failed")
+
+    def _require_running(self) -> zmq.Socket[Any]:
+        if self._router is None or self._ctx is None:
+            raise closed_error("the bridge")
+        return self._router
+
+
+def _receive_routed(sock: zmq.Socket[Any]) -> tuple[zmq.Frame, list[bytes]]:
+    # The routing frame is kept as a zmq.Frame: its User-Id (the CURVE key ZAP admitted)
+    # and Peer-Address properties are read from it. The rest of a multipart message is
+    # already here once its first part is, so NOBLOCK cannot split it.
+    first = sock.recv(zmq.NOBLOCK, copy=False)
+    body = sock.recv_multipart(zmq.NOBLOCK) if first.more else []
+    return first, body

@@ -1,0 +1,169 @@
+"""Every exception zmqcross raises, in one hierarchy.
+
+::
+
+    ZmqcrossError                      catch this for "anything zmqcross"
+    ├── ConfigurationError (ValueError) bad options, bad key files, bad shard plan
+    ├── SerializationError (TypeError)  a value that cannot travel as JSON
+    ├── ProtocolError                   malformed frames, unknown kinds, broken limits
+    │   └── MessageTooLarge             a frame or message over its named limit
+    ├── AuthenticationError             wrong auth token, key not allowed, CURVE mismatch
+    ├── PermissionDenied                the peer may not do this (eval, request, cache)
+    ├── ClientNotFound (LookupError)    no connected client matches a target
+    ├── ConnectionLost                  not connected, closed, or the peer went away
+    ├── RequestTimeout (TimeoutError)   no answer before the deadline
+    └── RemoteError                     the far side raised; carries its traceback
+
+Errors also travel: a failure on one process is sent to the caller as
+``{type, message, traceback}`` plus a short ``code`` naming the class above, and
+raised there as that class. ``remote_type`` and ``remote_traceback`` keep what the
+far side said, so a caller sees where it really failed.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AuthenticationError",
+    "ClientNotFound",
+    "ConfigurationError",
+    "ConnectionLost",
+    "MessageTooLarge",
+    "PermissionDenied",
+    "ProtocolError",
+    "RemoteError",
+    "RequestTimeout",
+    "SerializationError",
+    "ZmqcrossError",
+    "error_code",
+    "error_from_wire",
+]
+
+
+class ZmqcrossError(Exception):
+    """Base class of every zmqcross error.
+
+    ``remote_type`` and ``remote_traceback`` are set when the error happened in
+    another process and was carried here; they are ``None`` for local errors.
+    """
+
+    code = "error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        remote_type: str | None = None,
+        remote_traceback: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.remote_type = remote_type
+        self.remote_traceback = remote_traceback
+
+    def __str__(self) -> str:
+        if self.remote_traceback:
+            return f"{self.message}\n\nRemote traceback:\n{self.remote_traceback.rstrip()}"
+        return self.message
+
+
+class ConfigurationError(ZmqcrossError, ValueError):
+    """An option, key file or shard plan is invalid; raised before anything starts."""
+
+    code = "configuration"
+
+
+class SerializationError(ZmqcrossError, TypeError):
+    """A value could not be encoded as JSON (or decoded from it)."""
+
+    code = "serialization"
+
+
+class ProtocolError(ZmqcrossError):
+    """A message broke the wire protocol: bad frames, bad JSON, unknown kind, bad fields.
+
+    ``request_id`` is the id of the offending request when the header was readable
+    enough to find one, so the receiver can still answer it with this error.
+    """
+
+    code = "protocol"
+
+    def __init__(self, message: str, *, request_id: int | None = None, **kwargs: str | None) -> None:
+        super().__init__(message, **kwargs)
+        self.request_id = request_id
+
+
+class MessageTooLarge(ProtocolError):
+    """A frame or a whole message is over one of the protocol's named limits."""
+
+    code = "too_large"
+
+
+class AuthenticationError(ZmqcrossError):
+    """The bridge refused this peer: wrong auth token, unknown CURVE key, CURVE mismatch."""
+
+    code = "authentication"
+
+
+class PermissionDenied(ZmqcrossError):
+    """The peer is authenticated but may not perform this action."""
+
+    code = "permission_denied"
+
+
+class ClientNotFound(ZmqcrossError, LookupError):
+    """No connected client matches the requested target."""
+
+    code = "not_found"
+
+
+class ConnectionLost(ZmqcrossError):
+    """Not connected, already closed, or the peer went away while a request was open."""
+
+    code = "connection_lost"
+
+
+class RequestTimeout(ZmqcrossError, TimeoutError):
+    """No answer arrived before the request's deadline."""
+
+    code = "timeout"
+
+
+class RemoteError(ZmqcrossError):
+    """Code on the far side raised; ``remote_type`` and ``remote_traceback`` say what and where."""
+
+    code = "remote"
+
+
+_BY_CODE: dict[str, type[ZmqcrossError]] = {
+    cls.code: cls
+    for cls in (
+        ZmqcrossError,
+        ConfigurationError,
+        SerializationError,
+        ProtocolError,
+        MessageTooLarge,
+        AuthenticationError,
+        PermissionDenied,
+        ClientNotFound,
+        ConnectionLost,
+        RequestTimeout,
+        RemoteError,
+    )
+}
+
+
+def error_code(exc: BaseException) -> str:
+    """The wire code for ``exc``: its class's code, or ``"remote"`` for foreign exceptions."""
+    if isinstance(exc, ZmqcrossError):
+        return exc.code
+    return RemoteError.code
+
+
+def error_from_wire(code: str, type_name: str, message: str, traceback: str | None) -> ZmqcrossError:
+    """Rebuild the error a peer sent as ``{code, type, message, traceback}``.
+
+    An unknown code (a newer peer) still raises, as a plain :class:`RemoteError`.
+    """
+    cls = _BY_CODE.get(code, RemoteError)
+    text = f"{type_name}: {message}" if cls is RemoteError else message
+    return cls(text, remote_type=type_name, remote_traceback=traceback or None)

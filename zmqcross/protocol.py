@@ -1,0 +1,568 @@
+"""The zmqcross wire protocol: ZeroMQ frames <-> typed messages. No sockets, no asyncio.
+
+A message is a list of frames::
+
+    [header, *body]
+
+``header`` is a JSON object whose ``"type"`` names the message kind and whose other
+keys are that kind's small fields (ids, deadlines, names). ``body`` frames are opaque
+payloads: JSON data the original sender encoded once (request data, replies, eval
+results). A relay passes body frames along without decoding them; only the final
+consumer calls :func:`load`. On a ROUTER socket libzmq adds the peer's routing id in
+front; that frame belongs to the transport and never reaches this module.
+
+Every kind the fabric carries is a frozen dataclass below, joined in :data:`Message`.
+:func:`decode` checks the named limits first, then the header's JSON, kind, field
+names and field types, and raises :class:`~zmqcross.errors.ProtocolError` (never
+anything else) when the frames are not a valid message.
+
+Deadlines are wall-clock UNIX times (``time.time()``) so that they survive a hop to
+another machine and a stay in a ZeroMQ queue; machines need clocks kept in step (NTP).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import traceback as _traceback
+import types
+import typing
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal, Union
+
+import orjson
+
+from .errors import MessageTooLarge, ProtocolError, SerializationError, ZmqcrossError, error_code, error_from_wire
+
+__all__ = [
+    "DEFAULT_LIMITS",
+    "DEFAULT_TIMEOUT",
+    "MAX_FRAMES",
+    "MAX_FRAME_BYTES",
+    "MAX_HEADER_BYTES",
+    "MAX_MESSAGE_BYTES",
+    "PROTOCOL_VERSION",
+    "Beacon",
+    "ErrorInfo",
+    "ErrorReply",
+    "Goodbye",
+    "Hosting",
+    "Limits",
+    "Message",
+    "Ping",
+    "Pong",
+    "Register",
+    "Reply",
+    "Request",
+    "Reregister",
+    "Send",
+    "ShardDataRequest",
+    "Welcome",
+    "check_limits",
+    "decode",
+    "dump",
+    "encode",
+    "load",
+]
+
+PROTOCOL_VERSION = 1
+"""Sent in :class:`Register`; a bridge refuses a peer speaking another version."""
+
+MAX_FRAMES = 4096
+"""Frames in one message. A gathered eval result uses one frame per cluster."""
+
+MAX_FRAME_BYTES = 64 * 1024 * 1024
+"""Bytes in one frame; also set as each socket's ``MAXMSGSIZE`` (libzmq's limit is per frame)."""
+
+MAX_MESSAGE_BYTES = 256 * 1024 * 1024
+"""Bytes in one whole message: ``MAXMSGSIZE`` alone lets 4096 frames of 64 MiB through."""
+
+MAX_HEADER_BYTES = 64 * 1024
+"""Bytes in the JSON header frame. Payloads belong in body frames."""
+
+DEFAULT_TIMEOUT = 10.0
+"""Seconds a request waits for its answer unless the caller says otherwise."""
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """The size limits a bridge or client enforces on what it receives and sends."""
+
+    max_frames: int = MAX_FRAMES
+    max_frame_bytes: int = MAX_FRAME_BYTES
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    max_header_bytes: int = MAX_HEADER_BYTES
+
+    def __post_init__(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if type(value) is not int or value < 1:
+                raise ValueError(f"Limits.{f.name} must be a positive integer, not {value!r}")
+        if self.max_header_bytes > self.max_frame_bytes:
+            raise ValueError("Limits.max_header_bytes cannot exceed max_frame_bytes")
+
+
+DEFAULT_LIMITS = Limits()
+
+JSON = Any
+"""Any value :func:`dump` can encode: dict, list, str, int, float, bool, None."""
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def _default(value: Any) -> Any:
+    if isinstance(value, (set, frozenset)):
+        return list(value)
+    raise TypeError
+
+
+def dump(value: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
+    """Encode ``value`` as a JSON body frame; :class:`SerializationError` if it cannot be."""
+    try:
+        return orjson.dumps(value, default=default or _default, option=orjson.OPT_NON_STR_KEYS)
+    except orjson.JSONEncodeError as exc:
+        raise SerializationError(
+            f"cannot send a value of type {type(value).__name__} as JSON: {exc}"
+        ) from None
+
+
+def load(frame: bytes) -> Any:
+    """Decode a JSON body frame; :class:`ProtocolError` if it is not JSON."""
+    try:
+        return orjson.loads(frame)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"body frame is not valid JSON: {exc}") from None
+
+
+# --------------------------------------------------------------------------- structs
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorInfo:
+    """A failure as it travels: ``{code, type, message, traceback}``.
+
+    ``code`` names the zmqcross error class to raise on arrival; ``type`` is the
+    original exception's class name, ``traceback`` its formatted traceback.
+    """
+
+    code: str
+    type: str
+    message: str
+    traceback: str | None = None
+
+    @classmethod
+    def from_exception(cls, exc: BaseException, *, with_traceback: bool = True) -> ErrorInfo:
+        """Describe ``exc`` for the wire, keeping a traceback carried from further away."""
+        trace = getattr(exc, "remote_traceback", None)
+        if trace is None and with_traceback and exc.__traceback__ is not None:
+            trace = "".join(_traceback.format_exception(exc))
+        name = getattr(exc, "remote_type", None) or type(exc).__name__
+        message = exc.message if isinstance(exc, ZmqcrossError) else str(exc)
+        return cls(code=error_code(exc), type=name, message=message, traceback=trace)
+
+    def to_exception(self) -> ZmqcrossError:
+        """The exception to raise on the receiving side."""
+        return error_from_wire(self.code, self.type, self.message, self.traceback)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Hosting:
+    """What a machine actually runs, sent when it (re-)registers.
+
+    A restarted bridge rebuilds its shard map from these instead of handing out
+    chunks afresh (the original forgets its map when the bridge restarts).
+    """
+
+    plan_version: str
+    total_shards: int
+    cluster_list: tuple[int, ...]
+    shard_list: tuple[tuple[int, ...], ...]
+
+
+# --------------------------------------------------------------------------- messages
+# Each kind is a frozen, slotted dataclass with a literal ``type``. Fields typed
+# ``bytes`` are body frames (in order); ``tuple[bytes, ...]`` takes the remaining
+# frames; every other field lives in the JSON header.
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Register:
+    """Peer -> bridge: join the fabric. Answered by :class:`Welcome` or :class:`ErrorReply`."""
+
+    type: Literal["register"] = field(default="register", init=False)
+    id: int
+    deadline: float
+    protocol: int
+    token: str
+    machine_id: str
+    agent: str
+    initial_data: JSON = None
+    hosting: Hosting | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Welcome:
+    """Bridge -> peer: registration accepted, with the heartbeat terms to keep."""
+
+    type: Literal["welcome"] = field(default="welcome", init=False)
+    reply_to: int
+    client_id: str
+    epoch: str
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    permissions: tuple[str, ...]
+    plan_version: str | None = None
+    notice: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Ping:
+    """Peer -> bridge heartbeat; any traffic counts, this keeps an idle link alive."""
+
+    type: Literal["ping"] = field(default="ping", init=False)
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Pong:
+    """Bridge -> peer answer to :class:`Ping`, echoing ``sent_at`` for a round-trip time."""
+
+    type: Literal["pong"] = field(default="pong", init=False)
+    sent_at: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reregister:
+    """Bridge -> peer: "I do not know you" (the bridge restarted); ``reply_to`` was not run."""
+
+    type: Literal["reregister"] = field(default="reregister", init=False)
+    reason: str
+    reply_to: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Goodbye:
+    """Either way: the sender is leaving, or (from the bridge) the peer is dismissed."""
+
+    type: Literal["goodbye"] = field(default="goodbye", init=False)
+    reason: str
+    retry: bool = True
+    """False when the peer must not come back (it was replaced); True when it may re-register."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Beacon:
+    """Bridge -> everyone over PUB, every heartbeat interval.
+
+    ``epoch`` changes when the bridge restarts, so a peer re-registers at once
+    instead of waiting for a failed heartbeat. PUB may drop a beacon; the next
+    one repeats everything it said.
+    """
+
+    type: Literal["beacon"] = field(default="beacon", init=False)
+    epoch: str
+    seq: int
+    plan_version: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Send:
+    """Either way: a one-way custom message; ``data`` is a JSON body frame."""
+
+    type: Literal["send"] = field(default="send", init=False)
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Request:
+    """Either way: a custom request; ``data`` is a JSON body frame.
+
+    ``target`` (a client id) or ``agent`` asks the bridge to relay it to one client;
+    ``origin`` names the client it came from when the bridge relays it.
+    """
+
+    type: Literal["request"] = field(default="request", init=False)
+    id: int
+    deadline: float
+    data: bytes
+    target: str | None = None
+    agent: str | None = None
+    origin: str | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ShardDataRequest:
+    """Machine -> bridge: which clusters should I run? Answered with shard data JSON."""
+
+    type: Literal["shard_data"] = field(default="shard_data", init=False)
+    id: int
+    deadline: float
+    max_clusters: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Reply:
+    """Either way: the answer to request ``reply_to``; ``data`` is a JSON body frame."""
+
+    type: Literal["reply"] = field(default="reply", init=False)
+    reply_to: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ErrorReply:
+    """Either way: request ``reply_to`` failed (or, with no ``reply_to``, a message did)."""
+
+    type: Literal["error"] = field(default="error", init=False)
+    error: ErrorInfo
+    reply_to: int | None = None
+
+
+Message = Union[
+    Register, Welcome, Ping, Pong, Reregister, Goodbye, Beacon, Send, Request, ShardDataRequest, Reply, ErrorReply
+]
+"""Every message the fabric can carry."""
+
+
+# --------------------------------------------------------------------------- codecs
+
+
+class _Bad(Exception):
+    """A field value of the wrong shape; turned into a ProtocolError with context."""
+
+
+_Check = Callable[[Any], Any]
+
+
+def _check_int(value: Any) -> int:
+    if type(value) is not int:
+        raise _Bad("an integer")
+    return value
+
+
+def _check_float(value: Any) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise _Bad("a number")
+
+
+def _check_str(value: Any) -> str:
+    if type(value) is not str:
+        raise _Bad("a string")
+    return value
+
+
+def _check_bool(value: Any) -> bool:
+    if type(value) is not bool:
+        raise _Bad("true or false")
+    return value
+
+
+def _check_any(value: Any) -> Any:
+    return value
+
+
+def _tuple_of(check: _Check, what: str) -> _Check:
+    def check_tuple(value: Any) -> tuple[Any, ...]:
+        if type(value) is not list:
+            raise _Bad(f"a list of {what}")
+        return tuple(check(item) for item in value)
+
+    return check_tuple
+
+
+def _optional(check: _Check) -> _Check:
+    def check_optional(value: Any) -> Any:
+        return None if value is None else check(value)
+
+    return check_optional
+
+
+class _Codec:
+    """Encoder and decoder for one dataclass, built once from its type hints."""
+
+    def __init__(self, cls: type) -> None:
+        self.cls = cls
+        hints = typing.get_type_hints(cls)
+        self.kind: str | None = None
+        self.header: list[tuple[str, _Check, bool]] = []  # name, check, required
+        self.body: list[str] = []
+        self.rest: str | None = None
+        for f in dataclasses.fields(cls):
+            hint = hints[f.name]
+            if f.name == "type" and typing.get_origin(hint) is Literal:
+                self.kind = typing.get_args(hint)[0]
+                continue
+            if hint is bytes:
+                self.body.append(f.name)
+            elif hint == tuple[bytes, ...]:
+                self.rest = f.name
+            else:
+                required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+                self.header.append((f.name, _checker_for(hint), required))
+        self.header_names = tuple(name for name, _, _ in self.header)
+
+    def from_json(self, obj: Any, where: str) -> Any:
+        if type(obj) is not dict:
+            raise ProtocolError(f"{where} must be a JSON object")
+        values: dict[str, Any] = {}
+        for name, check, required in self.header:
+            value = obj.get(name)
+            if value is None:
+                if required:
+                    raise ProtocolError(f"{where} is missing the field {name!r}")
+                continue  # the dataclass default applies
+            try:
+                values[name] = check(value)
+            except _Bad as bad:
+                raise ProtocolError(f"{where}: field {name!r} must be {bad}, not {_show(value)}") from None
+            except ProtocolError as inner:
+                raise ProtocolError(f"{where}: field {name!r}: {inner.message}") from None
+        return values
+
+    def to_json(self, msg: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name in self.header_names:
+            value = getattr(msg, name)
+            if value is not None:
+                out[name] = self.struct_json(value)
+        return out
+
+    @staticmethod
+    def struct_json(value: Any) -> Any:
+        codec = _STRUCTS.get(type(value))
+        return codec.to_json(value) if codec is not None else value
+
+
+_STRUCTS: dict[type, _Codec] = {}
+_KINDS: dict[str, _Codec] = {}
+
+
+def _struct_checker(codec: _Codec) -> _Check:
+    def check_struct(value: Any) -> Any:
+        if type(value) is not dict:
+            raise _Bad(f"a {codec.cls.__name__} object")
+        return codec.cls(**codec.from_json(value, codec.cls.__name__))
+
+    return check_struct
+
+
+def _checker_for(hint: Any) -> _Check:
+    if hint is Any:
+        return _check_any
+    simple = {int: _check_int, float: _check_float, str: _check_str, bool: _check_bool}
+    if hint in simple:
+        return simple[hint]
+    if hint in _STRUCTS:
+        return _struct_checker(_STRUCTS[hint])
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType) and type(None) in args:
+        (inner,) = [a for a in args if a is not type(None)]
+        return _optional(_checker_for(inner))
+    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
+        return _tuple_of(_checker_for(args[0]), getattr(args[0], "__name__", "values"))
+    raise TypeError(f"protocol field type {hint!r} has no checker")  # a bug in this module
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+for _cls in (ErrorInfo, Hosting):
+    _STRUCTS[_cls] = _Codec(_cls)
+for _cls in typing.get_args(Message):
+    _codec = _Codec(_cls)
+    assert _codec.kind is not None
+    _KINDS[_codec.kind] = _codec
+_CODEC_BY_CLASS = {codec.cls: codec for codec in _KINDS.values()}
+
+
+# --------------------------------------------------------------------------- encode / decode
+
+
+def encode(msg: Message) -> list[bytes]:
+    """The frames for ``msg``: a JSON header, then its body frames.
+
+    Raises :class:`SerializationError` if a header field cannot be JSON.
+    """
+    codec = _CODEC_BY_CLASS[type(msg)]
+    header = {"type": codec.kind}
+    header.update(codec.to_json(msg))
+    try:
+        frames = [orjson.dumps(header, option=orjson.OPT_NON_STR_KEYS)]
+    except orjson.JSONEncodeError as exc:
+        raise SerializationError(f"cannot encode a {codec.kind!r} message: {exc}") from None
+    for name in codec.body:
+        frames.append(getattr(msg, name))
+    if codec.rest is not None:
+        frames.extend(getattr(msg, codec.rest))
+    return frames
+
+
+def check_limits(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> None:
+    """Raise :class:`MessageTooLarge` if ``frames`` break any of ``limits``."""
+    count = len(frames)
+    if count > limits.max_frames:
+        raise MessageTooLarge(f"message has {count} frames; the limit is {limits.max_frames}")
+    total = 0
+    for index, frame in enumerate(frames):
+        size = len(frame)
+        if size > limits.max_frame_bytes:
+            raise MessageTooLarge(
+                f"frame {index} is {size} bytes; the limit is {limits.max_frame_bytes} (max_frame_bytes)"
+            )
+        total += size
+    if total > limits.max_message_bytes:
+        raise MessageTooLarge(
+            f"message is {total} bytes; the limit is {limits.max_message_bytes} (max_message_bytes)"
+        )
+    if count and len(frames[0]) > limits.max_header_bytes:
+        raise MessageTooLarge(
+            f"header is {len(frames[0])} bytes; the limit is {limits.max_header_bytes} (max_header_bytes)"
+        )
+
+
+def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
+    """The message in ``frames``, or :class:`ProtocolError` saying what is wrong with them.
+
+    When the header is readable enough to carry a request id, the error's
+    ``request_id`` holds it, so the receiver can answer that request.
+    """
+    if not frames:
+        raise ProtocolError("empty message")
+    check_limits(frames, limits)
+    try:
+        header = orjson.loads(frames[0])
+    except orjson.JSONDecodeError:
+        raise ProtocolError("header frame is not valid JSON") from None
+    if type(header) is not dict:
+        raise ProtocolError("header frame must be a JSON object")
+    request_id = header.get("id")
+    if type(request_id) is not int:
+        request_id = None
+    kind = header.get("type")
+    codec = _KINDS.get(kind) if type(kind) is str else None
+    if codec is None:
+        known = ", ".join(sorted(_KINDS))
+        raise ProtocolError(f"unknown message type {_show(kind)} (known: {known})", request_id=request_id)
+    body = frames[1:]
+    fixed = len(codec.body)
+    if len(body) < fixed or (codec.rest is None and len(body) > fixed):
+        expected = f"{fixed}" if codec.rest is None else f"at least {fixed}"
+        raise ProtocolError(
+            f"a {kind!r} message carries {expected} body frame(s), not {len(body)}", request_id=request_id
+        )
+    try:
+        values = codec.from_json(header, f"{kind!r} message")
+    except ProtocolError as exc:
+        exc.request_id = request_id
+        raise
+    for name, frame in zip(codec.body, body):
+        values[name] = bytes(frame)
+    if codec.rest is not None:
+        values[codec.rest] = tuple(bytes(frame) for frame in body[fixed:])
+    return codec.cls(**values)  # type: ignore[no-any-return]

@@ -44,6 +44,7 @@ class Keys:
         self.root = root
         self.allowed = root / "allowed"
         self.bridge_public, self.bridge_secret = generate_keypair(root / "bridge", "bridge")
+        generate_keypair(self.allowed, "operator")  # the allow-list directory must not start empty
 
     def client(self, name: str, *, allowed: bool = True) -> CurveClient:
         public, secret = generate_keypair(self.allowed if allowed else self.root / "outsiders", name)

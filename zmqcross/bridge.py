@@ -239,7 +239,7 @@ class Bridge:
             # Must exist before any CURVE socket binds: libzmq admits every key without it.
             zap_socket = self._socket(ctx, zmq.REP)
             zap_socket.bind("inproc://zeromq.zap.01")
-            self._zap = ZapHandler(self._curve.allowed)
+            self._zap = ZapHandler(self._curve.allowed, reload=self._curve.reload)
             zap = self._zap
 
             def answer_zap(frames: list[bytes]) -> None:

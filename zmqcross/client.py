@@ -60,6 +60,9 @@ log = logging.getLogger("zmqcross.client")
 CLIENT_EVENTS = ("bridge_message", "bridge_request", "disconnect", "error", "ready")
 """Events a :class:`Client` emits; see :meth:`Client.on`."""
 
+HANDSHAKE_FAILURES = 3
+"""Consecutive failed handshakes, none succeeding, after which a CURVE mismatch is reported."""
+
 # Link states. "lost" means the bridge went silent or left; "registering" that it asked
 # us to register again (it restarted). In both we keep sending registrations.
 _IDLE, _REGISTERING, _READY, _LOST, _CLOSED = "idle", "registering", "ready", "lost", "closed"
@@ -148,6 +151,7 @@ class Client:
         self._heartbeat_timeout = 4.0
         self._last_heard = 0.0
         self._round_trip: float | None = None
+        self._handshake_failures = 0
         self._registrations = 0
         self._connected: asyncio.Future[None] | None = None
         self._beacon_seen: asyncio.Event | None = None
@@ -554,6 +558,9 @@ class Client:
                 self._start_registering(_REGISTERING)
 
     def _on_monitor(self, event: MonitorEvent) -> None:
+        if event.event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
+            self._handshake_failures = 0
+            return
         if event.event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             error: ZmqcrossError = AuthenticationError(
                 f"the bridge at {self._endpoint} refused this client's CURVE key (ZAP status {event.value}): "
@@ -563,6 +570,17 @@ class Client:
             error = AuthenticationError(
                 f"security handshake with {self._endpoint} failed: one side uses CURVE and the other does not "
                 f"(this client has CURVE {'on' if self._curve else 'off'})"
+            )
+        elif event.event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            # A CURVE mismatch usually shows up as the bridge dropping the connection
+            # mid-handshake (EPIPE), not as a protocol error; a streak of them is the sign.
+            self._handshake_failures += 1
+            if self._handshake_failures != HANDSHAKE_FAILURES:
+                return
+            error = AuthenticationError(
+                f"the security handshake with {self._endpoint} failed {HANDSHAKE_FAILURES} times in a row: "
+                f"the bridge and this client disagree about CURVE (this client has CURVE "
+                f"{'on: check that server_key is the bridge public key' if self._curve else 'off'})"
             )
         else:
             return

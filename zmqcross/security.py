@@ -16,7 +16,7 @@ from __future__ import annotations
 import hmac
 import logging
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -203,11 +203,39 @@ def load_allow_list(source: str | os.PathLike[str] | Iterable[str | bytes | os.P
 
 @dataclass(frozen=True)
 class CurveServer:
-    """The bridge's CURVE settings: its key pair and the client keys it admits."""
+    """The bridge's CURVE settings: its key pair and the client keys it admits.
+
+    When the allow-list is a directory (``allow_dir``), a key file dropped into it is
+    admitted without restarting the bridge: an unknown key makes the bridge re-read the
+    directory (at most once a second) before refusing it.
+    """
 
     public_key: bytes
     secret_key: bytes
     allowed: Mapping[bytes, str]
+    allow_dir: Path | None = None
+    _loaded_mtime: list[int] = field(default_factory=lambda: [-1], repr=False, compare=False)
+
+    def reload(self) -> Mapping[bytes, str]:
+        """The allow-list as it is on disk now (the loaded one when it came from a list).
+
+        The directory is re-read only when its modification time changed, so a stream of
+        unknown keys costs one ``stat`` each.
+        """
+        if self.allow_dir is None:
+            return self.allowed
+        try:
+            mtime = self.allow_dir.stat().st_mtime_ns
+            if mtime == self._loaded_mtime[0]:
+                return self.allowed
+            fresh = load_allow_list(self.allow_dir)
+        except (OSError, ConfigurationError) as exc:
+            log.warning("keeping the previous CURVE allow-list: %s", exc)
+            return self.allowed
+        self._loaded_mtime[0] = mtime
+        object.__setattr__(self, "allowed", fresh)
+        log.info("CURVE allow-list re-read from %s: %d keys", self.allow_dir, len(fresh))
+        return fresh
 
     @classmethod
     def from_files(
@@ -218,7 +246,8 @@ class CurveServer:
     ) -> CurveServer:
         """Load the bridge's ``.key_secret`` file and the allow-list (see :func:`load_allow_list`)."""
         public, secret = load_keypair(secret_file)
-        return cls(public, secret, load_allow_list(allow))
+        folder = Path(allow) if isinstance(allow, (str, os.PathLike)) else None
+        return cls(public, secret, load_allow_list(allow), folder)
 
 
 @dataclass(frozen=True)
@@ -248,9 +277,17 @@ class ZapHandler:
     owns the ``inproc://zeromq.zap.01`` socket and only moves bytes.
     """
 
-    def __init__(self, allowed: Mapping[bytes, str]) -> None:
+    def __init__(
+        self, allowed: Mapping[bytes, str], *, reload: Callable[[], Mapping[bytes, str]] | None = None
+    ) -> None:
         self._allowed = {z85.decode(k) for k in allowed}
+        self._reload = reload
         self.denied = 0
+
+    def _known(self, key: bytes) -> bool:
+        if key not in self._allowed and self._reload is not None:
+            self._allowed = {z85.decode(k) for k in self._reload()}
+        return key in self._allowed
 
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """The reply to one ZAP request: 200 with the z85 key as User-Id, or 400."""
@@ -266,7 +303,7 @@ class ZapHandler:
             log.warning("refused a %s handshake from %s: this bridge requires CURVE", mechanism.decode(), peer)
             return [b"1.0", request_id, b"400", b"CURVE required", b"", b""]
         key = z85.encode(credentials[0])
-        if credentials[0] not in self._allowed:
+        if not self._known(credentials[0]):
             self.denied += 1
             log.warning("refused CURVE key %s from %s: not in the allow-list", key.decode("ascii"), peer)
             return [b"1.0", request_id, b"400", b"key not allowed", b"", b""]

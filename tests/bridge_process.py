@@ -13,8 +13,16 @@ from zmqcross import Bridge
 
 
 async def main(port: int, pub_port: int) -> None:
-    bridge = Bridge(auth_token="test-token", port=port, pub_port=pub_port, total_shards=4, shards_per_cluster=1,
-                    total_machines=2, heartbeat_interval=0.1, heartbeat_timeout=0.5)
+    bridge = Bridge(
+        auth_token="test-token",
+        port=port,
+        pub_port=pub_port,
+        total_shards=4,
+        shards_per_cluster=1,
+        total_machines=2,
+        heartbeat_interval=0.1,
+        heartbeat_timeout=0.5,
+    )
 
     @bridge.on("client_request")
     def answer(request, client):

@@ -68,8 +68,13 @@ async def make_bridge() -> AsyncIterator[BridgeFactory]:
     bridges: list[Bridge] = []
 
     async def make(**options: Any) -> Bridge:
-        settings: dict[str, Any] = {"auth_token": TOKEN, "port": 0, "total_shards": 4, "shards_per_cluster": 2,
-                                    "total_machines": 2}
+        settings: dict[str, Any] = {
+            "auth_token": TOKEN,
+            "port": 0,
+            "total_shards": 4,
+            "shards_per_cluster": 2,
+            "total_machines": 2,
+        }
         settings.update(options)
         bridge = Bridge(**settings)
         await bridge.start()
@@ -85,8 +90,9 @@ async def make_bridge() -> AsyncIterator[BridgeFactory]:
 async def make_client() -> AsyncIterator[ClientFactory]:
     clients: list[Client] = []
 
-    async def make(bridge: Bridge | None = None, *, connect: bool = True, initial_data: Any = None,
-                   **options: Any) -> Client:
+    async def make(
+        bridge: Bridge | None = None, *, connect: bool = True, initial_data: Any = None, **options: Any
+    ) -> Client:
         settings: dict[str, Any] = {"auth_token": TOKEN, "connect_timeout": 5.0}
         if bridge is not None:
             settings.update(port=bridge.port, pub_port=bridge.pub_port)

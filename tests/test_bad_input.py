@@ -36,8 +36,18 @@ class RawPeer:
         return not await self.sock.poll(int(seconds * 1000))
 
     async def register(self, machine_id: str = "raw", token: str = TOKEN) -> p.Message:
-        await self.send(p.encode(p.Register(id=1, deadline=time.time() + 5, protocol=p.PROTOCOL_VERSION,
-                                            token=token, machine_id=machine_id, agent="raw")))
+        await self.send(
+            p.encode(
+                p.Register(
+                    id=1,
+                    deadline=time.time() + 5,
+                    protocol=p.PROTOCOL_VERSION,
+                    token=token,
+                    machine_id=machine_id,
+                    agent="raw",
+                )
+            )
+        )
         return await self.receive()
 
     def close(self) -> None:
@@ -81,18 +91,36 @@ BAD_FRAMES = [
     ("undecodable JSON", [b'{"type": "request", "id": 3,'], None, "header frame is not valid JSON"),
     ("not an object", [b'"register"'], None, "header frame must be a JSON object"),
     ("unknown type", [header(type="format_disk", id=41)], 41, "unknown message type 'format_disk'"),
-    ("missing fields", [header(type="register", id=42, deadline=time.time() + 60)], 42,
-     "'register' message is missing the field 'protocol'"),
-    ("wrong field types", [header(type="request", id=43, deadline="tomorrow"), b"1"], 43,
-     "field 'deadline' must be a number, not 'tomorrow'"),
-    ("missing body", [header(type="request", id=44, deadline=time.time() + 60)], 44,
-     "carries 1 body frame(s), not 0"),
-    ("too many frames", [header(type="send")] + [b"x"] * (p.MAX_FRAMES + 1), None,
-     "frames; the limit is 4096"),
+    (
+        "missing fields",
+        [header(type="register", id=42, deadline=time.time() + 60)],
+        42,
+        "'register' message is missing the field 'protocol'",
+    ),
+    (
+        "wrong field types",
+        [header(type="request", id=43, deadline="tomorrow"), b"1"],
+        43,
+        "field 'deadline' must be a number, not 'tomorrow'",
+    ),
+    (
+        "missing body",
+        [header(type="request", id=44, deadline=time.time() + 60)],
+        44,
+        "carries 1 body frame(s), not 0",
+    ),
+    (
+        "too many frames",
+        [header(type="send")] + [b"x"] * (p.MAX_FRAMES + 1),
+        None,
+        "frames; the limit is 4096",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("frames", "reply_to", "needle"), [c[1:] for c in BAD_FRAMES], ids=[c[0] for c in BAD_FRAMES])
+@pytest.mark.parametrize(
+    ("frames", "reply_to", "needle"), [c[1:] for c in BAD_FRAMES], ids=[c[0] for c in BAD_FRAMES]
+)
 async def test_malformed_from_a_stranger(raw, witness, caplog, frames, reply_to, needle) -> None:
     caplog.set_level(logging.WARNING, logger="zmqcross.bridge")
     peer = raw()
@@ -134,12 +162,23 @@ async def test_wrong_token_from_a_raw_socket(raw, witness, caplog) -> None:
 
 async def test_bad_names_and_versions_are_refused(raw, witness) -> None:
     peer = raw()
-    await peer.send(p.encode(p.Register(id=1, deadline=time.time() + 5, protocol=99, token=TOKEN, machine_id="m",
-                                        agent="a")))
+    await peer.send(
+        p.encode(
+            p.Register(id=1, deadline=time.time() + 5, protocol=99, token=TOKEN, machine_id="m", agent="a")
+        )
+    )
     answer = await peer.receive()
-    assert isinstance(answer, p.ErrorReply) and "client speaks protocol 99; this bridge speaks 1" in answer.error.message
-    await peer.send(p.encode(p.Register(id=2, deadline=time.time() + 5, protocol=1, token=TOKEN, machine_id="a\x00b",
-                                        agent="a")))
+    assert (
+        isinstance(answer, p.ErrorReply)
+        and "client speaks protocol 99; this bridge speaks 1" in answer.error.message
+    )
+    await peer.send(
+        p.encode(
+            p.Register(
+                id=2, deadline=time.time() + 5, protocol=1, token=TOKEN, machine_id="a\x00b", agent="a"
+            )
+        )
+    )
     answer = await peer.receive()
     assert isinstance(answer, p.ErrorReply) and "unprintable characters" in answer.error.message
     await witness()

@@ -42,7 +42,10 @@ async def test_requests_both_ways(make_bridge, make_client) -> None:
 
     client = await make_client(bridge, machine_id="m1")
     client.on("bridge_request", lambda request: {"double": request.data * 2})
-    assert await client.request({"x": 'a "quoted" \\ value'}) == {"got": {"x": 'a "quoted" \\ value'}, "from": "m1"}
+    assert await client.request({"x": 'a "quoted" \\ value'}) == {
+        "got": {"x": 'a "quoted" \\ value'},
+        "from": "m1",
+    }
     assert await bridge.request(21, client="m1") == {"double": 42}
     assert await bridge.request(1, client=bridge.clients[0]) == {"double": 2}
 
@@ -212,11 +215,13 @@ async def test_shard_data_max_clusters(make_bridge, make_client) -> None:
 
 
 async def test_total_shards_auto_asks_the_discord_api(make_bridge, aiohttp_gateway) -> None:
-    bridge = await make_bridge(total_shards="auto", token="Bot abc", api_base=aiohttp_gateway, total_machines=1)
+    bridge = await make_bridge(
+        total_shards="auto", token="Bot abc", api_base=aiohttp_gateway, total_machines=1
+    )
     assert bridge.plan.total_shards == 6
     with pytest.raises(ConfigurationError, match='total_shards="auto": GET .* answered 401'):
         await make_bridge(total_shards="auto", token="wrong", api_base=aiohttp_gateway)
-    with pytest.raises(ConfigurationError, match='needs the bot token'):
+    with pytest.raises(ConfigurationError, match="needs the bot token"):
         await make_bridge(total_shards="auto")
 
 

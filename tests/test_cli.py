@@ -12,7 +12,9 @@ import zmq.auth
 
 
 def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "zmqcross", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run(
+        [sys.executable, "-m", "zmqcross", *args], capture_output=True, text=True, timeout=30
+    )
 
 
 def test_help() -> None:

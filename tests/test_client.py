@@ -33,7 +33,9 @@ class BridgeProcess:
     def __init__(self, port: int, pub_port: int) -> None:
         self.proc = subprocess.Popen(
             [sys.executable, str(HERE / "bridge_process.py"), str(port), str(pub_port)],
-            stdout=subprocess.PIPE, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONUNBUFFERED": "1"},
         )
         self.lines: list[str] = []
 
@@ -69,7 +71,9 @@ def bridge_processes():
         proc.kill()
 
 
-async def test_sigkilled_bridge_is_replaced_and_rebuilds_its_map_from_the_machines(bridge_processes, make_client):
+async def test_sigkilled_bridge_is_replaced_and_rebuilds_its_map_from_the_machines(
+    bridge_processes, make_client
+):
     port, pub_port = free_port(), free_port()
     first = bridge_processes(port, pub_port)
     await first.wait_line("READY")
@@ -149,7 +153,9 @@ async def test_connect_timeout_names_the_endpoint() -> None:
     port = free_port()
     client = Client(auth_token=TOKEN, port=port, pub_port=free_port())
     t0 = time.monotonic()
-    with pytest.raises(ConnectionLost, match=f"no answer from the bridge at tcp://127.0.0.1:{port} within 0.5 s"):
+    with pytest.raises(
+        ConnectionLost, match=f"no answer from the bridge at tcp://127.0.0.1:{port} within 0.5 s"
+    ):
         await client.connect(timeout=0.5)
     assert time.monotonic() - t0 < 3
     with pytest.raises(RuntimeError, match="create a new Client"):

@@ -27,10 +27,15 @@ async def test_unknown_key_is_refused_with_a_clear_error(keys, make_bridge, make
     good = await make_client(bridge, machine_id="good", curve=keys.client("good"))
     stranger = keys.client("stranger", allowed=False)
     t0 = time.monotonic()
-    with pytest.raises(AuthenticationError, match="refused this client's CURVE key .*add this client's public key"):
+    with pytest.raises(
+        AuthenticationError, match="refused this client's CURVE key .*add this client's public key"
+    ):
         await make_client(bridge, machine_id="stranger", curve=stranger)
     assert time.monotonic() - t0 < 3
-    assert f"refused CURVE key {stranger.public_key.decode()} from 127.0.0.1: not in the allow-list" in caplog.text
+    assert (
+        f"refused CURVE key {stranger.public_key.decode()} from 127.0.0.1: not in the allow-list"
+        in caplog.text
+    )
     assert bridge.statistics().refused_keys >= 1
     assert await good.request(1) == "ok"
 
@@ -41,7 +46,9 @@ async def test_client_without_curve_is_refused(keys, make_bridge, make_client, c
     bridge.on("client_request", lambda request, client: "ok")
     good = await make_client(bridge, machine_id="good", curve=keys.client("good"))
     t0 = time.monotonic()
-    with pytest.raises(AuthenticationError, match="one side uses CURVE and the other does not|disagree about CURVE"):
+    with pytest.raises(
+        AuthenticationError, match="one side uses CURVE and the other does not|disagree about CURVE"
+    ):
         await make_client(bridge, machine_id="plain")
     assert time.monotonic() - t0 < 3
     assert await good.request(1) == "ok"
@@ -52,14 +59,18 @@ async def test_wrong_server_key_times_out_with_a_hint(keys, make_bridge, make_cl
     bridge = await make_bridge(curve=keys.server())
     mine = keys.client("machine-1")
     wrong = CurveClient(mine.public_key, mine.secret_key, zmq.curve_keypair()[0])
-    with pytest.raises(AuthenticationError, match="disagree about CURVE .*check that server_key is the bridge public key"):
+    with pytest.raises(
+        AuthenticationError, match="disagree about CURVE .*check that server_key is the bridge public key"
+    ):
         await make_client(bridge, machine_id="m1", curve=wrong, connect_timeout=5.0)
 
 
 async def test_one_key_cannot_take_another_machines_id(keys, make_bridge, make_client) -> None:
     bridge = await make_bridge(curve=keys.server())
     first = await make_client(bridge, machine_id="machine-1", curve=keys.client("k1"))
-    with pytest.raises(AuthenticationError, match="machine id 'machine-1' is registered by another CURVE key \\('k1'\\)"):
+    with pytest.raises(
+        AuthenticationError, match="machine id 'machine-1' is registered by another CURVE key \\('k1'\\)"
+    ):
         await make_client(bridge, machine_id="machine-1", curve=keys.client("k2"))
     assert first.connected and [c.key for c in bridge.clients] == ["k1"]
 

@@ -6,8 +6,15 @@ from zmqcross.registry import ClientInfo, Peer, Registry, check_name
 
 
 def peer(route: bytes, cid: str, user: str | None, seen: float = 0.0) -> Peer:
-    info = ClientInfo(id=cid, agent="bot", initial_data=None, address=None, key=None, connected_at=0.0,
-                      permissions=frozenset())
+    info = ClientInfo(
+        id=cid,
+        agent="bot",
+        initial_data=None,
+        address=None,
+        key=None,
+        connected_at=0.0,
+        permissions=frozenset(),
+    )
     return Peer(route, info, user, seen)
 
 

@@ -57,7 +57,13 @@ def test_zap_handler_decisions(tmp_path: Path) -> None:
     zap = ZapHandler({key: "ok"})
     binary = z85.decode(key)
     assert zap.handle([b"1.0", b"7", b"d", b"10.0.0.9", b"", b"CURVE", binary]) == [
-        b"1.0", b"7", b"200", b"OK", key, b""]
+        b"1.0",
+        b"7",
+        b"200",
+        b"OK",
+        key,
+        b"",
+    ]
     stranger = z85.decode(zmq.curve_keypair()[0])
     assert zap.handle([b"1.0", b"8", b"d", b"10.0.0.9", b"", b"CURVE", stranger])[2] == b"400"
     assert zap.handle([b"1.0", b"9", b"d", b"10.0.0.9", b"", b"NULL"])[2] == b"400"

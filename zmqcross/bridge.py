@@ -16,7 +16,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import zmq
 
@@ -60,7 +60,15 @@ from .protocol import (
 )
 from .registry import ClientInfo, Peer, Registry, check_name
 from .security import AccessPolicy, CurveServer, ZapHandler, tokens_match
-from .transport import MonitorEvent, OpenRequests, Pump, closed_error, configure_socket, result_of, watch_monitor
+from .transport import (
+    MonitorEvent,
+    OpenRequests,
+    Pump,
+    closed_error,
+    configure_socket,
+    result_of,
+    watch_monitor,
+)
 
 __all__ = ["BRIDGE_EVENTS", "Bridge", "BridgeStatistics"]
 
@@ -100,7 +108,7 @@ def _is_loopback(host: str) -> bool:
 
 def _peer_address(frame: zmq.Frame) -> str | None:
     try:
-        return frame.get("Peer-Address")  # type: ignore[no-any-return]
+        return str(frame.get("Peer-Address"))
     except zmq.ZMQError:
         return None
 
@@ -147,11 +155,15 @@ class Bridge:
             raise ConfigurationError("auth_token must be a non-empty string; every client must present it")
         for name, value in (("port", port), ("pub_port", pub_port)):
             if value is not None and (type(value) is not int or not 0 <= value <= 65535):
-                raise ConfigurationError(f"{name} must be a TCP port number (0 picks a free one), not {value!r}")
+                raise ConfigurationError(
+                    f"{name} must be a TCP port number (0 picks a free one), not {value!r}"
+                )
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise ConfigurationError("heartbeat_interval must be positive and shorter than heartbeat_timeout")
         if total_shards != "auto" and type(total_shards) is not int:
-            raise ConfigurationError(f'total_shards must be a positive integer or "auto", not {total_shards!r}')
+            raise ConfigurationError(
+                f'total_shards must be a positive integer or "auto", not {total_shards!r}'
+            )
         self._auth_token = auth_token
         self._host = host
         self._port = port
@@ -270,8 +282,8 @@ class Bridge:
                 f"cannot listen on {self._host} ports {self._port}/{self._pub_port}: {exc.strerror}"
             ) from None
         self._router, self._pub = router, pub
-        self._port = int(router.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
-        self._pub_port = int(pub.getsockopt(zmq.LAST_ENDPOINT).decode().rsplit(":", 1)[1])
+        self._port = _bound_port(router)
+        self._pub_port = _bound_port(pub)
         self._router_pump = self._pump(router, self._on_router, name="router", receive=_receive_routed)
         self._pump_monitor(router, "router")
 
@@ -433,7 +445,10 @@ class Bridge:
         frames = encode(Request(id=request_id, deadline=time.time() + timeout, data=dump(data)))
         check_limits(frames, self._limits)
         outcome = self._open.future(
-            request_id=request_id, timeout=timeout, what=f"request to client {client_id!r}", peer=peer.routing_id
+            request_id=request_id,
+            timeout=timeout,
+            what=f"request to client {client_id!r}",
+            peer=peer.routing_id,
         )
         self._send_frames(peer.routing_id, frames)
         return result_of(await outcome)
@@ -451,21 +466,34 @@ class Bridge:
             peer = self._registry.get(routing_id)
             who = repr(peer.info.id) if peer else f"an unregistered peer at {_peer_address(first)}"
             log.warning("bad message from %s: %s", who, exc.message)
-            self._send(routing_id, ErrorReply(reply_to=exc.request_id, error=ErrorInfo.from_exception(exc, with_traceback=False)))
+            self._send(
+                routing_id,
+                ErrorReply(
+                    reply_to=exc.request_id, error=ErrorInfo.from_exception(exc, with_traceback=False)
+                ),
+            )
             return
         peer = self._registry.get(routing_id)
         if peer is None:
             self._from_stranger(routing_id, first, msg)
             return
-        if self._curve is not None and first.get("User-Id") != peer.user_id:
+        if self._curve is not None and _user_id(first) != peer.user_id:
             # Any allow-listed key can claim any routing id; the registration pinned this one to a key.
-            log.warning("dropped a message claiming client %r's routing id from another CURVE key", peer.info.id)
+            log.warning(
+                "dropped a message claiming client %r's routing id from another CURVE key", peer.info.id
+            )
             return
         peer.last_seen = time.monotonic()
         handler = self._dispatch.get(type(msg))
         if handler is None:
             error = ProtocolError(f"the bridge does not accept {msg.type!r} messages")
-            self._send(routing_id, ErrorReply(reply_to=getattr(msg, "id", None), error=ErrorInfo.from_exception(error, with_traceback=False)))
+            self._send(
+                routing_id,
+                ErrorReply(
+                    reply_to=getattr(msg, "id", None),
+                    error=ErrorInfo.from_exception(error, with_traceback=False),
+                ),
+            )
             return
         handler(peer, msg)
 
@@ -478,26 +506,44 @@ class Bridge:
             # Typically a client of the previous bridge run: nothing it sent was run here.
             self._send(
                 routing_id,
-                Reregister(reason="this bridge does not know you (it restarted?); register again", reply_to=getattr(msg, "id", None)),
+                Reregister(
+                    reason="this bridge does not know you (it restarted?); register again",
+                    reply_to=getattr(msg, "id", None),
+                ),
             )
 
     def _on_reregister(self, peer: Peer, msg: Register) -> None:
         self._register(peer.routing_id, None, msg, current=peer)
 
-    def _register(self, routing_id: bytes, frame: zmq.Frame | None, msg: Register, current: Peer | None = None) -> None:
+    def _register(
+        self, routing_id: bytes, frame: zmq.Frame | None, msg: Register, current: Peer | None = None
+    ) -> None:
         if msg.deadline < time.time():
             log.debug("ignored an expired registration from %r", msg.machine_id)
             return
         address = current.info.address if current is not None else (_peer_address(frame) if frame else None)
-        user_id = current.user_id if current is not None else (frame.get("User-Id") if self._curve and frame else None)
+        user_id = (
+            current.user_id if current is not None else (_user_id(frame) if self._curve and frame else None)
+        )
 
         def refuse(error: ZmqcrossError) -> None:
             self._counters["refused"] += 1
-            log.warning("refused registration of %r (agent %r) from %s: %s", msg.machine_id, msg.agent, address, error.message)
-            self._send(routing_id, ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(error, with_traceback=False)))
+            log.warning(
+                "refused registration of %r (agent %r) from %s: %s",
+                msg.machine_id,
+                msg.agent,
+                address,
+                error.message,
+            )
+            self._send(
+                routing_id,
+                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(error, with_traceback=False)),
+            )
 
         if msg.protocol != PROTOCOL_VERSION:
-            return refuse(ProtocolError(f"client speaks protocol {msg.protocol}; this bridge speaks {PROTOCOL_VERSION}"))
+            return refuse(
+                ProtocolError(f"client speaks protocol {msg.protocol}; this bridge speaks {PROTOCOL_VERSION}")
+            )
         if not tokens_match(self._auth_token, msg.token):
             return refuse(AuthenticationError("wrong auth token: it does not match the bridge's auth_token"))
         for what, value in (("machine_id", msg.machine_id), ("agent", msg.agent)):
@@ -510,7 +556,9 @@ class Bridge:
         if admission.replaces is not None:
             old = admission.replaces
             reason = f"replaced by a new connection for machine id {msg.machine_id!r} from {address}"
-            self._send(old.routing_id, Goodbye(reason=reason + "; give each process its own machine_id", retry=False))
+            self._send(
+                old.routing_id, Goodbye(reason=reason + "; give each process its own machine_id", retry=False)
+            )
             self._drop(old, reason)
         key_name = self._curve.allowed.get(user_id.encode()) if self._curve is not None and user_id else None
         refresh = current is not None and current.info.id == msg.machine_id
@@ -557,7 +605,9 @@ class Bridge:
             return notice
         problem = self._placement.claim(machine_id, hosting.cluster_list)
         if problem is not None:
-            log.warning("machine %r claims clusters %s: refused, %s", machine_id, list(hosting.cluster_list), problem)
+            log.warning(
+                "machine %r claims clusters %s: refused, %s", machine_id, list(hosting.cluster_list), problem
+            )
             return f"claim refused: {problem}"
         log.info("machine %r re-registered running clusters %s", machine_id, list(hosting.cluster_list))
         return None
@@ -576,7 +626,10 @@ class Bridge:
             f"it may: {', '.join(sorted(peer.info.permissions)) or 'nothing'}"
         )
         log.warning("%s", error.message)
-        self._send(peer.routing_id, ErrorReply(reply_to=request_id, error=ErrorInfo.from_exception(error, with_traceback=False)))
+        self._send(
+            peer.routing_id,
+            ErrorReply(reply_to=request_id, error=ErrorInfo.from_exception(error, with_traceback=False)),
+        )
         return False
 
     def _on_send(self, peer: Peer, msg: Send) -> None:
@@ -612,7 +665,10 @@ class Bridge:
         try:
             target = self._find_target(msg.target, msg.agent)
         except ClientNotFound as exc:
-            self._send(origin.routing_id, ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)))
+            self._send(
+                origin.routing_id,
+                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
+            )
             return
         origin_route, origin_id = origin.routing_id, msg.id
 
@@ -622,7 +678,9 @@ class Bridge:
             elif isinstance(outcome, ErrorReply):
                 answer = ErrorReply(reply_to=origin_id, error=outcome.error)
             else:
-                answer = ErrorReply(reply_to=origin_id, error=ErrorInfo.from_exception(outcome, with_traceback=False))
+                answer = ErrorReply(
+                    reply_to=origin_id, error=ErrorInfo.from_exception(outcome, with_traceback=False)
+                )
             self._send(origin_route, answer)
 
         request_id = self._open.next_id()
@@ -633,7 +691,10 @@ class Bridge:
             on_done=forward,
             peer=target.routing_id,
         )
-        self._send(target.routing_id, Request(id=request_id, deadline=msg.deadline, data=msg.data, origin=origin.info.id))
+        self._send(
+            target.routing_id,
+            Request(id=request_id, deadline=msg.deadline, data=msg.data, origin=origin.info.id),
+        )
 
     def _find_target(self, client_id: str | None, agent: str | None) -> Peer:
         if client_id is not None:
@@ -647,7 +708,9 @@ class Bridge:
         if not matches:
             raise ClientNotFound(f"no connected client has agent {agent!r}; connected: {self._client_ids()}")
         names = ", ".join(repr(p.info.id) for p in matches)
-        raise ClientNotFound(f"{len(matches)} clients have agent {agent!r} ({names}); name one with client_id=")
+        raise ClientNotFound(
+            f"{len(matches)} clients have agent {agent!r} ({names}); name one with client_id="
+        )
 
     def _client_ids(self) -> str:
         return ", ".join(repr(p.info.id) for p in self._registry) or "none"
@@ -657,12 +720,20 @@ class Bridge:
         try:
             clusters = self._placement.assign(peer.info.id, max_clusters=msg.max_clusters)
         except ConfigurationError as exc:
-            self._send(peer.routing_id, ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)))
+            self._send(
+                peer.routing_id,
+                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
+            )
             return
         peer.clusters = clusters
         data = self._placement.shard_data(clusters)
         if clusters:
-            log.info("machine %r runs clusters %s (shards %s)", peer.info.id, list(clusters), [list(s) for s in data.shard_list])
+            log.info(
+                "machine %r runs clusters %s (shards %s)",
+                peer.info.id,
+                list(clusters),
+                [list(s) for s in data.shard_list],
+            )
         else:
             log.info("machine %r is a standby: every chunk of the plan is held", peer.info.id)
         self._send(peer.routing_id, Reply(reply_to=msg.id, data=dump(data.to_json())))
@@ -671,7 +742,9 @@ class Bridge:
         entry = self._open.get(msg.reply_to) if msg.reply_to is not None else None
         if entry is None or entry.peer != peer.routing_id:
             if isinstance(msg, ErrorReply) and msg.reply_to is None:
-                log.warning("client %r reports a bad message from the bridge: %s", peer.info.id, msg.error.message)
+                log.warning(
+                    "client %r reports a bad message from the bridge: %s", peer.info.id, msg.error.message
+                )
             else:
                 log.debug("ignored a late or unknown answer from %r", peer.info.id)
             return
@@ -679,9 +752,14 @@ class Bridge:
 
     def _on_monitor(self, event: MonitorEvent) -> None:
         if event.event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            log.warning("a peer failed the ZMTP handshake (a client without CURVE, or with a wrong server key?)")
+            log.warning(
+                "a peer failed the ZMTP handshake (a client without CURVE, or with a wrong server key?)"
+            )
         elif event.event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            log.warning("a peer's handshake failed (errno %d): often a CURVE client with a wrong server key", event.value)
+            log.warning(
+                "a peer's handshake failed (errno %d): often a CURVE client with a wrong server key",
+                event.value,
+            )
 
     # ------------------------------------------------------------------ sending
 
@@ -703,7 +781,9 @@ class Bridge:
                     self._drop(peer, "its connection is gone (send failed: host unreachable)")
                 return False
             if exc.errno == zmq.EAGAIN:
-                log.warning("send queue to %r is full; a message was dropped", peer.info.id if peer else routing_id)
+                log.warning(
+                    "send queue to %r is full; a message was dropped", peer.info.id if peer else routing_id
+                )
                 return False
             raise
         finally:
@@ -716,7 +796,9 @@ class Bridge:
         if self._pub is None or self._pub.closed:
             return
         self._beacon_seq += 1
-        beacon = Beacon(epoch=self._epoch, seq=self._beacon_seq, plan_version=self._plan.version if self._plan else None)
+        beacon = Beacon(
+            epoch=self._epoch, seq=self._beacon_seq, plan_version=self._plan.version if self._plan else None
+        )
         try:
             self._pub.send_multipart(encode(beacon), zmq.NOBLOCK)
         except zmq.Again:
@@ -738,7 +820,10 @@ class Bridge:
                 now = time.monotonic()
                 for peer in self._registry.silent(now, self._heartbeat_timeout):
                     silent_for = now - peer.last_seen
-                    self._drop(peer, f"silent for {silent_for:.1f} s (heartbeat_timeout is {self._heartbeat_timeout:g} s)")
+                    self._drop(
+                        peer,
+                        f"silent for {silent_for:.1f} s (heartbeat_timeout is {self._heartbeat_timeout:g} s)",
+                    )
                 self._publish_beacon()
             except Exception:  # the heartbeat must outlive any one bad tick
                 log.exception("bridge heartbeat tick failed")
@@ -747,6 +832,15 @@ class Bridge:
         if self._router is None or self._ctx is None:
             raise closed_error("the bridge")
         return self._router
+
+
+def _bound_port(sock: zmq.Socket[Any]) -> int:
+    return int(cast(bytes, sock.getsockopt(zmq.LAST_ENDPOINT)).decode().rsplit(":", 1)[1])
+
+
+def _user_id(frame: zmq.Frame) -> str:
+    """The CURVE key (z85) that ZAP admitted for the connection ``frame`` came on."""
+    return str(frame.get("User-Id"))
 
 
 def _receive_routed(sock: zmq.Socket[Any]) -> tuple[zmq.Frame, list[bytes]]:

@@ -20,7 +20,14 @@ from typing import Any
 
 import zmq
 
-from .errors import AuthenticationError, ConfigurationError, ConnectionLost, ProtocolError, RequestTimeout, ZmqcrossError
+from .errors import (
+    AuthenticationError,
+    ConfigurationError,
+    ConnectionLost,
+    ProtocolError,
+    RequestTimeout,
+    ZmqcrossError,
+)
 from .events import EventEmitter, Handler
 from .messages import IncomingMessage, IncomingRequest, serve_request
 from .planning import ShardData
@@ -29,7 +36,6 @@ from .protocol import (
     DEFAULT_TIMEOUT,
     PROTOCOL_VERSION,
     Beacon,
-    ErrorInfo,
     ErrorReply,
     Goodbye,
     Hosting,
@@ -51,7 +57,15 @@ from .protocol import (
 )
 from .registry import check_name
 from .security import CurveClient
-from .transport import MonitorEvent, OpenRequests, Pump, closed_error, configure_socket, result_of, watch_monitor
+from .transport import (
+    MonitorEvent,
+    OpenRequests,
+    Pump,
+    closed_error,
+    configure_socket,
+    result_of,
+    watch_monitor,
+)
 
 __all__ = ["CLIENT_EVENTS", "Client", "ClientStatistics", "default_machine_id"]
 
@@ -348,7 +362,9 @@ class Client:
         :meth:`request` when the sender must know it arrived.
         """
         if self._state != _READY:
-            raise ConnectionLost(f"not connected to the bridge (link is {self._state}); the message was not sent")
+            raise ConnectionLost(
+                f"not connected to the bridge (link is {self._state}); the message was not sent"
+            )
         self._send(Send(data=dump(data)))
 
     async def request(self, data: Any, *, timeout: float | None = None) -> Any:
@@ -356,7 +372,12 @@ class Client:
         return await self._request(data, timeout=timeout, what="request to the bridge")
 
     async def request_to_client(
-        self, data: Any, *, client_id: str | None = None, agent: str | None = None, timeout: float | None = None
+        self,
+        data: Any,
+        *,
+        client_id: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
     ) -> Any:
         """Send a custom request to another client through the bridge; return its answer.
 
@@ -366,9 +387,13 @@ class Client:
         if (client_id is None) == (agent is None):
             raise ValueError("name the target with exactly one of client_id= or agent=")
         target = f"client {client_id!r}" if client_id is not None else f"the client with agent {agent!r}"
-        return await self._request(data, timeout=timeout, what=f"request to {target}", target=client_id, agent=agent)
+        return await self._request(
+            data, timeout=timeout, what=f"request to {target}", target=client_id, agent=agent
+        )
 
-    async def request_shard_data(self, *, max_clusters: int | None = None, timeout: float | None = None) -> ShardData:
+    async def request_shard_data(
+        self, *, max_clusters: int | None = None, timeout: float | None = None
+    ) -> ShardData:
         """Ask the bridge which clusters this machine should run.
 
         A standby machine (every chunk held) gets empty lists. The answer is also
@@ -457,10 +482,17 @@ class Client:
             entry.parked = False
             if entry.frames is not None and entry.deadline > now:
                 try:
-                    self._send_frames(entry.frames)  # the bridge refused it unrun; its deadline allows a retry
+                    self._send_frames(
+                        entry.frames
+                    )  # the bridge refused it unrun; its deadline allows a retry
                 except ConnectionLost:
                     pass
-        log.info("registered with the bridge at %s as %r (epoch %s)", self._endpoint, self._machine_id, welcome.epoch)
+        log.info(
+            "registered with the bridge at %s as %r (epoch %s)",
+            self._endpoint,
+            self._machine_id,
+            welcome.epoch,
+        )
         if self._connected is not None and not self._connected.done():
             self._connected.set_result(None)
         self._events.emit("ready")
@@ -624,4 +656,3 @@ class Client:
                 self._send(Ping(sent_at=time.time()))
             except ConnectionLost as exc:
                 self._lost(exc.message)
-

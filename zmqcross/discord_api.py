@@ -43,7 +43,9 @@ async def fetch_recommended_shards(token: str, *, base: str | None = None, timeo
                     )
                 data = await response.json(content_type=None)
     except (aiohttp.ClientError, TimeoutError) as exc:
-        raise ConfigurationError(f'total_shards="auto": cannot reach {url}: {exc or type(exc).__name__}') from None
+        raise ConfigurationError(
+            f'total_shards="auto": cannot reach {url}: {exc or type(exc).__name__}'
+        ) from None
     shards = data.get("shards") if isinstance(data, dict) else None
     if type(shards) is not int or shards < 1:
         raise ConfigurationError(f'total_shards="auto": {url} gave no shard count: {str(data)[:200]}')

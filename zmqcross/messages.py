@@ -67,7 +67,7 @@ class IncomingRequest(IncomingMessage):
         *,
         request_id: int,
         deadline: float,
-        respond: Callable[[Message], None],
+        respond: Callable[[Message], object],
         client: ClientInfo | None = None,
         origin: str | None = None,
     ) -> None:

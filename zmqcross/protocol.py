@@ -32,7 +32,14 @@ from typing import Any, Literal, Union
 
 import orjson
 
-from .errors import MessageTooLarge, ProtocolError, SerializationError, ZmqcrossError, error_code, error_from_wire
+from .errors import (
+    MessageTooLarge,
+    ProtocolError,
+    SerializationError,
+    ZmqcrossError,
+    error_code,
+    error_from_wire,
+)
 
 __all__ = [
     "DEFAULT_LIMITS",
@@ -320,7 +327,18 @@ class ErrorReply:
 
 
 Message = Union[
-    Register, Welcome, Ping, Pong, Reregister, Goodbye, Beacon, Send, Request, ShardDataRequest, Reply, ErrorReply
+    Register,
+    Welcome,
+    Ping,
+    Pong,
+    Reregister,
+    Goodbye,
+    Beacon,
+    Send,
+    Request,
+    ShardDataRequest,
+    Reply,
+    ErrorReply,
 ]
 """Every message the fabric can carry."""
 
@@ -561,7 +579,7 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     except ProtocolError as exc:
         exc.request_id = request_id
         raise
-    for name, frame in zip(codec.body, body):
+    for name, frame in zip(codec.body, body[:fixed], strict=True):
         values[name] = bytes(frame)
     if codec.rest is not None:
         values[codec.rest] = tuple(bytes(frame) for frame in body[fixed:])

@@ -94,7 +94,9 @@ class AccessPolicy:
 # --------------------------------------------------------------------------- keys
 
 
-def generate_keypair(directory: str | os.PathLike[str], name: str, *, overwrite: bool = False) -> tuple[Path, Path]:
+def generate_keypair(
+    directory: str | os.PathLike[str], name: str, *, overwrite: bool = False
+) -> tuple[Path, Path]:
     """Write ``NAME.key`` (public, 0644) and ``NAME.key_secret`` (0600) into ``directory``.
 
     Returns both paths. Refuses to overwrite existing files unless ``overwrite``.
@@ -107,7 +109,9 @@ def generate_keypair(directory: str | os.PathLike[str], name: str, *, overwrite:
     if not overwrite:
         for path in (public_path, secret_path):
             if path.exists():
-                raise ConfigurationError(f"{path} already exists; pass overwrite=True (or --force) to replace it")
+                raise ConfigurationError(
+                    f"{path} already exists; pass overwrite=True (or --force) to replace it"
+                )
     public, secret = zmq.curve_keypair()
     _write_key(public_path, public, None, 0o644)
     _write_key(secret_path, public, secret, 0o600)
@@ -174,7 +178,9 @@ def _check_z85(text: str) -> None:
         raise ConfigurationError(f"{text!r} is neither a z85 CURVE key nor an existing key file") from None
 
 
-def load_allow_list(source: str | os.PathLike[str] | Iterable[str | bytes | os.PathLike[str]]) -> dict[bytes, str]:
+def load_allow_list(
+    source: str | os.PathLike[str] | Iterable[str | bytes | os.PathLike[str]],
+) -> dict[bytes, str]:
     """Allowed client keys, ``{z85 public key: name}``.
 
     ``source`` is a directory of ``*.key`` files (each named by its file stem), or a list of
@@ -186,7 +192,9 @@ def load_allow_list(source: str | os.PathLike[str] | Iterable[str | bytes | os.P
             raise ConfigurationError(f"allow-list {folder} is not a directory of *.key files")
         files = sorted(folder.glob("*.key"))
         if not files:
-            raise ConfigurationError(f"allow-list directory {folder} has no *.key files: no client could connect")
+            raise ConfigurationError(
+                f"allow-list directory {folder} has no *.key files: no client could connect"
+            )
         return {_read_certificate(p)[0]: p.stem for p in files}
     allowed: dict[bytes, str] = {}
     for item in source:
@@ -300,7 +308,9 @@ class ZapHandler:
         peer = address.decode("utf-8", "replace")
         if mechanism != b"CURVE" or len(credentials) != 1:
             self.denied += 1
-            log.warning("refused a %s handshake from %s: this bridge requires CURVE", mechanism.decode(), peer)
+            log.warning(
+                "refused a %s handshake from %s: this bridge requires CURVE", mechanism.decode(), peer
+            )
             return [b"1.0", request_id, b"400", b"CURVE required", b"", b""]
         key = z85.encode(credentials[0])
         if not self._known(credentials[0]):

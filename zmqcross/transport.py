@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import zmq
 from zmq.utils.monitor import parse_monitor_message
@@ -92,7 +92,7 @@ class Pump:
         self._name = name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False
-        self._fd = sock.getsockopt(zmq.FD)
+        self._fd = cast(int, sock.getsockopt(zmq.FD))
 
     def start(self) -> None:
         """Begin reading; messages already waiting are handled on the next loop turn."""
@@ -108,7 +108,11 @@ class Pump:
 
     def kick(self) -> None:
         """Call after sending on this socket outside the pump: a send may eat the FD's signal."""
-        if self._loop is not None and not self._scheduled and self.sock.getsockopt(zmq.EVENTS) & zmq.POLLIN:
+        if (
+            self._loop is not None
+            and not self._scheduled
+            and cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
+        ):
             self._schedule()
 
     def _schedule(self) -> None:
@@ -159,10 +163,9 @@ def watch_monitor(sock: zmq.Socket[Any], on_event: Callable[[MonitorEvent], None
 
     def handle(frames: list[bytes]) -> None:
         parsed = parse_monitor_message(frames)
-        endpoint = parsed["endpoint"]
-        if isinstance(endpoint, bytes):
-            endpoint = endpoint.decode("utf-8", "replace")
-        on_event(MonitorEvent(zmq.Event(parsed["event"]), int(parsed["value"]), str(endpoint)))
+        raw = parsed["endpoint"]
+        endpoint = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else str(raw)
+        on_event(MonitorEvent(zmq.Event(parsed["event"]), int(parsed["value"]), endpoint))
 
     return Pump(monitor, handle, name=name)
 

@@ -45,6 +45,12 @@ SAMPLES: list[p.Message] = [
     p.ErrorReply(
         reply_to=9, error=p.ErrorInfo(code="remote", type="KeyError", message="'x'", traceback="tb")
     ),
+    p.EvalRequest(id=5, deadline=4.0, script="len(bot.guilds)", context={"q": '"'}, clusters=(0, 2)),
+    p.EvalReply(
+        reply_to=5, slots=(p.Slot(cluster=0, ok=True), p.Slot(cluster=2, ok=False)), results=(b"1", b"{}")
+    ),
+    p.GuildRequest(id=6, deadline=5.0, guild_id=(150000000000 + 1) << 22, data=b"{}"),
+    p.Heartbeat(sent_at=1.0, ready=True, guilds=1250),
 ]
 
 
@@ -121,6 +127,20 @@ def test_rejections_say_what_is_wrong(frames: list[bytes], needle: str, request_
         p.decode(frames)
     assert needle in str(info.value)
     assert info.value.request_id == request_id
+
+
+def test_eval_reply_needs_a_frame_per_slot() -> None:
+    header = orjson.dumps({"type": "eval_reply", "reply_to": 1, "slots": [{"cluster": 0, "ok": True}] * 2})
+    with pytest.raises(ProtocolError, match="has 2 slots but 1 result frames"):
+        p.decode([header, b"1"])
+
+
+def test_readdress_keeps_the_body_and_turns_errors_into_replies() -> None:
+    body = b'{"big": 1}'
+    moved = p.readdress(p.Reply(reply_to=1, data=body), 99)
+    assert moved == p.Reply(reply_to=99, data=body) and moved.data is body
+    failed = p.readdress(RemoteError("boom"), 7)
+    assert isinstance(failed, p.ErrorReply) and failed.reply_to == 7 and failed.error.message == "boom"
 
 
 def test_limits_are_checked_before_parsing() -> None:

@@ -6,8 +6,10 @@ machine agent (or a dashboard) talking to it. See README.md for the whole pictur
 
 from .bridge import Bridge, BridgeStatistics
 from .client import Client, ClientStatistics
+from .cluster import ClusterClient, ClusterData, ClusterManager, ClusterStatus, RestartPolicy, cluster_data
 from .errors import (
     AuthenticationError,
+    BroadcastEvalError,
     ClientNotFound,
     ConfigurationError,
     ConnectionLost,
@@ -16,6 +18,7 @@ from .errors import (
     ProtocolError,
     RemoteError,
     RequestTimeout,
+    ScriptError,
     SerializationError,
     ZmqcrossError,
 )
@@ -24,6 +27,7 @@ from .planning import ShardData, ShardPlan, build_plan, shard_for_guild
 from .protocol import DEFAULT_TIMEOUT, Limits
 from .registry import ClientInfo
 from .security import AccessPolicy, CurveClient, CurveServer, generate_keypair
+from .shard import Shard
 
 __version__ = "0.1.0"
 
@@ -32,10 +36,15 @@ __all__ = [
     "AuthenticationError",
     "Bridge",
     "BridgeStatistics",
+    "BroadcastEvalError",
     "Client",
     "ClientInfo",
     "ClientNotFound",
     "ClientStatistics",
+    "ClusterClient",
+    "ClusterData",
+    "ClusterManager",
+    "ClusterStatus",
     "ConfigurationError",
     "ConnectionLost",
     "CurveClient",
@@ -49,11 +58,15 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RequestTimeout",
+    "RestartPolicy",
+    "ScriptError",
     "SerializationError",
+    "Shard",
     "ShardData",
     "ShardPlan",
     "ZmqcrossError",
     "build_plan",
+    "cluster_data",
     "generate_keypair",
     "shard_for_guild",
 ]

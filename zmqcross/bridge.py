@@ -10,6 +10,7 @@ All of its socket work happens in this module's loop; decisions live in
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import secrets
@@ -31,8 +32,9 @@ from .errors import (
     ZmqcrossError,
 )
 from .events import EventEmitter, Handler
+from .fanout import Gather, eval_outcome, eval_request, guild_of, hop_deadline, select_clusters
 from .messages import IncomingMessage, IncomingRequest, serve_request
-from .planning import ClusterListParser, Placement, ShardPlan, build_plan
+from .planning import ClusterListParser, Placement, ShardPlan, build_plan, shard_for_guild
 from .protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
@@ -40,7 +42,10 @@ from .protocol import (
     Beacon,
     ErrorInfo,
     ErrorReply,
+    EvalReply,
+    EvalRequest,
     Goodbye,
+    GuildRequest,
     Hosting,
     Limits,
     Message,
@@ -57,6 +62,8 @@ from .protocol import (
     decode,
     dump,
     encode,
+    readdress,
+    result_of,
 )
 from .registry import ClientInfo, Peer, Registry, check_name
 from .security import AccessPolicy, CurveServer, ZapHandler, tokens_match
@@ -66,7 +73,6 @@ from .transport import (
     Pump,
     closed_error,
     configure_socket,
-    result_of,
     watch_monitor,
 )
 
@@ -212,6 +218,9 @@ class Bridge:
             ErrorReply: self._on_answer,
             Goodbye: self._on_goodbye,
             Register: self._on_reregister,
+            EvalRequest: self._on_eval,
+            EvalReply: self._on_answer,
+            GuildRequest: self._on_guild_request,
         }
 
     # ------------------------------------------------------------------ lifetime
@@ -453,6 +462,62 @@ class Bridge:
         self._send_frames(peer.routing_id, frames)
         return result_of(await outcome)
 
+    async def broadcast_eval(
+        self,
+        script: str | Callable[..., Any],
+        *,
+        context: Any = None,
+        timeout: float | None = None,
+        clusters: Sequence[int] | None = None,
+        shards: Sequence[int] | None = None,
+        guild_id: int | None = None,
+        filter: ClientFilter | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run ``script`` on every cluster of every machine; one result per cluster, in cluster id order.
+
+        ``script`` is a string (an expression, or statements ending in one; ``await`` allowed;
+        ``bot`` and ``context`` in scope) or a function called as ``fn(bot, context)``.
+        ``clusters``, ``shards`` or ``guild_id`` (one of them) narrow the targets; ``filter``
+        picks machines by their :class:`ClientInfo`. If any cluster raised, timed out or was
+        down, raises :class:`BroadcastEvalError` with every outcome, unless
+        ``return_exceptions`` puts the exceptions in those slots instead.
+        """
+        self._require_running()
+        timeout = self._request_timeout if timeout is None else float(timeout)
+        msg = eval_request(
+            self._open.next_id(),
+            script,
+            timeout=timeout,
+            context=context,
+            clusters=clusters,
+            shards=shards,
+            guild_id=guild_id,
+        )
+        answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._fan_out(msg, functools.partial(_settle, answer), accept=filter)
+        return eval_outcome(await answer, return_exceptions=return_exceptions)
+
+    async def request_to_guild(
+        self, data: Any, *, guild_id: int | None = None, timeout: float | None = None
+    ) -> Any:
+        """Send a custom request to the cluster that owns ``guild_id`` (or ``data["guild_id"]``).
+
+        The bot answers it with a ``@bot.cluster.on_request`` handler. Raises
+        :class:`ClientNotFound` or :class:`ConnectionLost` when no running cluster owns the guild.
+        """
+        self._require_running()
+        timeout = self._request_timeout if timeout is None else float(timeout)
+        msg = GuildRequest(
+            id=self._open.next_id(),
+            deadline=time.time() + timeout,
+            guild_id=guild_of(data, guild_id),
+            data=dump(data),
+        )
+        answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
+        self._route_guild(msg, functools.partial(_settle, answer))
+        return result_of(await answer)
+
     # ------------------------------------------------------------------ receiving
 
     def _on_router(self, routed: tuple[zmq.Frame, list[bytes]]) -> None:
@@ -673,15 +738,7 @@ class Bridge:
         origin_route, origin_id = origin.routing_id, msg.id
 
         def forward(outcome: Any) -> None:
-            if isinstance(outcome, Reply):
-                answer: Message = Reply(reply_to=origin_id, data=outcome.data)  # bytes pass through untouched
-            elif isinstance(outcome, ErrorReply):
-                answer = ErrorReply(reply_to=origin_id, error=outcome.error)
-            else:
-                answer = ErrorReply(
-                    reply_to=origin_id, error=ErrorInfo.from_exception(outcome, with_traceback=False)
-                )
-            self._send(origin_route, answer)
+            self._send(origin_route, readdress(outcome, origin_id))  # body bytes pass through untouched
 
         request_id = self._open.next_id()
         self._open.add(
@@ -695,6 +752,99 @@ class Bridge:
             target.routing_id,
             Request(id=request_id, deadline=msg.deadline, data=msg.data, origin=origin.info.id),
         )
+
+    def _on_eval(self, peer: Peer, msg: EvalRequest) -> None:
+        if not self._allowed(peer, "eval", msg.id):
+            return
+        if msg.deadline < time.time():
+            log.debug("dropped eval %d from %r: its deadline passed in transit", msg.id, peer.info.id)
+            return
+        self._fan_out(msg, functools.partial(self._send, peer.routing_id))
+
+    def _fan_out(
+        self, msg: EvalRequest, respond: Callable[[Message], object], accept: ClientFilter | None = None
+    ) -> None:
+        """Send an eval to the machines holding its clusters; ``respond`` gets exactly one answer."""
+        try:
+            targets = select_clusters(
+                self.plan, clusters=msg.clusters, shards=msg.shards, guild_id=msg.guild_id
+            )
+        except ConfigurationError as exc:
+            respond(readdress(exc, msg.id))
+            return
+        gather = Gather(targets)
+        answered = False
+
+        def finish() -> None:
+            nonlocal answered
+            if gather.done and not answered:
+                answered = True
+                respond(gather.reply(msg.id))
+
+        assert self._placement is not None
+        by_machine: dict[bytes, list[int]] = {}
+        for cid in targets:
+            holder = self._placement.holder_of(cid)
+            peer = self._registry.by_id(holder) if holder is not None else None
+            if peer is None or (accept is not None and not accept(peer.info)):
+                gather.fail([cid], ConnectionLost(f"cluster {cid} is not running on any connected machine"))
+                continue
+            by_machine.setdefault(peer.routing_id, []).append(cid)
+        now = time.time()
+        deadline = hop_deadline(msg.deadline, now)
+        for route, cids in by_machine.items():
+
+            def settle(outcome: Any, cids: list[int] = cids) -> None:
+                gather.absorb(outcome, cids)
+                finish()
+
+            sub_id = self._open.next_id()
+            self._open.add(
+                request_id=sub_id, timeout=max(deadline - now, 0.0), what="eval", on_done=settle, peer=route
+            )
+            self._send(
+                route,
+                dataclasses.replace(
+                    msg, id=sub_id, deadline=deadline, clusters=tuple(cids), shards=None, guild_id=None
+                ),
+            )
+        finish()
+
+    def _on_guild_request(self, peer: Peer, msg: GuildRequest) -> None:
+        if not self._allowed(peer, "request", msg.id):
+            return
+        if msg.deadline < time.time():
+            return
+        self._route_guild(msg, functools.partial(self._send, peer.routing_id))
+
+    def _route_guild(self, msg: GuildRequest, respond: Callable[[Message], object]) -> None:
+        """Relay a guild request to the machine running the guild's shard; ``respond`` gets the answer."""
+        assert self._placement is not None
+        shard = shard_for_guild(msg.guild_id, self.plan.total_shards)
+        cluster = self.plan.cluster_of_shard(shard)
+        holder = self._placement.holder_of(cluster) if cluster is not None else None
+        target = self._registry.by_id(holder) if holder is not None else None
+        if target is None:
+            error: ZmqcrossError = (
+                ClientNotFound(
+                    f"guild {msg.guild_id} is on shard {shard}, which no cluster of this plan runs"
+                )
+                if cluster is None
+                else ConnectionLost(
+                    f"guild {msg.guild_id} is on shard {shard} (cluster {cluster}), which no connected machine runs"
+                )
+            )
+            respond(readdress(error, msg.id))
+            return
+        sub_id = self._open.next_id()
+        self._open.add(
+            request_id=sub_id,
+            timeout=max(msg.deadline - time.time(), 0.0),
+            what=f"request to guild {msg.guild_id} on machine {target.info.id!r}",
+            on_done=lambda outcome: respond(readdress(outcome, msg.id)),
+            peer=target.routing_id,
+        )
+        self._send(target.routing_id, dataclasses.replace(msg, id=sub_id))
 
     def _find_target(self, client_id: str | None, agent: str | None) -> Peer:
         if client_id is not None:
@@ -850,3 +1000,8 @@ def _receive_routed(sock: zmq.Socket[Any]) -> tuple[zmq.Frame, list[bytes]]:
     first = sock.recv(zmq.NOBLOCK, copy=False)
     body = sock.recv_multipart(zmq.NOBLOCK) if first.more else []
     return first, body
+
+
+def _settle(answer: asyncio.Future[Message], outcome: Message) -> None:
+    if not answer.done():
+        answer.set_result(outcome)

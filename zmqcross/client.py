@@ -10,18 +10,20 @@ re-registration if its deadline allows, and otherwise fails with a timeout.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from .errors import (
     AuthenticationError,
+    ClientNotFound,
     ConfigurationError,
     ConnectionLost,
     ProtocolError,
@@ -29,6 +31,7 @@ from .errors import (
     ZmqcrossError,
 )
 from .events import EventEmitter, Handler
+from .fanout import eval_outcome, eval_request, guild_of
 from .messages import IncomingMessage, IncomingRequest, serve_request
 from .planning import ShardData
 from .protocol import (
@@ -37,7 +40,10 @@ from .protocol import (
     PROTOCOL_VERSION,
     Beacon,
     ErrorReply,
+    EvalReply,
+    EvalRequest,
     Goodbye,
+    GuildRequest,
     Hosting,
     Limits,
     Message,
@@ -54,6 +60,8 @@ from .protocol import (
     decode,
     dump,
     encode,
+    readdress,
+    result_of,
 )
 from .registry import check_name
 from .security import CurveClient
@@ -63,9 +71,11 @@ from .transport import (
     Pump,
     closed_error,
     configure_socket,
-    result_of,
     watch_monitor,
 )
+
+if TYPE_CHECKING:
+    from .cluster.manager import ClusterManager
 
 __all__ = ["CLIENT_EVENTS", "Client", "ClientStatistics", "default_machine_id"]
 
@@ -176,6 +186,7 @@ class Client:
         self._pumps: list[Pump] = []
         self._tasks: list[asyncio.Task[None]] = []
         self._register_task: asyncio.Task[None] | None = None
+        self._manager: ClusterManager | None = None
         self._dispatch: dict[type, Callable[[Any], None]] = {
             Welcome: self._on_answer,
             Reply: self._on_answer,
@@ -185,6 +196,9 @@ class Client:
             Goodbye: self._on_goodbye,
             Send: self._on_send,
             Request: self._on_request,
+            EvalRequest: self._on_cluster_work,
+            GuildRequest: self._on_cluster_work,
+            EvalReply: self._on_answer,
         }
 
     # ------------------------------------------------------------------ lifetime
@@ -417,6 +431,11 @@ class Client:
         return await self._call(msg, request_id, timeout, what)
 
     async def _call(self, msg: Message, request_id: int, timeout: float, what: str) -> Any:
+        return result_of(await self._exchange(msg, request_id, timeout, what))
+
+    async def _exchange(
+        self, msg: Message, request_id: int, timeout: float, what: str
+    ) -> Message | ZmqcrossError:
         if self._state in (_IDLE, _CLOSED):
             raise closed_error("the client")
         frames = encode(msg)
@@ -426,7 +445,102 @@ class Client:
             self._send_frames(frames)
         except ConnectionLost as exc:
             self._open.finish(request_id, exc)
-        return result_of(await outcome)
+        return await outcome
+
+    # ------------------------------------------------------------------ clusters
+
+    async def broadcast_eval(
+        self,
+        script: str | Callable[..., Any],
+        *,
+        context: Any = None,
+        timeout: float | None = None,
+        clusters: Sequence[int] | None = None,
+        shards: Sequence[int] | None = None,
+        guild_id: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run ``script`` on every cluster of every machine; one result per cluster, in cluster id order.
+
+        See :meth:`zmqcross.Bridge.broadcast_eval`; raises :class:`BroadcastEvalError` if any
+        cluster failed, unless ``return_exceptions``.
+        """
+        timeout = self._request_timeout if timeout is None else float(timeout)
+        request_id = self._open.next_id()
+        msg = eval_request(
+            request_id,
+            script,
+            timeout=timeout,
+            context=context,
+            clusters=clusters,
+            shards=shards,
+            guild_id=guild_id,
+        )
+        outcome = await self._exchange(msg, request_id, timeout, "broadcast_eval")
+        return eval_outcome(outcome, return_exceptions=return_exceptions)
+
+    async def request_to_guild(
+        self, data: Any, *, guild_id: int | None = None, timeout: float | None = None
+    ) -> Any:
+        """Send a custom request to the cluster that owns ``guild_id`` (or ``data["guild_id"]``)."""
+        timeout = self._request_timeout if timeout is None else float(timeout)
+        request_id = self._open.next_id()
+        msg = GuildRequest(
+            id=request_id, deadline=time.time() + timeout, guild_id=guild_of(data, guild_id), data=dump(data)
+        )
+        return await self._call(msg, request_id, timeout, f"request to guild {msg.guild_id}")
+
+    def listen(self, manager: ClusterManager) -> None:
+        """Make this client the agent of ``manager``'s clusters.
+
+        Evals and guild requests from the bridge go to the clusters; requests made inside
+        the bots (``Shard``) go to the bridge; re-registrations report the clusters run here.
+        """
+        self._manager = manager
+        manager.upstream = self._upstream
+        self.set_hosting(manager.shard_data)
+
+    def _on_cluster_work(self, msg: EvalRequest | GuildRequest) -> None:
+        if self._manager is None:
+            error = ClientNotFound(
+                f"client {self._machine_id!r} runs no clusters (no client.listen(manager))"
+            )
+            self._answer(readdress(error, msg.id))
+        elif msg.deadline < time.time():
+            log.debug("dropped %s %d: its deadline passed in transit", msg.type, msg.id)
+        elif isinstance(msg, EvalRequest):
+            self._manager.dispatch_eval(msg, self._answer)
+        else:
+            self._manager.dispatch_guild(msg, self._answer)
+
+    def _answer(self, msg: Message) -> None:
+        try:
+            self._send(msg)
+        except ZmqcrossError as exc:
+            log.warning("could not answer the bridge: %s", exc.message)
+
+    def _upstream(self, msg: Message, respond: Callable[[Message | ZmqcrossError], None]) -> None:
+        # A bot's own request: sent to the bridge under this client's id, answered back down.
+        if isinstance(msg, Send):
+            if self._state == _READY:
+                self._answer(msg)
+            return
+        if not isinstance(msg, (EvalRequest, GuildRequest, Request)):
+            return
+        request_id = self._open.next_id()
+        forward = dataclasses.replace(msg, id=request_id)
+        frames = encode(forward)
+        self._open.add(
+            request_id=request_id,
+            timeout=max(msg.deadline - time.time(), 0.0),
+            what=f"{msg.type} from a cluster",
+            on_done=respond,
+            frames=frames,
+        )
+        try:
+            self._send_frames(frames)
+        except ConnectionLost as exc:
+            self._open.finish(request_id, exc)
 
     # ------------------------------------------------------------------ registration
 

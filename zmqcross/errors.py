@@ -12,7 +12,9 @@
     ├── ClientNotFound (LookupError)    no connected client matches a target
     ├── ConnectionLost                  not connected, closed, or the peer went away
     ├── RequestTimeout (TimeoutError)   no answer before the deadline
-    └── RemoteError                     the far side raised; carries its traceback
+    ├── RemoteError                     the far side raised; carries its traceback
+    ├── ScriptError                     an eval script or function cannot be shipped or compiled
+    └── BroadcastEvalError              some clusters of a broadcast eval failed; has every outcome
 
 Errors also travel: a failure on one process is sent to the caller as
 ``{type, message, traceback}`` plus a short ``code`` naming the class above, and
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 __all__ = [
     "AuthenticationError",
+    "BroadcastEvalError",
     "ClientNotFound",
     "ConfigurationError",
     "ConnectionLost",
@@ -32,6 +35,7 @@ __all__ = [
     "ProtocolError",
     "RemoteError",
     "RequestTimeout",
+    "ScriptError",
     "SerializationError",
     "ZmqcrossError",
     "error_code",
@@ -134,6 +138,30 @@ class RemoteError(ZmqcrossError):
     code = "remote"
 
 
+class ScriptError(ZmqcrossError):
+    """An eval script does not compile, or a function cannot be shipped to the clusters."""
+
+    code = "script"
+
+
+class BroadcastEvalError(ZmqcrossError):
+    """At least one targeted cluster raised, timed out or was down.
+
+    ``results`` has one entry per targeted cluster in cluster id order: the value, or
+    the exception for that slot. ``errors`` maps each failed cluster id to its exception.
+    """
+
+    code = "broadcast_eval"
+
+    def __init__(
+        self, message: str, *, results: list[object], errors: dict[int, ZmqcrossError], clusters: list[int]
+    ) -> None:
+        super().__init__(message)
+        self.results = results
+        self.errors = errors
+        self.clusters = clusters
+
+
 _BY_CODE: dict[str, type[ZmqcrossError]] = {
     cls.code: cls
     for cls in (
@@ -148,6 +176,7 @@ _BY_CODE: dict[str, type[ZmqcrossError]] = {
         ConnectionLost,
         RequestTimeout,
         RemoteError,
+        ScriptError,
     )
 }
 

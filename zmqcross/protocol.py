@@ -52,7 +52,11 @@ __all__ = [
     "Beacon",
     "ErrorInfo",
     "ErrorReply",
+    "EvalReply",
+    "EvalRequest",
     "Goodbye",
+    "GuildRequest",
+    "Heartbeat",
     "Hosting",
     "Limits",
     "Message",
@@ -64,12 +68,15 @@ __all__ = [
     "Reregister",
     "Send",
     "ShardDataRequest",
+    "Slot",
     "Welcome",
     "check_limits",
     "decode",
     "dump",
     "encode",
     "load",
+    "readdress",
+    "result_of",
 ]
 
 PROTOCOL_VERSION = 1
@@ -326,6 +333,72 @@ class ErrorReply:
     reply_to: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Slot:
+    """One cluster's outcome in an :class:`EvalReply`: its result frame holds a value or an error."""
+
+    cluster: int
+    ok: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalRequest:
+    """Run a script on clusters: caller -> bridge -> machines -> clusters.
+
+    Exactly one of ``script`` (source text) and ``function`` (a shipped function's source,
+    bound to ``function_name``, None for a lambda) is set. ``clusters``, ``shards`` and
+    ``guild_id`` narrow the targets (at most one of them).
+    On the way down, the bridge and then each machine rewrite ``clusters`` to their share.
+    """
+
+    type: Literal["eval"] = field(default="eval", init=False)
+    id: int
+    deadline: float
+    script: str | None = None
+    function: str | None = None
+    function_name: str | None = None
+    context: JSON = None
+    clusters: tuple[int, ...] | None = None
+    shards: tuple[int, ...] | None = None
+    guild_id: int | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EvalReply:
+    """Outcomes of an eval, one :class:`Slot` and one result frame per cluster, in slot order.
+
+    A result frame is the JSON the cluster encoded (a value, or for a failed slot an
+    ``{code, type, message, traceback}`` object). Machines and the bridge only regroup
+    these frames; the final caller is the only one that decodes them.
+    """
+
+    type: Literal["eval_reply"] = field(default="eval_reply", init=False)
+    reply_to: int
+    slots: tuple[Slot, ...]
+    results: tuple[bytes, ...]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GuildRequest:
+    """A custom request for the cluster that owns ``guild_id``; ``data`` is a JSON body frame."""
+
+    type: Literal["guild_request"] = field(default="guild_request", init=False)
+    id: int
+    deadline: float
+    guild_id: int
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Heartbeat:
+    """Cluster -> its manager over the pipe: alive, whether Discord is ready, how many guilds."""
+
+    type: Literal["heartbeat"] = field(default="heartbeat", init=False)
+    sent_at: float
+    ready: bool
+    guilds: int | None = None
+
+
 Message = Union[
     Register,
     Welcome,
@@ -339,6 +412,10 @@ Message = Union[
     ShardDataRequest,
     Reply,
     ErrorReply,
+    EvalRequest,
+    EvalReply,
+    GuildRequest,
+    Heartbeat,
 ]
 """Every message the fabric can carry."""
 
@@ -490,7 +567,7 @@ def _show(value: Any) -> str:
     return text if len(text) <= 40 else text[:37] + "..."
 
 
-for _cls in (ErrorInfo, Hosting):
+for _cls in (ErrorInfo, Hosting, Slot):
     _STRUCTS[_cls] = _Codec(_cls)
 for _cls in typing.get_args(Message):
     _codec = _Codec(_cls)
@@ -583,4 +660,33 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
         values[name] = bytes(frame)
     if codec.rest is not None:
         values[codec.rest] = tuple(bytes(frame) for frame in body[fixed:])
-    return codec.cls(**values)  # type: ignore[no-any-return]
+    msg = codec.cls(**values)
+    if isinstance(msg, EvalReply) and len(msg.slots) != len(msg.results):
+        raise ProtocolError(
+            f"an 'eval_reply' has {len(msg.slots)} slots but {len(msg.results)} result frames"
+        )
+    return msg  # type: ignore[no-any-return]
+
+
+def result_of(outcome: Message | ZmqcrossError) -> Any:
+    """The value a request ended with: the decoded :class:`Reply`, or raise the error it carried."""
+    if isinstance(outcome, Reply):
+        return load(outcome.data)
+    if isinstance(outcome, ErrorReply):
+        raise outcome.error.to_exception()
+    if isinstance(outcome, ZmqcrossError):
+        raise outcome
+    raise ProtocolError(f"a {outcome.type!r} message is not an answer to this request")
+
+
+def readdress(outcome: Message | ZmqcrossError, reply_to: int) -> Message:
+    """The answer ``outcome`` as an answer to request ``reply_to`` (a relay's own id for it).
+
+    Body frames are kept as they are: a relay changes the header, never the payload.
+    """
+    if isinstance(outcome, (Reply, ErrorReply, EvalReply)):
+        return dataclasses.replace(outcome, reply_to=reply_to)
+    if isinstance(outcome, ZmqcrossError):
+        return ErrorReply(reply_to=reply_to, error=ErrorInfo.from_exception(outcome, with_traceback=False))
+    error = ProtocolError(f"a {outcome.type!r} message is not an answer")
+    return ErrorReply(reply_to=reply_to, error=ErrorInfo.from_exception(error, with_traceback=False))

@@ -22,8 +22,8 @@ from typing import Any, cast
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from .errors import ConnectionLost, ProtocolError, RequestTimeout, ZmqcrossError
-from .protocol import ErrorReply, Limits, Message, Reply, load
+from .errors import ConnectionLost, RequestTimeout, ZmqcrossError
+from .protocol import Limits, Message
 from .security import ZAP_DOMAIN, CurveClient, CurveServer
 
 __all__ = [
@@ -35,7 +35,6 @@ __all__ = [
     "Pump",
     "closed_error",
     "configure_socket",
-    "result_of",
     "watch_monitor",
 ]
 
@@ -280,17 +279,6 @@ class OpenRequests:
     def parked(self) -> list[Pending]:
         """Entries the far side refused to run until we register again."""
         return [entry for entry in self._open.values() if entry.parked]
-
-
-def result_of(outcome: Outcome) -> Any:
-    """The decoded answer of a finished request, or raise the error it ended with."""
-    if isinstance(outcome, Reply):
-        return load(outcome.data)
-    if isinstance(outcome, ErrorReply):
-        raise outcome.error.to_exception()
-    if isinstance(outcome, ZmqcrossError):
-        raise outcome
-    raise ProtocolError(f"a {outcome.type!r} message is not an answer to a request")
 
 
 def closed_error(what: str) -> ConnectionLost:

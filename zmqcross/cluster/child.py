@@ -1,0 +1,340 @@
+"""Inside a cluster process: the bootstrap that runs the bot file, and :class:`ClusterClient`.
+
+The manager starts each cluster with the ``spawn`` method; :func:`bootstrap` records the
+cluster's data and pipe, points discord.py at the offline gateway when
+``ZMQCROSS_DISCORD_API`` is set, then runs the user's bot file as ``__main__``. The bot
+wires itself up with ``bot.cluster = ClusterClient(bot)``.
+
+All pipe work happens on the bot's own event loop, including the heartbeats: a bot
+whose loop is stuck stops heartbeating, and its manager restarts it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import logging
+import os
+import runpy
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
+from ..evaluation import compile_script, load_function, start_script
+from ..events import EventEmitter, Handler
+from ..fanout import error_frame
+from ..messages import IncomingMessage, IncomingRequest, serve_request
+from ..protocol import (
+    ErrorReply,
+    EvalReply,
+    EvalRequest,
+    Goodbye,
+    GuildRequest,
+    Heartbeat,
+    Message,
+    Reply,
+    Request,
+    Send,
+    Slot,
+)
+from ..transport import OpenRequests
+from .pipe import PipeEnd, open_pipe
+
+if TYPE_CHECKING:
+    import discord
+
+# discord.py is imported only inside cluster processes (and by serialize.py, used only
+# there): a bridge or machine agent importing zmqcross does not pay for it.
+
+__all__ = ["ClusterClient", "ClusterData", "bootstrap", "cluster_data"]
+
+log = logging.getLogger("zmqcross.cluster")
+
+SHUTDOWN_GRACE = 10.0
+"""Seconds a cluster waits for discord.py to close its connections before it exits anyway."""
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterData:
+    """What a cluster process is: its id, its shards, the fleet's size. See :func:`cluster_data`.
+
+    Pass ``shard_ids=data.shard_list, shard_count=data.total_shards`` to
+    ``discord.AutoShardedClient``. ``offline`` is True when the cluster talks to the
+    offline gateway (``ZMQCROSS_DISCORD_API`` is set).
+    """
+
+    cluster_id: int
+    shard_list: tuple[int, ...]
+    total_shards: int
+    total_clusters: int
+    heartbeat_interval: float = 1.0
+    offline: bool = False
+
+    @property
+    def first_shard_id(self) -> int:
+        """The lowest shard id this cluster runs."""
+        return min(self.shard_list)
+
+    @property
+    def last_shard_id(self) -> int:
+        """The highest shard id this cluster runs."""
+        return max(self.shard_list)
+
+
+@dataclass(slots=True)
+class _Current:
+    data: ClusterData
+    conn: Connection | None
+
+
+_CURRENT: _Current | None = None
+
+
+def cluster_data() -> ClusterData:
+    """This cluster's :class:`ClusterData`; raises outside a cluster process."""
+    if _CURRENT is None:
+        raise ConfigurationError(
+            "not in a cluster process: cluster_data() and ClusterClient work in bot files started by a ClusterManager"
+        )
+    return _CURRENT.data
+
+
+def bootstrap(bot_file: str, data: ClusterData, conn: Connection) -> None:
+    """Entry point of a cluster process (run by ``multiprocessing`` with the spawn method)."""
+    global _CURRENT
+    logging.basicConfig(
+        level=os.environ.get("ZMQCROSS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s"
+    )
+    api = os.environ.get("ZMQCROSS_DISCORD_API")
+    if api:
+        _go_offline(api)
+        data = ClusterData(**{**_as_dict(data), "offline": True})
+    _CURRENT = _Current(data, conn)
+    sys.argv = [bot_file]
+    sys.path.insert(0, os.path.dirname(os.path.abspath(bot_file)))
+    runpy.run_path(bot_file, run_name="__main__")
+
+
+def _as_dict(data: ClusterData) -> dict[str, Any]:
+    return {name: getattr(data, name) for name in ClusterData.__slots__}  # type: ignore[attr-defined]
+
+
+def _go_offline(api: str) -> None:
+    import discord
+
+    from ..gateway import point_discord_py_at
+
+    gateway = (
+        os.environ.get("ZMQCROSS_DISCORD_GATEWAY") or api.split("/api/")[0].replace("http", "ws", 1) + "/"
+    )
+    point_discord_py_at(api, gateway)
+
+    # discord.py waits 5 s before each IDENTIFY after the first, for Discord's rate limit.
+    # The offline gateway has no such limit; against real Discord this stays untouched.
+    async def identify_at_once(self: discord.Client, shard_id: int | None, *, initial: bool = False) -> None:
+        return None
+
+    discord.Client.before_identify_hook = identify_at_once  # type: ignore[method-assign]
+    discord.AutoShardedClient.before_identify_hook = identify_at_once  # type: ignore[method-assign]
+    log.info("offline Discord: REST %s, gateway %s", api, gateway)
+
+
+class ClusterClient:
+    """Joins a discord.py bot to its cluster manager: ``bot.cluster = ClusterClient(bot)``.
+
+    It reports heartbeats and readiness over the pipe, runs broadcast evals, and hands
+    requests routed to this cluster (``request_to_guild``) to handlers registered with
+    :meth:`on_request`. The pipe starts when the bot logs in (or at once when created on
+    a running loop).
+    """
+
+    def __init__(self, bot: discord.Client) -> None:
+        import discord
+
+        from ..serialize import dump_result
+
+        if _CURRENT is None or _CURRENT.conn is None:
+            cluster_data()  # raises the explanation
+            raise ConfigurationError("a ClusterClient already took this cluster's pipe")
+        self.bot = bot
+        self.data = _CURRENT.data
+        self._conn: Connection | None = _CURRENT.conn
+        _CURRENT.conn = None
+        self._events = EventEmitter(("error", "message", "request"), log)
+        self._open = OpenRequests()
+        self._pipe: PipeEnd | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._namespace = {"__builtins__": builtins, "bot": bot, "discord": discord, "asyncio": asyncio}
+        self._dump_result = dump_result
+        self._login = bot.login
+        bot.login = self._login_then_serve  # type: ignore[method-assign]
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        self._spawn(self._start())
+
+    @property
+    def id(self) -> int:
+        """This cluster's id."""
+        return self.data.cluster_id
+
+    @property
+    def shard_list(self) -> tuple[int, ...]:
+        """The shard ids this cluster runs."""
+        return self.data.shard_list
+
+    def on(self, name: str, handler: Handler | None = None) -> Any:
+        """Register a handler: ``request(request)`` (answer by returning or ``request.reply``),
+        ``message(message)``, ``error(exception)``."""
+        return self._events.on(name, handler) if handler is not None else self._events.on(name)
+
+    def on_request(self, handler: Handler) -> Handler:
+        """Decorator: handle requests routed to this cluster (``request_to_guild``)."""
+        return self._events.on("request", handler)
+
+    # ------------------------------------------------------------------ start-up
+
+    async def _login_then_serve(self, token: str) -> None:
+        await self._start()
+        await self._login(token)
+
+    async def _start(self) -> None:
+        if self._conn is None:
+            return
+        conn, self._conn = self._conn, None
+        self._pipe = await open_pipe(
+            conn, PipeEnd(self._on_message, self._on_pipe_closed, name=f"cluster {self.id}")
+        )
+        self._spawn(self._heartbeat())
+        self._spawn(self._report_ready())
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _heartbeat(self) -> None:
+        while self._pipe is not None and self._pipe.open:
+            self._beat()
+            await asyncio.sleep(self.data.heartbeat_interval)
+
+    def _beat(self) -> None:
+        if self._pipe is not None:
+            self._pipe.send(
+                Heartbeat(sent_at=time.time(), ready=self.bot.is_ready(), guilds=len(self.bot.guilds))
+            )
+
+    async def _report_ready(self) -> None:
+        await self.bot.wait_until_ready()
+        log.info(
+            "cluster %d ready: shards %s, %d guilds", self.id, list(self.shard_list), len(self.bot.guilds)
+        )
+        self._beat()  # tell the manager now, not at the next interval
+
+    # ------------------------------------------------------------------ from the manager
+
+    def _on_message(self, msg: Message) -> None:
+        if isinstance(msg, EvalRequest):
+            self._eval(msg)
+        elif isinstance(msg, (GuildRequest, Request)):
+            self._serve(msg)
+        elif isinstance(msg, Send):
+            self._events.emit("message", IncomingMessage(msg.data))
+        elif isinstance(msg, (Reply, ErrorReply, EvalReply)):
+            self._open.finish(msg.reply_to, msg)
+        elif isinstance(msg, Goodbye):
+            log.info("cluster %d stopping: %s", self.id, msg.reason)
+            self._spawn(self._shutdown())
+        else:
+            log.warning("cluster %d ignored a %r pipe message", self.id, msg.type)
+
+    def _reply(self, msg: Message) -> None:
+        if self._pipe is not None:
+            self._pipe.send(msg)
+
+    def _eval(self, msg: EvalRequest) -> None:
+        try:
+            if msg.script is not None:
+                namespace = {**self._namespace, "context": msg.context}
+                result = start_script(compile_script(msg.script), namespace)
+            else:
+                fn = load_function(msg.function or "", msg.function_name, dict(self._namespace))
+                result = fn(self.bot, msg.context)
+        except Exception as exc:
+            self._eval_answer(msg, exc)
+            return
+        if asyncio.iscoroutine(result) or isinstance(result, asyncio.Future):
+            self._spawn(self._eval_later(msg, result))
+        else:
+            self._eval_answer(msg, result, ok=True)
+
+    async def _eval_later(self, msg: EvalRequest, awaitable: Any) -> None:
+        try:
+            value = await asyncio.wait_for(awaitable, max(msg.deadline - time.time(), 0.001))
+        except TimeoutError:
+            self._eval_answer(
+                msg, RequestTimeout(f"cluster {self.id}: the script was still running at its deadline")
+            )
+        except Exception as exc:
+            self._eval_answer(msg, exc)
+        else:
+            self._eval_answer(msg, value, ok=True)
+
+    def _eval_answer(self, msg: EvalRequest, value: Any, *, ok: bool = False) -> None:
+        frame: bytes
+        if ok:
+            try:
+                frame = self._dump_result(value)  # encoded here, once; relays forward these bytes
+            except ZmqcrossError as exc:
+                frame, ok = error_frame(exc), False
+        else:
+            frame = error_frame(value)
+        self._reply(EvalReply(reply_to=msg.id, slots=(Slot(cluster=self.id, ok=ok),), results=(frame,)))
+
+    def _serve(self, msg: GuildRequest | Request) -> None:
+        request = IncomingRequest(msg.data, request_id=msg.id, deadline=msg.deadline, respond=self._reply)
+        serve_request(
+            request,
+            self._events.handlers("request"),
+            (request,),
+            self._events,
+            "request",
+            missing=f"cluster {self.id} has no request handler; add one with @bot.cluster.on_request",
+        )
+
+    def _on_pipe_closed(self, exc: Exception | None) -> None:
+        self._pipe = None
+        self._open.fail_all(ConnectionLost(f"cluster {self.id} lost its manager"))
+        log.error("cluster %d: the pipe to its manager closed; shutting down", self.id)
+        self._spawn(self._shutdown())
+
+    async def _shutdown(self) -> None:
+        # Close Discord's connections properly (no zombie sessions), then let bot.run() return.
+        try:
+            await asyncio.wait_for(self.bot.close(), SHUTDOWN_GRACE)
+        except Exception:
+            log.exception("cluster %d: closing discord.py failed; exiting anyway", self.id)
+            os._exit(1)
+
+    # ------------------------------------------------------------------ upstream (Shard API)
+
+    async def call(self, msg: Message, request_id: int, timeout: float, what: str) -> Message | ZmqcrossError:
+        """Send a request up the pipe (to the machine and on to the bridge) and wait for its answer."""
+        if self._pipe is None:
+            raise ConnectionLost(f"cluster {self.id} is not connected to its manager (is the bot logged in?)")
+        outcome = self._open.future(request_id=request_id, timeout=timeout, what=what)
+        self._pipe.send(msg)
+        return await outcome
+
+    def next_id(self) -> int:
+        """A fresh id for a request sent up the pipe."""
+        return self._open.next_id()
+
+    async def send(self, msg: Send) -> None:
+        """Send a one-way message up the pipe."""
+        if self._pipe is None or not self._pipe.send(msg):
+            raise ConnectionLost(f"cluster {self.id} is not connected to its manager")

@@ -1,0 +1,490 @@
+"""ClusterManager: one process per cluster, watched, restarted, and reached through its pipe.
+
+A machine agent creates one manager from its share of the plan, spawns the clusters,
+and calls ``client.listen(manager)`` so that evals and guild requests from the bridge
+reach the clusters, and requests from the bots reach the bridge.
+
+A cluster is restarted when its process exits unasked, when it misses heartbeats for
+``heartbeat_timeout`` seconds (its event loop is stuck), or when it is not ready within
+``spawn_timeout`` of starting; at most ``restarts.max_restarts`` times per
+``restarts.interval`` seconds, after which it is left stopped and ``error`` fires.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import functools
+import logging
+import multiprocessing
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, ZmqcrossError
+from ..events import EventEmitter, Handler
+from ..fanout import Gather, hop_deadline
+from ..planning import ShardData, shard_for_guild
+from ..protocol import (
+    DEFAULT_LIMITS,
+    ErrorInfo,
+    ErrorReply,
+    EvalReply,
+    EvalRequest,
+    Goodbye,
+    GuildRequest,
+    Heartbeat,
+    Limits,
+    Message,
+    Reply,
+    Request,
+    Send,
+    readdress,
+)
+from ..transport import OpenRequests
+from .child import ClusterData, bootstrap
+from .pipe import PipeEnd, open_pipe
+
+__all__ = ["MANAGER_EVENTS", "ClusterManager", "ClusterStatus", "RestartPolicy"]
+
+log = logging.getLogger("zmqcross.cluster")
+
+MANAGER_EVENTS = ("cluster_create", "cluster_exit", "cluster_ready", "error")
+"""Events a :class:`ClusterManager` emits; see :meth:`ClusterManager.on`."""
+
+Respond = Callable[[Message], object]
+Upstream = Callable[[Message, Callable[[Message | ZmqcrossError], None]], None]
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """At most ``max_restarts`` automatic restarts of one cluster within ``interval`` seconds."""
+
+    max_restarts: int = 5
+    interval: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class ClusterStatus:
+    """One cluster as its manager sees it. ``state``: starting, ready, stopping, stopped, failed."""
+
+    id: int
+    shards: tuple[int, ...]
+    pid: int | None
+    state: str
+    guilds: int | None
+    restarts: int
+    started_at: float | None
+    last_heartbeat: float | None
+    exit_code: int | None
+
+
+@dataclass(eq=False)
+class _Cluster:
+    id: int
+    shards: tuple[int, ...]
+    process: Any = None
+    pipe: PipeEnd | None = None
+    state: str = "stopped"
+    started: float = 0.0  # monotonic
+    started_at: float | None = None  # wall clock, for status
+    last_beat: float = 0.0
+    last_beat_at: float | None = None
+    guilds: int | None = None
+    exit_code: int | None = None
+    stopping: bool = False
+    restarts: int = 0
+    recent: deque[float] = field(default_factory=deque)
+    ready: asyncio.Event = field(default_factory=asyncio.Event)
+    open: OpenRequests = field(default_factory=OpenRequests)
+
+
+class ClusterManager:
+    """Runs ``bot_file`` once per cluster of this machine's share of the plan.
+
+    ``shard_list`` has one list of shard ids per cluster and ``cluster_list`` their global
+    ids, as :meth:`Client.request_shard_data` returns them (see :meth:`from_shard_data`).
+    Clusters start one after another, each ``spawn_delay`` seconds after the previous
+    one is ready (Discord allows one IDENTIFY per 5 s per bucket).
+    """
+
+    def __init__(
+        self,
+        bot_file: str | os.PathLike[str],
+        *,
+        total_shards: int,
+        shard_list: Sequence[Sequence[int]],
+        cluster_list: Sequence[int] | None = None,
+        total_clusters: int | None = None,
+        plan_version: str = "",
+        respawn: bool = True,
+        restarts: RestartPolicy = RestartPolicy(),
+        spawn_delay: float = 5.0,
+        spawn_timeout: float = 120.0,
+        heartbeat_interval: float = 1.0,
+        heartbeat_timeout: float = 15.0,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
+        path = Path(bot_file)
+        if not path.is_file():
+            raise ConfigurationError(f"bot file {str(path)!r} does not exist")
+        shards = [tuple(int(s) for s in cluster) for cluster in shard_list]
+        ids = list(cluster_list) if cluster_list is not None else list(range(len(shards)))
+        if len(ids) != len(shards):
+            raise ConfigurationError(
+                f"cluster_list has {len(ids)} ids for {len(shards)} clusters in shard_list"
+            )
+        if not 0 < heartbeat_interval < heartbeat_timeout:
+            raise ConfigurationError("heartbeat_interval must be positive and shorter than heartbeat_timeout")
+        self.bot_file = path.resolve()
+        self.total_shards = total_shards
+        self.total_clusters = total_clusters if total_clusters is not None else len(ids)
+        self.plan_version = plan_version
+        self.respawn = respawn
+        self.restarts = restarts
+        self.spawn_delay = spawn_delay
+        self.spawn_timeout = spawn_timeout
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout
+        self._limits = limits
+        self._clusters = {cid: _Cluster(cid, s) for cid, s in zip(ids, shards, strict=True)}
+        self._events = EventEmitter(MANAGER_EVENTS, log)
+        self._mp = multiprocessing.get_context("spawn")
+        self._running = False
+        self._watchdog: asyncio.Task[None] | None = None
+        self._respawns: set[asyncio.Task[None]] = set()
+        self.upstream: Upstream | None = None
+        """Set by ``Client.listen``: carries the bots' own requests to the bridge."""
+
+    @classmethod
+    def from_shard_data(
+        cls, bot_file: str | os.PathLike[str], data: ShardData, **options: Any
+    ) -> ClusterManager:
+        """A manager for the share a :meth:`Client.request_shard_data` call returned."""
+        return cls(
+            bot_file,
+            total_shards=data.total_shards,
+            shard_list=data.shard_list,
+            cluster_list=data.cluster_list,
+            total_clusters=data.total_clusters,
+            plan_version=data.plan_version,
+            **options,
+        )
+
+    def on(self, name: str, handler: Handler | None = None) -> Any:
+        """Register a handler: ``cluster_create(id)``, ``cluster_ready(id)``,
+        ``cluster_exit(id, exit_code)``, ``error(exception)``."""
+        return self._events.on(name, handler) if handler is not None else self._events.on(name)
+
+    @property
+    def shard_data(self) -> ShardData:
+        """This machine's share, as the bridge hands it out (told to it on re-registration)."""
+        return ShardData(
+            total_shards=self.total_shards,
+            shard_list=tuple(c.shards for c in self._clusters.values()),
+            cluster_list=tuple(self._clusters),
+            total_clusters=self.total_clusters,
+            plan_version=self.plan_version,
+        )
+
+    @property
+    def clusters(self) -> tuple[ClusterStatus, ...]:
+        """Every cluster's status, in cluster id order."""
+        return tuple(self._status(c) for c in sorted(self._clusters.values(), key=lambda c: c.id))
+
+    def _status(self, c: _Cluster) -> ClusterStatus:
+        return ClusterStatus(
+            id=c.id,
+            shards=c.shards,
+            pid=c.process.pid if c.process is not None and c.process.is_alive() else None,
+            state=c.state,
+            guilds=c.guilds,
+            restarts=c.restarts,
+            started_at=c.started_at,
+            last_heartbeat=c.last_beat_at,
+            exit_code=c.exit_code,
+        )
+
+    # ------------------------------------------------------------------ lifetime
+
+    async def spawn(self, *, delay: float | None = None, timeout: float | None = None) -> None:
+        """Start every cluster, one after another, each waiting for the previous one to be ready."""
+        if self._running:
+            raise RuntimeError("this manager has already spawned its clusters")
+        self._running = True
+        self._watchdog = asyncio.get_running_loop().create_task(self._watch())
+        delay = self.spawn_delay if delay is None else delay
+        timeout = self.spawn_timeout if timeout is None else timeout
+        order = sorted(self._clusters.values(), key=lambda c: c.id)
+        for index, cluster in enumerate(order, 1):
+            await self._start(cluster)
+            try:
+                await asyncio.wait_for(cluster.ready.wait(), timeout)
+            except TimeoutError:
+                log.warning(
+                    "cluster %d not ready after %g s; the watchdog will restart it", cluster.id, timeout
+                )
+            else:
+                log.info(
+                    "cluster %d ready (shards %s): %d/%d", cluster.id, list(cluster.shards), index, len(order)
+                )
+            if delay and index < len(order):
+                await asyncio.sleep(delay)
+
+    async def wait_ready(self, timeout: float | None = None) -> None:
+        """Wait until every cluster is ready."""
+        await asyncio.wait_for(asyncio.gather(*(c.ready.wait() for c in self._clusters.values())), timeout)
+
+    async def close(self, *, timeout: float = 10.0) -> None:
+        """Stop every cluster: ask each to close its Discord connections, kill what is left after ``timeout``."""
+        self._running = False
+        for task in [self._watchdog, *self._respawns]:
+            if task is not None:
+                task.cancel()
+        for c in self._clusters.values():
+            if c.process is not None and c.process.is_alive():
+                c.stopping = True
+                c.state = "stopping"
+                if c.pipe is None or not c.pipe.send(Goodbye(reason="the machine is shutting down")):
+                    c.process.terminate()
+        end = time.monotonic() + timeout
+        while any(c.process is not None and c.process.is_alive() for c in self._clusters.values()):
+            if time.monotonic() > end:
+                for c in self._clusters.values():
+                    if c.process is not None and c.process.is_alive():
+                        log.warning("cluster %d did not stop within %g s; killing it", c.id, timeout)
+                        c.process.kill()
+                break
+            await asyncio.sleep(0.05)
+        for c in self._clusters.values():
+            if c.process is not None:
+                await asyncio.to_thread(c.process.join, 5)
+                self._reap(c)
+        await self._events.aclose()
+
+    async def restart(self, cluster_id: int) -> None:
+        """Kill one cluster and start it again (not counted against its restart policy)."""
+        c = self._cluster(cluster_id)
+        if c.process is not None and c.process.is_alive():
+            c.stopping = True
+            c.process.kill()
+            await asyncio.to_thread(c.process.join, 10)
+            self._reap(c)
+        await self._start(c)
+
+    def _cluster(self, cluster_id: int) -> _Cluster:
+        try:
+            return self._clusters[cluster_id]
+        except KeyError:
+            raise ClientNotFound(
+                f"cluster {cluster_id} is not on this machine (it runs {sorted(self._clusters)})"
+            ) from None
+
+    async def _start(self, c: _Cluster) -> None:
+        parent, child = self._mp.Pipe(duplex=True)
+        data = ClusterData(
+            cluster_id=c.id,
+            shard_list=c.shards,
+            total_shards=self.total_shards,
+            total_clusters=self.total_clusters,
+            heartbeat_interval=self.heartbeat_interval,
+        )
+        process = self._mp.Process(
+            target=bootstrap,
+            args=(str(self.bot_file), data, child),
+            name=f"zmqcross-cluster-{c.id}",
+            daemon=True,
+        )
+        await asyncio.to_thread(process.start)  # spawning execs a new interpreter: keep the loop free
+        child.close()
+        c.process, c.stopping, c.exit_code, c.guilds = process, False, None, None
+        c.state, c.ready = "starting", asyncio.Event()
+        c.started, c.started_at = time.monotonic(), time.time()
+        c.last_beat, c.last_beat_at = c.started, None
+        c.pipe = await open_pipe(
+            parent,
+            PipeEnd(
+                functools.partial(self._from_cluster, c),
+                functools.partial(self._pipe_closed, c),
+                limits=self._limits,
+                name=f"cluster {c.id}",
+            ),
+        )
+        asyncio.get_running_loop().add_reader(process.sentinel, self._exited, c, process)
+        log.info("cluster %d starting (shards %s, pid %d)", c.id, list(c.shards), process.pid)
+        self._events.emit("cluster_create", c.id)
+
+    # ------------------------------------------------------------------ watching
+
+    def _exited(self, c: _Cluster, process: Any) -> None:
+        asyncio.get_running_loop().remove_reader(process.sentinel)
+        if process is not c.process:
+            return
+        self._reap(c)
+        code = c.exit_code
+        c.open.fail_all(ConnectionLost(f"cluster {c.id} exited (code {code}) before answering"))
+        if c.pipe is not None:
+            c.pipe.close()
+        wanted = c.stopping
+        c.state = "stopped"
+        c.ready.clear()
+        log.log(logging.INFO if wanted else logging.WARNING, "cluster %d exited with code %s", c.id, code)
+        self._events.emit("cluster_exit", c.id, code)
+        if not wanted and self._running and self.respawn:
+            self._schedule_respawn(c)
+
+    def _reap(self, c: _Cluster) -> None:
+        if c.process is not None and not c.process.is_alive():
+            c.process.join(0)
+            c.exit_code = c.process.exitcode
+
+    def _schedule_respawn(self, c: _Cluster) -> None:
+        now = time.monotonic()
+        while c.recent and now - c.recent[0] > self.restarts.interval:
+            c.recent.popleft()
+        if len(c.recent) >= self.restarts.max_restarts:
+            c.state = "failed"
+            error = ZmqcrossError(
+                f"cluster {c.id} needed {len(c.recent)} restarts within {self.restarts.interval:g} s; "
+                "not restarting it again (see its log)"
+            )
+            log.error("%s", error.message)
+            self._events.emit("error", error)
+            return
+        c.recent.append(now)
+        c.restarts += 1
+        task = asyncio.get_running_loop().create_task(self._respawn(c))
+        self._respawns.add(task)
+        task.add_done_callback(self._respawns.discard)
+
+    async def _respawn(self, c: _Cluster) -> None:
+        await asyncio.sleep(min(0.5 * len(c.recent), 5.0))  # back off when it keeps failing
+        if self._running and c.state == "stopped":
+            await self._start(c)
+
+    def _kill(self, c: _Cluster, why: str) -> None:
+        log.warning("cluster %d %s; killing it", c.id, why)
+        if c.process is not None and c.process.is_alive():
+            c.process.kill()
+
+    async def _watch(self) -> None:
+        while self._running:
+            await asyncio.sleep(self.heartbeat_interval)
+            now = time.monotonic()
+            for c in list(self._clusters.values()):
+                if c.state == "starting" and now - c.started > self.spawn_timeout:
+                    self._kill(c, f"was not ready within spawn_timeout={self.spawn_timeout:g} s")
+                elif c.state == "ready" and now - c.last_beat > self.heartbeat_timeout:
+                    self._kill(
+                        c, f"sent no heartbeat for {now - c.last_beat:.1f} s (its event loop is stuck?)"
+                    )
+
+    def _pipe_closed(self, c: _Cluster, exc: Exception | None) -> None:
+        c.open.fail_all(ConnectionLost(f"the pipe to cluster {c.id} closed"))
+
+    # ------------------------------------------------------------------ messages from clusters
+
+    def _from_cluster(self, c: _Cluster, msg: Message) -> None:
+        if isinstance(msg, Heartbeat):
+            c.last_beat, c.last_beat_at, c.guilds = time.monotonic(), msg.sent_at, msg.guilds
+            if msg.ready and c.state == "starting":
+                c.state = "ready"
+                c.ready.set()
+                self._events.emit("cluster_ready", c.id)
+        elif isinstance(msg, (EvalReply, Reply, ErrorReply)):
+            c.open.finish(msg.reply_to, msg)
+        elif isinstance(msg, (EvalRequest, GuildRequest, Request, Send)):
+            self._upstream(c, msg)
+        else:
+            log.warning("cluster %d sent an unexpected %r message", c.id, msg.type)
+
+    def _upstream(self, c: _Cluster, msg: EvalRequest | GuildRequest | Request | Send) -> None:
+        pipe = c.pipe
+        if self.upstream is None:
+            if not isinstance(msg, Send) and pipe is not None:
+                error = ConnectionLost(
+                    "this machine is not connected to a bridge (no client.listen(manager))"
+                )
+                pipe.send(
+                    ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(error, with_traceback=False))
+                )
+            return
+        if isinstance(msg, Send):
+            self.upstream(msg, lambda outcome: None)
+            return
+        request_id = msg.id
+        self.upstream(
+            msg, lambda outcome: pipe.send(readdress(outcome, request_id)) if pipe is not None else None
+        )
+
+    # ------------------------------------------------------------------ work from the bridge
+
+    def dispatch_eval(self, msg: EvalRequest, respond: Respond) -> None:
+        """Run an eval on this machine's clusters in ``msg.clusters``; ``respond`` gets one :class:`EvalReply`."""
+        targets = list(msg.clusters) if msg.clusters is not None else sorted(self._clusters)
+        gather = Gather(targets)
+        answered = False
+
+        def finish() -> None:
+            nonlocal answered
+            if gather.done and not answered:
+                answered = True
+                respond(gather.reply(msg.id))
+
+        now = time.time()
+        deadline = hop_deadline(msg.deadline, now)
+        for cid in targets:
+            c = self._clusters.get(cid)
+            if c is None:
+                gather.fail(
+                    [cid], ClientNotFound(f"cluster {cid} is not on machine running {sorted(self._clusters)}")
+                )
+                continue
+            if c.state != "ready" or c.pipe is None or not c.pipe.open:
+                gather.fail([cid], ConnectionLost(f"cluster {cid} is {c.state}, not ready"))
+                continue
+
+            def settle(outcome: Message | ZmqcrossError, cid: int = cid) -> None:
+                gather.absorb(outcome, [cid])
+                finish()
+
+            sub_id = c.open.next_id()
+            c.open.add(
+                request_id=sub_id,
+                timeout=max(deadline - now, 0.0),
+                what=f"eval on cluster {cid}",
+                on_done=settle,
+            )
+            c.pipe.send(dataclasses.replace(msg, id=sub_id, deadline=deadline, clusters=(cid,)))
+        finish()
+
+    def dispatch_guild(self, msg: GuildRequest, respond: Respond) -> None:
+        """Hand a guild request to the cluster running that guild's shard; ``respond`` gets its answer."""
+        shard = shard_for_guild(msg.guild_id, self.total_shards)
+        owner = next((c for c in self._clusters.values() if shard in c.shards), None)
+        error: ZmqcrossError | None = None
+        if owner is None:
+            error = ClientNotFound(
+                f"guild {msg.guild_id} is on shard {shard}, which this machine does not run"
+            )
+        elif owner.state != "ready" or owner.pipe is None or not owner.pipe.open:
+            error = ConnectionLost(f"cluster {owner.id} (shard {shard}) is {owner.state}, not ready")
+        if error is not None or owner is None or owner.pipe is None:
+            respond(readdress(error or ConnectionLost("no cluster"), msg.id))
+            return
+        sub_id = owner.open.next_id()
+        owner.open.add(
+            request_id=sub_id,
+            timeout=max(msg.deadline - time.time(), 0.0),
+            what=f"request to cluster {owner.id}",
+            on_done=lambda outcome: respond(readdress(outcome, msg.id)),
+        )
+        owner.pipe.send(dataclasses.replace(msg, id=sub_id))
+
+    def hosts_shard(self, shard: int) -> bool:
+        """Whether one of this machine's clusters runs ``shard``."""
+        return any(shard in c.shards for c in self._clusters.values())

@@ -1,0 +1,163 @@
+"""Message framing over the pipe between a machine agent and a cluster process.
+
+The pipe is a ``multiprocessing.Pipe()`` (a Unix socket pair), but neither side uses
+``Connection.send_bytes``/``recv_bytes`` on it: those block, and a cluster's 10 MB eval
+result would freeze the event loop on both ends while it crosses. Each side wraps its
+end in an asyncio transport instead, and messages are the wire protocol's frames::
+
+    record  = u32 length, then ``length`` bytes of: u32 frame count, (u32 size, bytes) * count
+
+so an eval result encoded once in the cluster reaches the bridge as the same bytes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import struct
+from collections.abc import Callable
+from multiprocessing.connection import Connection
+
+from ..errors import ProtocolError
+from ..protocol import DEFAULT_LIMITS, Limits, Message, check_limits, decode, encode
+
+__all__ = ["PipeEnd", "open_pipe", "pack", "unpack"]
+
+log = logging.getLogger("zmqcross.cluster")
+
+_U32 = struct.Struct(">I")
+_OVERHEAD_PER_FRAME = _U32.size
+
+
+def pack(frames: list[bytes]) -> list[bytes]:
+    """The pieces of one record (header, sizes and frames), ready for ``writelines``."""
+    sizes = b"".join(_U32.pack(len(f)) for f in frames)
+    body_length = _U32.size + len(sizes) + sum(len(f) for f in frames)
+    pieces = [_U32.pack(body_length) + _U32.pack(len(frames)) + sizes]
+    pieces.extend(frames)
+    return pieces
+
+
+def unpack(record: memoryview) -> list[bytes]:
+    """The frames of one record body (without its length prefix)."""
+    if len(record) < _U32.size:
+        raise ProtocolError("pipe record too short")
+    (count,) = _U32.unpack_from(record, 0)
+    offset = _U32.size
+    sizes_end = offset + count * _U32.size
+    if sizes_end > len(record):
+        raise ProtocolError("pipe record's frame table runs past its end")
+    sizes = [_U32.unpack_from(record, offset + i * _U32.size)[0] for i in range(count)]
+    frames = []
+    position = sizes_end
+    for size in sizes:
+        frames.append(bytes(record[position : position + size]))
+        position += size
+    if position != len(record):
+        raise ProtocolError("pipe record's frame sizes do not add up to its length")
+    return frames
+
+
+class PipeEnd(asyncio.Protocol):
+    """One end of a cluster pipe: decodes arriving records, encodes outgoing messages."""
+
+    def __init__(
+        self,
+        on_message: Callable[[Message], None],
+        on_closed: Callable[[Exception | None], None],
+        *,
+        limits: Limits = DEFAULT_LIMITS,
+        name: str,
+    ) -> None:
+        self._on_message = on_message
+        self._on_closed = on_closed
+        self._limits = limits
+        self._name = name
+        self._buffer = bytearray()
+        self._needed = _U32.size
+        self._transport: asyncio.Transport | None = None
+        # A record's length is capped before reading it, so a broken peer cannot make
+        # this side buffer without bound.
+        self._max_record = limits.max_message_bytes + limits.max_frames * _OVERHEAD_PER_FRAME + 2 * _U32.size
+
+    # asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while len(self._buffer) >= self._needed:
+            (length,) = _U32.unpack_from(self._buffer, 0)
+            if length > self._max_record:
+                self._fail(ProtocolError(f"{self._name}: pipe record of {length} bytes is over the limit"))
+                return
+            total = _U32.size + length
+            if len(self._buffer) < total:
+                self._needed = total
+                return
+            with memoryview(self._buffer) as view:
+                record = view[_U32.size : total]
+                try:
+                    frames = unpack(record)
+                finally:
+                    record.release()
+            del self._buffer[:total]
+            self._needed = _U32.size
+            try:
+                msg = decode(frames, self._limits)
+            except ProtocolError as exc:
+                log.warning("%s: dropped a bad pipe message: %s", self._name, exc.message)
+                continue
+            try:
+                self._on_message(msg)
+            except Exception:  # one bad message must not kill the pipe
+                log.exception("%s: pipe message handler failed", self._name)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._on_closed(exc)
+
+    # sending -------------------------------------------------------------------
+
+    @property
+    def open(self) -> bool:
+        """Whether the other side can still be written to."""
+        return self._transport is not None and not self._transport.is_closing()
+
+    def send(self, msg: Message) -> bool:
+        """Queue ``msg`` for the other side; False if the pipe is closed. Never blocks."""
+        frames = encode(msg)
+        check_limits(frames, self._limits)
+        return self.send_frames(frames)
+
+    def send_frames(self, frames: list[bytes]) -> bool:
+        """Queue already-encoded frames (forwarded untouched); False if the pipe is closed."""
+        if self._transport is None or self._transport.is_closing():
+            return False
+        self._transport.writelines(pack(frames))
+        return True
+
+    def close(self) -> None:
+        """Close this end (the other side sees end of file)."""
+        if self._transport is not None:
+            self._transport.close()
+
+    def _fail(self, error: Exception) -> None:
+        log.error("%s", error)
+        if self._transport is not None:
+            self._transport.abort()
+
+
+async def open_pipe(conn: Connection, end: PipeEnd) -> PipeEnd:
+    """Drive ``conn``'s socket with ``end`` on the running loop; ``conn`` itself is closed."""
+    fd = os.dup(conn.fileno())
+    conn.close()
+    sock = socket.socket(fileno=fd)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.connect_accepted_socket(lambda: end, sock)
+    return end

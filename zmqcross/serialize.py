@@ -1,0 +1,185 @@
+"""discord.py objects -> plain JSON data, for eval results.
+
+:func:`to_json` is orjson's ``default`` hook: orjson calls it only for values it cannot
+encode itself, and each converter returns plain data (ids as ints, nested discord.py
+objects already converted), so nothing here can recurse through the object graph.
+That is how ``broadcast_eval("bot")`` answers with a summary, where the original's
+``broadcastEval('this')`` never answers (JSON.stringify recurses through a cycle).
+"""
+
+from __future__ import annotations
+
+import datetime
+from collections.abc import Callable
+from typing import Any
+
+import discord
+
+from .protocol import dump
+
+__all__ = ["dump_result", "to_json"]
+
+
+def _user(user: discord.abc.User) -> dict[str, Any]:
+    return {
+        "id": user.id,
+        "name": user.name,
+        "discriminator": user.discriminator,
+        "global_name": user.global_name,
+        "bot": user.bot,
+        "avatar": user.avatar.key if user.avatar else None,
+    }
+
+
+def _member(member: discord.Member) -> dict[str, Any]:
+    data = _user(member)
+    data.update(
+        guild_id=member.guild.id,
+        nick=member.nick,
+        display_name=member.display_name,
+        roles=[role.id for role in member.roles],
+        joined_at=member.joined_at,
+    )
+    return data
+
+
+def _role(role: discord.Role) -> dict[str, Any]:
+    return {
+        "id": role.id,
+        "name": role.name,
+        "guild_id": role.guild.id,
+        "color": role.colour.value,
+        "position": role.position,
+        "permissions": role.permissions.value,
+        "hoist": role.hoist,
+        "mentionable": role.mentionable,
+        "managed": role.managed,
+    }
+
+
+def _channel(channel: discord.abc.GuildChannel) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "id": channel.id,
+        "name": channel.name,
+        "type": channel.type.value,
+        "guild_id": channel.guild.id,
+        "position": channel.position,
+        "category_id": channel.category_id,
+    }
+    if isinstance(channel, discord.TextChannel):
+        data.update(topic=channel.topic, nsfw=channel.nsfw, slowmode_delay=channel.slowmode_delay)
+    elif isinstance(channel, discord.VoiceChannel):
+        data.update(bitrate=channel.bitrate, user_limit=channel.user_limit)
+    return data
+
+
+def _thread(thread: discord.Thread) -> dict[str, Any]:
+    return {
+        "id": thread.id,
+        "name": thread.name,
+        "type": thread.type.value,
+        "guild_id": thread.guild.id,
+        "parent_id": thread.parent_id,
+        "archived": thread.archived,
+    }
+
+
+def _guild(guild: discord.Guild) -> dict[str, Any]:
+    return {
+        "id": guild.id,
+        "name": guild.name,
+        "icon": guild.icon.key if guild.icon else None,
+        "owner_id": guild.owner_id,
+        "member_count": guild.member_count,
+        "shard_id": guild.shard_id,
+        "unavailable": guild.unavailable,
+        "roles": [_role(role) for role in guild.roles],
+        "channels": [_channel(channel) for channel in guild.channels],
+    }
+
+
+def _emoji(emoji: discord.Emoji) -> dict[str, Any]:
+    return {"id": emoji.id, "name": emoji.name, "animated": emoji.animated, "guild_id": emoji.guild_id}
+
+
+def _message(message: discord.Message) -> dict[str, Any]:
+    return {
+        "id": message.id,
+        "channel_id": message.channel.id,
+        "guild_id": message.guild.id if message.guild else None,
+        "author": _user(message.author),
+        "content": message.content,
+        "created_at": message.created_at,
+    }
+
+
+def _client(client: discord.Client) -> dict[str, Any]:
+    # A summary: the client object graph is cyclic and huge; these are the facts callers want.
+    return {
+        "user": _user(client.user) if client.user else None,
+        "guild_count": len(client.guilds),
+        "shard_ids": list(getattr(client, "shard_ids", None) or []),
+        "shard_count": client.shard_count,
+        "latency": client.latency
+        if client.latency == client.latency
+        else None,  # NaN before the first heartbeat
+        "ready": client.is_ready(),
+    }
+
+
+_CONVERTERS: dict[type, Callable[[Any], Any]] = {
+    discord.Client: _client,
+    discord.Guild: _guild,
+    discord.Member: _member,
+    discord.ClientUser: _user,
+    discord.User: _user,
+    discord.Role: _role,
+    discord.Thread: _thread,
+    discord.abc.GuildChannel: _channel,  # type: ignore[type-abstract]
+    discord.Emoji: _emoji,
+    discord.Message: _message,
+    discord.Permissions: lambda p: p.value,
+    discord.Colour: lambda c: c.value,
+    discord.Asset: lambda a: a.url,
+    discord.Object: lambda o: {"id": o.id},
+    datetime.timedelta: lambda d: d.total_seconds(),
+    set: list,
+    frozenset: list,
+}
+_RESOLVED: dict[type, Callable[[Any], Any] | None] = {}
+
+
+def _converter(cls: type) -> Callable[[Any], Any] | None:
+    try:
+        return _RESOLVED[cls]
+    except KeyError:
+        pass
+    found = None
+    for base in cls.__mro__:
+        if base in _CONVERTERS:
+            found = _CONVERTERS[base]
+            break
+    else:
+        # Abstract bases (GuildChannel) are registered virtually, not in the MRO.
+        for base, convert in _CONVERTERS.items():
+            if isinstance(base, type) and issubclass(cls, base):
+                found = convert
+                break
+    _RESOLVED[cls] = found
+    return found
+
+
+def to_json(value: Any) -> Any:
+    """orjson ``default`` hook: convert one discord.py object (or set, timedelta) to plain data."""
+    convert = _converter(type(value))
+    if convert is None:
+        raise TypeError(
+            f"a {type(value).__module__}.{type(value).__qualname__} cannot be sent as JSON; "
+            "return plain data (or a discord.py object zmqcross knows)"
+        )
+    return convert(value)
+
+
+def dump_result(value: Any) -> bytes:
+    """Encode an eval result once, converting discord.py objects on the way."""
+    return dump(value, default=to_json)

@@ -128,7 +128,7 @@ JSON = Any
 def _default(value: Any) -> Any:
     if isinstance(value, (set, frozenset)):
         return list(value)
-    raise TypeError
+    raise TypeError(f"a {type(value).__module__}.{type(value).__qualname__} is not JSON data")
 
 
 def dump(value: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
@@ -136,9 +136,9 @@ def dump(value: Any, *, default: Callable[[Any], Any] | None = None) -> bytes:
     try:
         return orjson.dumps(value, default=default or _default, option=orjson.OPT_NON_STR_KEYS)
     except orjson.JSONEncodeError as exc:
-        raise SerializationError(
-            f"cannot send a value of type {type(value).__name__} as JSON: {exc}"
-        ) from None
+        # orjson keeps the default hook's own error as the cause; it names the bad value.
+        detail = str(exc.__cause__) if exc.__cause__ is not None and str(exc.__cause__) else str(exc)
+        raise SerializationError(f"cannot send this value as JSON: {detail}") from None
 
 
 def load(frame: bytes) -> Any:

@@ -321,7 +321,16 @@ class ClusterManager:
     # ------------------------------------------------------------------ watching
 
     def _exited(self, c: _Cluster, process: Any) -> None:
-        asyncio.get_running_loop().remove_reader(process.sentinel)
+        loop = asyncio.get_running_loop()
+        loop.remove_reader(process.sentinel)
+        task = loop.create_task(self._after_exit(c, process))
+        self._respawns.add(task)
+        task.add_done_callback(self._respawns.discard)
+
+    async def _after_exit(self, c: _Cluster, process: Any) -> None:
+        # The sentinel closes while the process is still tearing down, a moment before
+        # waitpid can collect it: join (off the loop) to read the real exit code.
+        await asyncio.to_thread(process.join, 5)
         if process is not c.process:
             return
         self._reap(c)
@@ -384,7 +393,19 @@ class ClusterManager:
                     )
 
     def _pipe_closed(self, c: _Cluster, exc: Exception | None) -> None:
-        c.open.fail_all(ConnectionLost(f"the pipe to cluster {c.id} closed"))
+        if c.open:
+            task = asyncio.get_running_loop().create_task(self._fail_open(c, c.process))
+            self._respawns.add(task)
+            task.add_done_callback(self._respawns.discard)
+
+    async def _fail_open(self, c: _Cluster, process: Any) -> None:
+        # The pipe usually closes because the process died: name its exit code if it has one.
+        await asyncio.to_thread(process.join, 1.0)
+        code = process.exitcode
+        if code is not None:
+            c.open.fail_all(ConnectionLost(f"cluster {c.id} exited (code {code}) before answering"))
+        else:
+            c.open.fail_all(ConnectionLost(f"the pipe to cluster {c.id} closed before it answered"))
 
     # ------------------------------------------------------------------ messages from clusters
 

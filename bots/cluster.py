@@ -44,7 +44,12 @@ async def main() -> None:
         f"[{client.id}] runs clusters {list(share.cluster_list)}, shards {[list(s) for s in share.shard_list]}",
         flush=True,
     )
-    manager = ClusterManager.from_shard_data(BOT_FILE, share, spawn_delay=settings.spawn_delay)
+    manager = ClusterManager.from_shard_data(
+        BOT_FILE,
+        share,
+        spawn_delay=settings.spawn_delay,
+        heartbeat_timeout=settings.cluster_heartbeat_timeout,
+    )
     client.listen(manager)
     spawning = asyncio.create_task(manager.spawn())
     await stop.wait()

@@ -28,6 +28,8 @@ class Settings:
     shards_per_cluster: int = int(os.environ.get("ZMQCROSS_SHARDS_PER_CLUSTER", "2"))
     total_machines: int = int(os.environ.get("ZMQCROSS_TOTAL_MACHINES", "2"))
     spawn_delay: float = float(os.environ.get("ZMQCROSS_SPAWN_DELAY", "5"))
+    # A cluster silent this long (its event loop is stuck) is killed and restarted.
+    cluster_heartbeat_timeout: float = float(os.environ.get("ZMQCROSS_CLUSTER_HEARTBEAT_TIMEOUT", "15"))
 
     def server_curve(self) -> CurveServer | None:
         """The bridge's CURVE settings: keys/bridge.key_secret and the keys/allowed folder."""

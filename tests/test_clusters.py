@@ -26,6 +26,7 @@ from zmqcross import (
     ConfigurationError,
     ConnectionLost,
     RemoteError,
+    RequestTimeout,
     ScriptError,
     shard_for_guild,
 )
@@ -87,6 +88,7 @@ async def fleet() -> AsyncIterator[Fleet]:
         "ZMQCROSS_SPAWN_DELAY": "0",
         "ZMQCROSS_BOT_FILE": str(ROOT / "tests" / "fleet_bot.py"),
         "ZMQCROSS_LOG_LEVEL": "WARNING",
+        "ZMQCROSS_CLUSTER_HEARTBEAT_TIMEOUT": "4",
     }
     env.pop("ZMQCROSS_KEYS", None)
     machines = [
@@ -268,3 +270,13 @@ async def test_sigkilled_cluster_is_respawned_and_answers_again(fleet: Fleet) ->
     counts = await fleet.wait_all_answer()
     assert sum(counts) == GUILDS
     assert (await fleet.pids())[3] != pids[3]
+
+
+async def test_hung_cluster_is_killed_and_respawned(fleet: Fleet) -> None:
+    pids = await fleet.pids()
+    script = "import time\nif bot.cluster.id == 2:\n    time.sleep(60)\nbot.cluster.id"
+    results = await fleet.dashboard.broadcast_eval(script, timeout=2, return_exceptions=True)
+    assert results[:2] == [0, 1] and results[3] == 3
+    assert isinstance(results[2], RequestTimeout)
+    await fleet.wait_all_answer()  # the watchdog kills it after 4 s without heartbeats; it comes back
+    assert (await fleet.pids())[2] != pids[2]

@@ -72,6 +72,7 @@ class ClusterData:
     total_clusters: int
     heartbeat_interval: float = 1.0
     offline: bool = False
+    env: tuple[tuple[str, str], ...] = ()
 
     @property
     def first_shard_id(self) -> int:
@@ -105,6 +106,7 @@ def cluster_data() -> ClusterData:
 def bootstrap(bot_file: str, data: ClusterData, conn: Connection) -> None:
     """Entry point of a cluster process (run by ``multiprocessing`` with the spawn method)."""
     global _CURRENT
+    os.environ.update(dict(data.env))
     logging.basicConfig(
         level=os.environ.get("ZMQCROSS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s"
     )

@@ -20,7 +20,7 @@ import multiprocessing
 import os
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -109,7 +109,9 @@ class ClusterManager:
     ``shard_list`` has one list of shard ids per cluster and ``cluster_list`` their global
     ids, as :meth:`Client.request_shard_data` returns them (see :meth:`from_shard_data`).
     Clusters start one after another, each ``spawn_delay`` seconds after the previous
-    one is ready (Discord allows one IDENTIFY per 5 s per bucket).
+    one is ready (Discord allows one IDENTIFY per 5 s per bucket). ``shard_list`` may also be
+    a flat list of shard ids, cut into clusters of ``shards_per_cluster``. ``token`` sets
+    ``DISCORD_TOKEN`` and ``env`` more variables in the cluster processes.
     """
 
     def __init__(
@@ -117,10 +119,13 @@ class ClusterManager:
         bot_file: str | os.PathLike[str],
         *,
         total_shards: int,
-        shard_list: Sequence[Sequence[int]],
+        shard_list: Sequence[Sequence[int]] | Sequence[int],
         cluster_list: Sequence[int] | None = None,
         total_clusters: int | None = None,
+        shards_per_cluster: int | None = None,
         plan_version: str = "",
+        token: str | None = None,
+        env: Mapping[str, str] | None = None,
         respawn: bool = True,
         restarts: RestartPolicy = RestartPolicy(),
         spawn_delay: float = 5.0,
@@ -132,7 +137,12 @@ class ClusterManager:
         path = Path(bot_file)
         if not path.is_file():
             raise ConfigurationError(f"bot file {str(path)!r} does not exist")
-        shards = [tuple(int(s) for s in cluster) for cluster in shard_list]
+        if shard_list and all(isinstance(s, int) for s in shard_list):
+            # A flat list of shard ids, as the seed takes it: cut into clusters here.
+            flat = [int(s) for s in shard_list]  # type: ignore[arg-type]
+            size = shards_per_cluster or -(-len(flat) // (len(cluster_list) if cluster_list else 1))
+            shard_list = [flat[i : i + size] for i in range(0, len(flat), size)]
+        shards = [tuple(int(s) for s in cluster) for cluster in shard_list]  # type: ignore[union-attr]
         ids = list(cluster_list) if cluster_list is not None else list(range(len(shards)))
         if len(ids) != len(shards):
             raise ConfigurationError(
@@ -151,6 +161,9 @@ class ClusterManager:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._limits = limits
+        self._env = dict(env or {})
+        if token is not None:
+            self._env["DISCORD_TOKEN"] = token
         self._clusters = {cid: _Cluster(cid, s) for cid, s in zip(ids, shards, strict=True)}
         self._events = EventEmitter(MANAGER_EVENTS, log)
         self._mp = multiprocessing.get_context("spawn")
@@ -292,6 +305,7 @@ class ClusterManager:
             total_shards=self.total_shards,
             total_clusters=self.total_clusters,
             heartbeat_interval=self.heartbeat_interval,
+            env=tuple(self._env.items()),
         )
         process = self._mp.Process(
             target=bootstrap,

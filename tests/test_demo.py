@@ -1,0 +1,32 @@
+"""`make demo` (README's first command) runs the whole example fleet and exits 0."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.timeout(120)
+def test_demo_runs_the_fleet_and_exits_zero() -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bots" / "demo.py")],
+        capture_output=True,
+        text=True,
+        timeout=110,
+        cwd=ROOT,
+    )
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    counts = [int(n) for n in re.findall(r"\[dashboard\] cluster \d: (\d+) guilds", out)]
+    assert len(counts) == 4 and sum(counts) == 2000
+    assert "[dashboard] total: 2000 guilds on 4 clusters" in out
+    assert re.search(r"request_to_guild\(\d+\) -> 'Guild 1234' on cluster \d \(shard \d\)", out)
+    assert re.search(r"broadcast_eval\('1 \+ 1'\) over 4 clusters: p50 [\d.]+ ms, p99 [\d.]+ ms", out)
+    seconds = float(re.search(r"\[demo\] done in ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
+    assert seconds < 60

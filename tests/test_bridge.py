@@ -295,3 +295,17 @@ async def test_statistics(make_bridge, make_client) -> None:
     assert stats.clients == 1 and stats.messages_in >= 2 and stats.open_requests == 0
     cstats = client.statistics()
     assert cstats.state == "ready" and cstats.machine_id == "m1" and cstats.epoch == bridge.epoch
+
+
+async def test_services_route_by_name_and_check_their_permission(make_bridge, make_client) -> None:
+    bridge = await make_bridge(permissions=AccessPolicy(agents={"viewer": ["request"]}))
+    bridge.add_service("kv", lambda request, client: {"service_got": request.data, "from": client.id}, action="cache")
+    client = await make_client(bridge, machine_id="m1")
+    assert await client.call_service("kv", [1]) == {"service_got": [1], "from": "m1"}
+    with pytest.raises(ClientNotFound, match="the bridge runs no 'nope' service"):
+        await client.call_service("nope", 1)
+    viewer = await make_client(bridge, machine_id="v", agent="viewer")
+    with pytest.raises(PermissionDenied, match="may not cache"):
+        await viewer.call_service("kv", 1)
+    with pytest.raises(ConfigurationError, match="already has a 'kv' service"):
+        bridge.add_service("kv", print)

@@ -10,6 +10,8 @@ from .cluster import ClusterClient, ClusterData, ClusterManager, ClusterStatus, 
 from .errors import (
     AuthenticationError,
     BroadcastEvalError,
+    CacheError,
+    CacheValueTooLarge,
     ClientNotFound,
     ConfigurationError,
     ConnectionLost,
@@ -20,6 +22,7 @@ from .errors import (
     RequestTimeout,
     ScriptError,
     SerializationError,
+    UnknownCachePath,
     ZmqcrossError,
 )
 from .messages import IncomingMessage, IncomingRequest
@@ -37,6 +40,8 @@ __all__ = [
     "Bridge",
     "BridgeStatistics",
     "BroadcastEvalError",
+    "CacheError",
+    "CacheValueTooLarge",
     "Client",
     "ClientInfo",
     "ClientNotFound",
@@ -64,6 +69,7 @@ __all__ = [
     "Shard",
     "ShardData",
     "ShardPlan",
+    "UnknownCachePath",
     "ZmqcrossError",
     "build_plan",
     "cluster_data",

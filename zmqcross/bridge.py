@@ -66,7 +66,7 @@ from .protocol import (
     result_of,
 )
 from .registry import ClientInfo, Peer, Registry, check_name
-from .security import AccessPolicy, CurveServer, ZapHandler, tokens_match
+from .security import ACTIONS, AccessPolicy, CurveServer, ZapHandler, tokens_match
 from .transport import (
     MonitorEvent,
     OpenRequests,
@@ -84,6 +84,13 @@ BRIDGE_EVENTS = ("client_message", "client_request", "connect", "disconnect", "e
 """Events a :class:`Bridge` emits; see :meth:`Bridge.on`."""
 
 ClientFilter = Callable[[ClientInfo], bool]
+ServiceHandler = Callable[[IncomingRequest, ClientInfo], Any]
+
+
+@dataclass(frozen=True, slots=True)
+class _Service:
+    handler: ServiceHandler
+    action: str
 
 BEACON_BURST = (0.0, 0.02, 0.1, 0.3)
 """Seconds after a registration at which extra beacons go out, for the newcomer's SUB."""
@@ -195,6 +202,7 @@ class Bridge:
 
         self._events = EventEmitter(BRIDGE_EVENTS, log)
         self._registry = Registry()
+        self._services: dict[str, _Service] = {}
         self._open = OpenRequests()
         self._placement: Placement | None = None
         self._zap: ZapHandler | None = None
@@ -702,7 +710,12 @@ class Bridge:
             self._events.emit("client_message", IncomingMessage(msg.data, client=peer.info), peer.info)
 
     def _on_request(self, peer: Peer, msg: Request) -> None:
-        if not self._allowed(peer, "request", msg.id):
+        service = self._services.get(msg.service) if msg.service is not None else None
+        if msg.service is not None and service is None:
+            error = ClientNotFound(f"the bridge runs no {msg.service!r} service")
+            self._send(peer.routing_id, readdress(error, msg.id))
+            return
+        if not self._allowed(peer, service.action if service is not None else "request", msg.id):
             return
         if msg.deadline < time.time():
             log.debug("dropped request %d from %r: its deadline passed in transit", msg.id, peer.info.id)
@@ -717,14 +730,24 @@ class Bridge:
             respond=functools.partial(self._send, peer.routing_id),
             client=peer.info,
         )
-        serve_request(
-            request,
-            self._events.handlers("client_request"),
-            (request, peer.info),
-            self._events,
-            "client_request",
-            missing="the bridge has no 'client_request' handler; add one with bridge.on('client_request', ...)",
-        )
+        if service is not None:
+            handlers, event, missing = (service.handler,), "error", ""
+        else:
+            handlers, event = self._events.handlers("client_request"), "client_request"
+            missing = "the bridge has no 'client_request' handler; add one with bridge.on('client_request', ...)"
+        serve_request(request, handlers, (request, peer.info), self._events, event, missing=missing)
+
+    def add_service(self, name: str, handler: ServiceHandler, *, action: str = "request") -> None:
+        """Answer requests addressed to service ``name`` with ``handler(request, client)``.
+
+        This is how bridge plugins (the cache) receive their calls: clients reach them with
+        ``call_service(name, data)``. ``action`` is the permission a caller needs.
+        """
+        if name in self._services:
+            raise ConfigurationError(f"the bridge already has a {name!r} service")
+        if action not in ACTIONS:
+            raise ConfigurationError(f"unknown action {action!r}; actions are {sorted(ACTIONS)}")
+        self._services[name] = _Service(handler, action)
 
     def _relay(self, origin: Peer, msg: Request) -> None:
         try:

@@ -385,6 +385,10 @@ class Client:
         """Send a custom request to the bridge (its ``client_request`` event); return the answer."""
         return await self._request(data, timeout=timeout, what="request to the bridge")
 
+    async def call_service(self, service: str, data: Any, *, timeout: float | None = None) -> Any:
+        """Call a bridge service (see :meth:`Bridge.add_service`), such as the cache; return its answer."""
+        return await self._request(data, timeout=timeout, what=f"{service} service call", service=service)
+
     async def request_to_client(
         self,
         data: Any,

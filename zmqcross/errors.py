@@ -14,7 +14,10 @@
     ├── RequestTimeout (TimeoutError)   no answer before the deadline
     ├── RemoteError                     the far side raised; carries its traceback
     ├── ScriptError                     an eval script or function cannot be shipped or compiled
-    └── BroadcastEvalError              some clusters of a broadcast eval failed; has every outcome
+    ├── BroadcastEvalError              some clusters of a broadcast eval failed; has every outcome
+    └── CacheError                      a cache operation was refused
+        ├── UnknownCachePath (LookupError)  no such cache path on the bridge
+        └── CacheValueTooLarge          a value over the cache's size limit
 
 Errors also travel: a failure on one process is sent to the caller as
 ``{type, message, traceback}`` plus a short ``code`` naming the class above, and
@@ -27,6 +30,8 @@ from __future__ import annotations
 __all__ = [
     "AuthenticationError",
     "BroadcastEvalError",
+    "CacheError",
+    "CacheValueTooLarge",
     "ClientNotFound",
     "ConfigurationError",
     "ConnectionLost",
@@ -37,6 +42,7 @@ __all__ = [
     "RequestTimeout",
     "ScriptError",
     "SerializationError",
+    "UnknownCachePath",
     "ZmqcrossError",
     "error_code",
     "error_from_wire",
@@ -162,6 +168,24 @@ class BroadcastEvalError(ZmqcrossError):
         self.clusters = clusters
 
 
+class CacheError(ZmqcrossError):
+    """A cache operation was refused (bad key or value type, or a limit); nothing was changed."""
+
+    code = "cache"
+
+
+class UnknownCachePath(CacheError, LookupError):
+    """The cache has no path of this name (paths are declared on the bridge's CacheServer)."""
+
+    code = "cache_unknown_path"
+
+
+class CacheValueTooLarge(CacheError):
+    """The encoded value is over the cache's ``max_value_bytes`` limit."""
+
+    code = "cache_too_large"
+
+
 _BY_CODE: dict[str, type[ZmqcrossError]] = {
     cls.code: cls
     for cls in (
@@ -177,6 +201,10 @@ _BY_CODE: dict[str, type[ZmqcrossError]] = {
         RequestTimeout,
         RemoteError,
         ScriptError,
+        BroadcastEvalError,
+        CacheError,
+        UnknownCachePath,
+        CacheValueTooLarge,
     )
 }
 

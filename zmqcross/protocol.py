@@ -293,7 +293,8 @@ class Request:
     """Either way: a custom request; ``data`` is a JSON body frame.
 
     ``target`` (a client id) or ``agent`` asks the bridge to relay it to one client;
-    ``origin`` names the client it came from when the bridge relays it.
+    ``origin`` names the client it came from when the bridge relays it. ``service`` sends
+    it to a bridge service (such as the cache) instead of the ``client_request`` event.
     """
 
     type: Literal["request"] = field(default="request", init=False)
@@ -303,6 +304,7 @@ class Request:
     target: str | None = None
     agent: str | None = None
     origin: str | None = None
+    service: str | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

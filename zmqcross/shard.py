@@ -62,6 +62,10 @@ class Shard:
         """Send a custom request to the bridge (its ``client_request`` event); return the answer."""
         return await self._request(data, timeout, "request to the bridge")
 
+    async def call_service(self, service: str, data: Any, *, timeout: float | None = None) -> Any:
+        """Call a bridge service (such as the cache) through this cluster's machine."""
+        return await self._request(data, timeout, f"{service} service call", service=service)
+
     async def request_to_client(
         self,
         data: Any,

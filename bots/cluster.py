@@ -1,5 +1,6 @@
 """A machine of a zmqcross fleet (the seed's Cluster.js): asks the bridge for its share of
-the shards and runs it as cluster processes of bots/bot.py.
+the shards, runs it as cluster processes of bots/bot.py, follows plan changes, and drains
+cleanly on SIGTERM/SIGINT.
 
     ZMQCROSS_MACHINE_ID=machine-1 ZMQCROSS_AUTH_TOKEN=secret python bots/cluster.py
 """
@@ -8,12 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 from pathlib import Path
 
 from settings import Settings, setup_logging
 
-from zmqcross import Client, ClusterManager
+from zmqcross import Client, Machine
 
 BOT_FILE = os.environ.get("ZMQCROSS_BOT_FILE", str(Path(__file__).with_name("bot.py")))
 
@@ -26,36 +26,26 @@ async def main() -> None:
         port=settings.bridge_port,
         auth_token=settings.auth_token,
         machine_id=settings.machine_id,
+        rolling_restarts=settings.rolling_restarts,
         curve=settings.client_curve(),
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
 
-    await client.connect()
-    share = await client.request_shard_data()
-    if share.standby:
-        print(f"[{client.id}] standby: every chunk of the plan is taken", flush=True)
-        await stop.wait()
-        await client.close()
-        return
-    print(
-        f"[{client.id}] runs clusters {list(share.cluster_list)}, shards {[list(s) for s in share.shard_list]}",
-        flush=True,
-    )
-    manager = ClusterManager.from_shard_data(
+    @client.on("assignment")
+    def assigned(share, reason):
+        print(f"[{client.id}] assigned clusters {list(share.cluster_list)}: {reason}", flush=True)
+
+    machine = Machine(
         BOT_FILE,
-        share,
-        spawn_delay=settings.spawn_delay,
-        heartbeat_timeout=settings.cluster_heartbeat_timeout,
+        client,
+        manager_options={
+            "spawn_delay": settings.spawn_delay,
+            "heartbeat_timeout": settings.cluster_heartbeat_timeout,
+        },
     )
-    client.listen(manager)
-    spawning = asyncio.create_task(manager.spawn())
-    await stop.wait()
-    spawning.cancel()
-    await manager.close()
-    await client.close("machine shutting down")
+    share = await machine.start()
+    where = "standby" if share.standby else f"runs clusters {list(share.cluster_list)}"
+    print(f"[{client.id}] {where}, shards {[list(s) for s in share.shard_list]}", flush=True)
+    await machine.serve()
 
 
 if __name__ == "__main__":

@@ -28,6 +28,7 @@ class Settings:
     shards_per_cluster: int = int(os.environ.get("ZMQCROSS_SHARDS_PER_CLUSTER", "2"))
     total_machines: int = int(os.environ.get("ZMQCROSS_TOTAL_MACHINES", "2"))
     spawn_delay: float = float(os.environ.get("ZMQCROSS_SPAWN_DELAY", "5"))
+    rolling_restarts: bool = os.environ.get("ZMQCROSS_ROLLING_RESTARTS", "1") not in ("0", "false", "no", "")
     # A cluster silent this long (its event loop is stuck) is killed and restarted.
     cluster_heartbeat_timeout: float = float(os.environ.get("ZMQCROSS_CLUSTER_HEARTBEAT_TIMEOUT", "15"))
 

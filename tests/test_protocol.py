@@ -51,6 +51,15 @@ SAMPLES: list[p.Message] = [
     ),
     p.GuildRequest(id=6, deadline=5.0, guild_id=(150000000000 + 1) << 22, data=b"{}"),
     p.Heartbeat(sent_at=1.0, ready=True, guilds=1250),
+    p.Assignment(
+        total_shards=8,
+        shard_list=((0, 1),),
+        cluster_list=(0,),
+        total_clusters=4,
+        plan_version="v",
+        reason="failover",
+    ),
+    p.Leaving(reason="SIGTERM"),
 ]
 
 
@@ -166,7 +175,9 @@ def test_limits_reject_nonsense() -> None:
 
 def test_dump_and_load() -> None:
     assert p.load(p.dump({1: {"a"}, "k": (1, 2)})) == {"1": ["a"], "k": [1, 2]}
-    with pytest.raises(SerializationError, match="cannot send this value as JSON: a builtins.object is not JSON data"):
+    with pytest.raises(
+        SerializationError, match="cannot send this value as JSON: a builtins.object is not JSON data"
+    ):
         p.dump({"x": object()})
     with pytest.raises(ProtocolError, match="body frame is not valid JSON"):
         p.load(b"{nope")

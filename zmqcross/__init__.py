@@ -6,7 +6,7 @@ machine agent (or a dashboard) talking to it. See README.md for the whole pictur
 
 from .bridge import Bridge, BridgeStatistics
 from .client import Client, ClientStatistics
-from .cluster import ClusterClient, ClusterData, ClusterManager, ClusterStatus, RestartPolicy, cluster_data
+from .cluster import ClusterClient, ClusterData, ClusterManager, RestartPolicy, cluster_data
 from .errors import (
     AuthenticationError,
     BroadcastEvalError,
@@ -25,12 +25,14 @@ from .errors import (
     UnknownCachePath,
     ZmqcrossError,
 )
+from .machine import Machine
 from .messages import IncomingMessage, IncomingRequest
 from .planning import ShardData, ShardPlan, build_plan, shard_for_guild
 from .protocol import DEFAULT_TIMEOUT, Limits
 from .registry import ClientInfo
 from .security import AccessPolicy, CurveClient, CurveServer, generate_keypair
 from .shard import Shard
+from .status import ClusterStatus, FleetStatus, MachineStatus
 
 __version__ = "0.1.0"
 
@@ -55,9 +57,12 @@ __all__ = [
     "CurveClient",
     "CurveServer",
     "DEFAULT_TIMEOUT",
+    "FleetStatus",
     "IncomingMessage",
     "IncomingRequest",
     "Limits",
+    "Machine",
+    "MachineStatus",
     "MessageTooLarge",
     "PermissionDenied",
     "ProtocolError",

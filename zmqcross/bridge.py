@@ -39,6 +39,8 @@ from .protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     PROTOCOL_VERSION,
+    STATUS_SERVICE,
+    Assignment,
     Beacon,
     ErrorInfo,
     ErrorReply,
@@ -47,6 +49,7 @@ from .protocol import (
     Goodbye,
     GuildRequest,
     Hosting,
+    Leaving,
     Limits,
     Message,
     Ping,
@@ -67,6 +70,7 @@ from .protocol import (
 )
 from .registry import ClientInfo, Peer, Registry, check_name
 from .security import ACTIONS, AccessPolicy, CurveServer, ZapHandler, tokens_match
+from .status import ClusterStatus, FleetStatus, MachineStatus
 from .transport import (
     MonitorEvent,
     OpenRequests,
@@ -77,6 +81,7 @@ from .transport import (
 )
 
 __all__ = ["BRIDGE_EVENTS", "Bridge", "BridgeStatistics"]
+
 
 log = logging.getLogger("zmqcross.bridge")
 
@@ -92,7 +97,11 @@ class _Service:
     handler: ServiceHandler
     action: str
 
+
 BEACON_BURST = (0.0, 0.02, 0.1, 0.3)
+
+PROBE_DELAYS = (0.05, 0.3)
+"""Seconds after a connection drops at which the bridge probes its peers to find which one left."""
 """Seconds after a registration at which extra beacons go out, for the newcomer's SUB."""
 
 
@@ -202,7 +211,7 @@ class Bridge:
 
         self._events = EventEmitter(BRIDGE_EVENTS, log)
         self._registry = Registry()
-        self._services: dict[str, _Service] = {}
+        self._services: dict[str, _Service] = {STATUS_SERVICE: _Service(self._serve_status, "request")}
         self._open = OpenRequests()
         self._placement: Placement | None = None
         self._zap: ZapHandler | None = None
@@ -229,6 +238,7 @@ class Bridge:
             EvalRequest: self._on_eval,
             EvalReply: self._on_answer,
             GuildRequest: self._on_guild_request,
+            Leaving: self._on_leaving,
         }
 
     # ------------------------------------------------------------------ lifetime
@@ -446,7 +456,9 @@ class Bridge:
                 sent.append(peer.info.id)
         return sent
 
-    async def request(self, data: Any, *, client: str | ClientInfo, timeout: float | None = None) -> Any:
+    async def request(
+        self, data: Any, *, client: str | ClientInfo, timeout: float | None = None, service: str | None = None
+    ) -> Any:
         """Send a custom request to one client and return its answer.
 
         Raises :class:`ClientNotFound`, :class:`RequestTimeout`, :class:`ConnectionLost` (the
@@ -459,7 +471,9 @@ class Bridge:
             raise ClientNotFound(f"no connected client {client_id!r}; connected: {self._client_ids()}")
         timeout = self._request_timeout if timeout is None else float(timeout)
         request_id = self._open.next_id()
-        frames = encode(Request(id=request_id, deadline=time.time() + timeout, data=dump(data)))
+        frames = encode(
+            Request(id=request_id, deadline=time.time() + timeout, data=dump(data), service=service)
+        )
         check_limits(frames, self._limits)
         outcome = self._open.future(
             request_id=request_id,
@@ -647,6 +661,10 @@ class Bridge:
         notice = self._claim(msg.machine_id, msg.hosting) if msg.hosting is not None else None
         assert self._placement is not None
         peer = Peer(routing_id, info, user_id, time.monotonic(), self._placement.held_by(msg.machine_id))
+        if msg.hosting is not None:
+            peer.plan_version = msg.hosting.plan_version
+        if refresh and current is not None:
+            peer.standby, peer.leaving = current.standby, current.leaving
         self._registry.add(peer)
         self._send(
             routing_id,
@@ -669,6 +687,10 @@ class Bridge:
         if not refresh:
             log.info("client %r (agent %r) connected from %s", info.id, info.agent, address)
             self._events.emit("connect", info, msg.initial_data)
+        if msg.hosting is not None and msg.hosting.plan_version != self.plan.version and not peer.clusters:
+            # It runs another plan (the bridge came back with new options): give it a share
+            # of this plan. With rolling restarts it switches over; without, it stays stale.
+            self._assign(peer, "the bridge's shard plan changed")
 
     def _claim(self, machine_id: str, hosting: Hosting) -> str | None:
         assert self._placement is not None
@@ -734,8 +756,13 @@ class Bridge:
             handlers, event, missing = (service.handler,), "error", ""
         else:
             handlers, event = self._events.handlers("client_request"), "client_request"
-            missing = "the bridge has no 'client_request' handler; add one with bridge.on('client_request', ...)"
+            missing = (
+                "the bridge has no 'client_request' handler; add one with bridge.on('client_request', ...)"
+            )
         serve_request(request, handlers, (request, peer.info), self._events, event, missing=missing)
+
+    async def _serve_status(self, request: IncomingRequest, client: ClientInfo) -> Any:
+        return (await self.status()).to_json()
 
     def add_service(self, name: str, handler: ServiceHandler, *, action: str = "request") -> None:
         """Answer requests addressed to service ``name`` with ``handler(request, client)``.
@@ -898,7 +925,8 @@ class Bridge:
                 ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
             )
             return
-        peer.clusters = clusters
+        peer.clusters, peer.standby = clusters, not clusters
+        peer.plan_version = self.plan.version if clusters else None
         data = self._placement.shard_data(clusters)
         if clusters:
             log.info(
@@ -923,7 +951,164 @@ class Bridge:
             return
         self._open.finish(msg.reply_to, msg)
 
+    def _assign(self, peer: Peer, reason: str) -> tuple[int, ...]:
+        """Give ``peer`` a share of the current plan and push it; returns its clusters."""
+        assert self._placement is not None
+        clusters = self._placement.assign(peer.info.id)
+        peer.clusters, peer.standby = clusters, not clusters
+        if not clusters:
+            log.info(
+                "machine %r waits as a standby: every chunk of plan %s is held",
+                peer.info.id,
+                self.plan.version,
+            )
+            return clusters
+        data = self._placement.shard_data(clusters)
+        log.info(
+            "machine %r is assigned clusters %s of plan %s: %s",
+            peer.info.id,
+            list(clusters),
+            data.plan_version,
+            reason,
+        )
+        self._send(
+            peer.routing_id,
+            Assignment(
+                total_shards=data.total_shards,
+                shard_list=data.shard_list,
+                cluster_list=data.cluster_list,
+                total_clusters=data.total_clusters,
+                plan_version=data.plan_version,
+                reason=reason,
+            ),
+        )
+        return clusters
+
+    def _hand_over(self, reason: str) -> None:
+        """Give released chunks to waiting standbys, oldest first (failover)."""
+        for peer in self._registry:
+            if peer.standby and not peer.leaving:
+                if not self._assign(peer, reason):
+                    break
+
+    def _on_leaving(self, peer: Peer, msg: Leaving) -> None:
+        # Draining: hand its clusters over now, but keep it registered so the answers to
+        # work already sent to it still arrive. Its Goodbye (or silence) removes it.
+        peer.leaving = True
+        assert self._placement is not None
+        released = self._placement.release(peer.info.id)
+        peer.clusters = ()
+        log.info(
+            "machine %r is draining (%s); handing over clusters %s", peer.info.id, msg.reason, list(released)
+        )
+        if released:
+            self._hand_over(f"machine {peer.info.id!r} is draining")
+
+    async def reshard(
+        self,
+        *,
+        total_shards: int | None = None,
+        shards_per_cluster: int | None = None,
+        total_machines: int | None = None,
+        shard_list: Sequence[int] | None = None,
+    ) -> ShardPlan:
+        """Switch the fleet to a new shard plan while it runs.
+
+        Every connected bot machine gets a share of the new plan at once. Machines with
+        ``rolling_restarts=True`` replace their clusters one at a time, never all down;
+        the others keep what they run and are reported stale by :meth:`status`.
+        """
+        self._require_running()
+        options = dict(self._plan_options)
+        for name, value in (
+            ("shards_per_cluster", shards_per_cluster),
+            ("total_machines", total_machines),
+            ("shard_list", shard_list),
+        ):
+            if value is not None:
+                options[name] = value
+        plan = build_plan(total_shards or self.plan.total_shards, **options)
+        if plan.version == self.plan.version:
+            return plan
+        old = self._placement
+        assert old is not None
+        machines = [p for p in self._registry if not p.leaving and (p.clusters or p.standby)]
+        # Machines keep their place in the order of chunks (the one with cluster 0 first).
+        machines.sort(key=lambda p: (not p.clusters, min(p.clusters, default=0)))
+        self._plan, self._plan_options, self._placement = plan, options, Placement(plan)
+        log.info(
+            "resharding to plan %s: %d shards in %d clusters",
+            plan.version,
+            plan.total_shards,
+            plan.total_clusters,
+        )
+        for peer in machines:
+            self._assign(peer, f"reshard to {plan.total_shards} shards (plan {plan.version})")
+        self._publish_beacon()
+        return plan
+
+    async def status(self, *, timeout: float = 2.0) -> FleetStatus:
+        """A snapshot of the fleet: every client, the clusters each machine runs, standbys, free clusters.
+
+        Machines are asked for their clusters' state in parallel; one that does not answer
+        within ``timeout`` is listed with an ``error`` and no clusters.
+        """
+        self._require_running()
+        assert self._placement is not None
+        peers = list(self._registry)
+        asked = [p for p in peers if p.clusters or p.leaving or p.plan_version is not None]
+        answers = await asyncio.gather(
+            *(self.request(None, client=p.info.id, timeout=timeout, service=STATUS_SERVICE) for p in asked),
+            return_exceptions=True,
+        )
+        by_id = dict(zip([p.info.id for p in asked], answers, strict=True))
+        machines = []
+        for peer in peers:
+            answer = by_id.get(peer.info.id, [])
+            failed = isinstance(answer, BaseException)
+            machines.append(
+                MachineStatus(
+                    id=peer.info.id,
+                    agent=peer.info.agent,
+                    address=peer.info.address,
+                    connected_at=peer.info.connected_at,
+                    plan_version=peer.plan_version,
+                    stale=peer.plan_version is not None and peer.plan_version != self.plan.version,
+                    standby=peer.standby,
+                    leaving=peer.leaving,
+                    clusters=() if failed else tuple(ClusterStatus.from_json(c) for c in answer),
+                    error=str(answer) if failed else None,
+                )
+            )
+        snapshot = self._placement.snapshot()
+        unassigned = sorted(
+            [c for chunk in snapshot["free"] for c in chunk]
+            + [c for chunk in snapshot["orphaned"].values() for c in chunk]
+        )
+        return FleetStatus(
+            plan_version=self.plan.version,
+            total_shards=self.plan.total_shards,
+            total_clusters=self.plan.total_clusters,
+            machines=tuple(machines),
+            standbys=tuple(p.info.id for p in peers if p.standby),
+            unassigned=tuple(unassigned),
+            taken_at=time.time(),
+        )
+
+    def _probe_peers(self) -> None:
+        # A peer's TCP connection closed (process killed, machine rebooted): a send to
+        # a routing id whose pipe is gone fails at once with ROUTER_MANDATORY, so probing
+        # everyone finds the lost peer in milliseconds instead of a heartbeat timeout.
+        probe = Beacon(epoch=self._epoch, seq=self._beacon_seq, plan_version=self.plan.version)
+        for peer in self._registry:
+            self._send(peer.routing_id, probe)
+
     def _on_monitor(self, event: MonitorEvent) -> None:
+        if event.event == zmq.EVENT_DISCONNECTED:
+            loop = asyncio.get_running_loop()
+            for delay in PROBE_DELAYS:  # libzmq retires the pipe shortly after the event
+                loop.call_later(delay, self._probe_peers)
+            return
         if event.event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             log.warning(
                 "a peer failed the ZMTP handshake (a client without CURVE, or with a wrong server key?)"
@@ -980,11 +1165,12 @@ class Bridge:
     def _drop(self, peer: Peer, reason: str) -> None:
         if self._registry.remove(peer.routing_id) is None:
             return
-        if self._placement is not None:
-            self._placement.release(peer.info.id)
+        released = self._placement.release(peer.info.id) if self._placement is not None else ()
         self._open.fail_peer(peer.routing_id, ConnectionLost(f"client {peer.info.id!r} went away: {reason}"))
         log.info("client %r disconnected: %s", peer.info.id, reason)
         self._events.emit("disconnect", peer.info, reason)
+        if released:
+            self._hand_over(f"machine {peer.info.id!r} was lost ({reason})")
 
     async def _heartbeat(self) -> None:
         while True:

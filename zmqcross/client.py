@@ -38,6 +38,8 @@ from .protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     PROTOCOL_VERSION,
+    STATUS_SERVICE,
+    Assignment,
     Beacon,
     ErrorReply,
     EvalReply,
@@ -45,6 +47,7 @@ from .protocol import (
     Goodbye,
     GuildRequest,
     Hosting,
+    Leaving,
     Limits,
     Message,
     Ping,
@@ -65,6 +68,7 @@ from .protocol import (
 )
 from .registry import check_name
 from .security import CurveClient
+from .status import FleetStatus
 from .transport import (
     MonitorEvent,
     OpenRequests,
@@ -81,7 +85,7 @@ __all__ = ["CLIENT_EVENTS", "Client", "ClientStatistics", "default_machine_id"]
 
 log = logging.getLogger("zmqcross.client")
 
-CLIENT_EVENTS = ("bridge_message", "bridge_request", "disconnect", "error", "ready")
+CLIENT_EVENTS = ("assignment", "bridge_message", "bridge_request", "disconnect", "error", "ready")
 """Events a :class:`Client` emits; see :meth:`Client.on`."""
 
 HANDSHAKE_FAILURES = 3
@@ -89,6 +93,7 @@ HANDSHAKE_FAILURES = 3
 
 # Link states. "lost" means the bridge went silent or left; "registering" that it asked
 # us to register again (it restarted). In both we keep sending registrations.
+
 _IDLE, _REGISTERING, _READY, _LOST, _CLOSED = "idle", "registering", "ready", "lost", "closed"
 
 
@@ -199,6 +204,8 @@ class Client:
             EvalRequest: self._on_cluster_work,
             GuildRequest: self._on_cluster_work,
             EvalReply: self._on_answer,
+            Assignment: self._on_assignment,
+            Beacon: lambda msg: None,  # the bridge probing whether this connection is still there
         }
 
     # ------------------------------------------------------------------ lifetime
@@ -494,6 +501,59 @@ class Client:
         )
         return await self._call(msg, request_id, timeout, f"request to guild {msg.guild_id}")
 
+    async def fleet_status(self, *, timeout: float | None = None) -> FleetStatus:
+        """The bridge's view of the whole fleet (see :meth:`Bridge.status`)."""
+        return FleetStatus.from_json(await self.call_service(STATUS_SERVICE, None, timeout=timeout))
+
+    async def leave(self, reason: str = "draining") -> None:
+        """Tell the bridge this machine is draining: its clusters go to a standby now.
+
+        The client stays connected so that work already in flight can still be answered;
+        :meth:`close` ends it.
+        """
+        if self._state == _READY:
+            self._send(Leaving(reason=reason))
+
+    def update_hosting(self, shard_data: ShardData | None) -> None:
+        """Record what this machine now runs and tell the bridge at once (after a rolling restart)."""
+        self.set_hosting(shard_data)
+        if self._state == _READY:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_registration()))
+
+    async def _refresh_registration(self) -> None:
+        # Registering again from the same connection updates what the bridge knows of us
+        # without dropping the link: sends keep working meanwhile.
+        request_id = self._open.next_id()
+        outcome = self._open.future(
+            request_id=request_id, timeout=self._request_timeout, what="registration update"
+        )
+        try:
+            self._send(self._register_message(request_id, self._request_timeout))
+        except ZmqcrossError as exc:
+            self._open.finish(request_id, exc)
+        result = await outcome
+        if isinstance(result, Welcome):
+            if result.notice:
+                log.warning("the bridge says: %s", result.notice)
+        else:
+            log.warning("could not update the bridge on what this machine runs: %s", result)
+
+    def _on_assignment(self, msg: Assignment) -> None:
+        data = ShardData(
+            total_shards=msg.total_shards,
+            shard_list=msg.shard_list,
+            cluster_list=msg.cluster_list,
+            total_clusters=msg.total_clusters,
+            plan_version=msg.plan_version,
+        )
+        log.info(
+            "the bridge assigns clusters %s of plan %s: %s",
+            list(data.cluster_list),
+            data.plan_version,
+            msg.reason,
+        )
+        self._events.emit("assignment", data, msg.reason)
+
     def listen(self, manager: ClusterManager) -> None:
         """Make this client the agent of ``manager``'s clusters.
 
@@ -552,16 +612,7 @@ class Client:
         window = self._retry_interval
         while self._state in (_REGISTERING, _LOST):
             request_id = self._open.next_id()
-            register = Register(
-                id=request_id,
-                deadline=time.time() + max(window, 1.0),
-                protocol=PROTOCOL_VERSION,
-                token=self._auth_token,
-                machine_id=self._machine_id,
-                agent=self._agent,
-                initial_data=self._initial_data,
-                hosting=self._hosting,
-            )
+            register = self._register_message(request_id, max(window, 1.0))
             outcome = self._open.future(request_id=request_id, timeout=max(window, 1.0), what="registration")
             try:
                 self._send(register)
@@ -576,6 +627,18 @@ class Client:
             elif not isinstance(result, RequestTimeout):
                 log.debug("registration attempt ended with %r", result)
             window = min(window * 2, self._max_retry_interval)
+
+    def _register_message(self, request_id: int, lifetime: float) -> Register:
+        return Register(
+            id=request_id,
+            deadline=time.time() + lifetime,
+            protocol=PROTOCOL_VERSION,
+            token=self._auth_token,
+            machine_id=self._machine_id,
+            agent=self._agent,
+            initial_data=self._initial_data,
+            hosting=self._hosting,
+        )
 
     def _registration_refused(self, error: ZmqcrossError) -> None:
         if self._connected is not None and not self._connected.done():
@@ -681,6 +744,10 @@ class Client:
     def _on_request(self, msg: Request) -> None:
         if msg.deadline < time.time():
             log.debug("dropped request %d: its deadline passed in transit", msg.id)
+            return
+        if msg.service == STATUS_SERVICE:  # the bridge collecting the fleet's status
+            statuses = self._manager.statuses() if self._manager is not None else []
+            self._answer(Reply(reply_to=msg.id, data=dump([c.to_json() for c in statuses])))
             return
         request = IncomingRequest(
             msg.data, request_id=msg.id, deadline=msg.deadline, respond=self._send, origin=msg.origin

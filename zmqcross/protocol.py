@@ -49,6 +49,8 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
+    "STATUS_SERVICE",
+    "Assignment",
     "Beacon",
     "ErrorInfo",
     "ErrorReply",
@@ -58,6 +60,7 @@ __all__ = [
     "GuildRequest",
     "Heartbeat",
     "Hosting",
+    "Leaving",
     "Limits",
     "Message",
     "Ping",
@@ -96,6 +99,9 @@ MAX_HEADER_BYTES = 64 * 1024
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds a request waits for its answer unless the caller says otherwise."""
+
+STATUS_SERVICE = "zmqcross.status"
+"""The bridge's built-in service answering ``Client.fleet_status()``; also what it asks each machine."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -401,6 +407,31 @@ class Heartbeat:
     guilds: int | None = None
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Assignment:
+    """Bridge -> machine: run these clusters (a standby taking over, a reshard, a changed plan).
+
+    A machine with ``rolling_restarts`` replaces its clusters one at a time; one without
+    keeps what it runs and the bridge reports it as stale.
+    """
+
+    type: Literal["assignment"] = field(default="assignment", init=False)
+    total_shards: int
+    shard_list: tuple[tuple[int, ...], ...]
+    cluster_list: tuple[int, ...]
+    total_clusters: int
+    plan_version: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Leaving:
+    """Machine -> bridge: draining. Hand my clusters to a standby now; I finish what is in flight."""
+
+    type: Literal["leaving"] = field(default="leaving", init=False)
+    reason: str
+
+
 Message = Union[
     Register,
     Welcome,
@@ -418,6 +449,8 @@ Message = Union[
     EvalReply,
     GuildRequest,
     Heartbeat,
+    Assignment,
+    Leaving,
 ]
 """Every message the fabric can carry."""
 

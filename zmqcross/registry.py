@@ -59,6 +59,9 @@ class Peer:
     user_id: str | None
     last_seen: float
     clusters: tuple[int, ...] = field(default=())
+    plan_version: str | None = None  # the plan its clusters run, as it last told us
+    standby: bool = False  # asked for work when every chunk was held
+    leaving: bool = False  # draining: its chunk is handed over, in-flight work may still answer
 
 
 @dataclass(frozen=True, slots=True)

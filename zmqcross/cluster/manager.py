@@ -45,6 +45,7 @@ from ..protocol import (
     Send,
     readdress,
 )
+from ..status import ClusterStatus
 from ..transport import OpenRequests
 from .child import ClusterData, bootstrap
 from .pipe import PipeEnd, open_pipe
@@ -66,21 +67,6 @@ class RestartPolicy:
 
     max_restarts: int = 5
     interval: float = 60.0
-
-
-@dataclass(frozen=True, slots=True)
-class ClusterStatus:
-    """One cluster as its manager sees it. ``state``: starting, ready, stopping, stopped, failed."""
-
-    id: int
-    shards: tuple[int, ...]
-    pid: int | None
-    state: str
-    guilds: int | None
-    restarts: int
-    started_at: float | None
-    last_heartbeat: float | None
-    exit_code: int | None
 
 
 @dataclass(eq=False)
@@ -170,6 +156,7 @@ class ClusterManager:
         self._running = False
         self._watchdog: asyncio.Task[None] | None = None
         self._respawns: set[asyncio.Task[None]] = set()
+        self._retiring: dict[int, _Cluster] = {}  # old clusters still serving during a rolling restart
         self.upstream: Upstream | None = None
         """Set by ``Client.listen``: carries the bots' own requests to the bridge."""
 
@@ -209,18 +196,30 @@ class ClusterManager:
         """Every cluster's status, in cluster id order."""
         return tuple(self._status(c) for c in sorted(self._clusters.values(), key=lambda c: c.id))
 
-    def _status(self, c: _Cluster) -> ClusterStatus:
+    def _status(self, c: _Cluster, state: str | None = None) -> ClusterStatus:
+        alive = c.process is not None and c.process.is_alive()
         return ClusterStatus(
             id=c.id,
             shards=c.shards,
-            pid=c.process.pid if c.process is not None and c.process.is_alive() else None,
-            state=c.state,
+            pid=c.process.pid if alive else None,
+            state=state or c.state,
             guilds=c.guilds,
             restarts=c.restarts,
             started_at=c.started_at,
+            uptime=time.time() - c.started_at if alive and c.started_at is not None else None,
             last_heartbeat=c.last_beat_at,
             exit_code=c.exit_code,
         )
+
+    def statuses(self) -> list[ClusterStatus]:
+        """Every cluster, including old ones still serving during a rolling restart."""
+        current = [self._status(c) for c in sorted(self._clusters.values(), key=lambda c: c.id)]
+        retiring = [self._status(c, "retiring") for c in sorted(self._retiring.values(), key=lambda c: c.id)]
+        return current + [r for r in retiring if r.pid is not None]
+
+    def in_flight(self) -> int:
+        """Requests handed to clusters and not answered yet."""
+        return sum(len(c.open) for c in (*self._clusters.values(), *self._retiring.values()))
 
     # ------------------------------------------------------------------ lifetime
 
@@ -258,26 +257,64 @@ class ClusterManager:
         for task in [self._watchdog, *self._respawns]:
             if task is not None:
                 task.cancel()
-        for c in self._clusters.values():
-            if c.process is not None and c.process.is_alive():
-                c.stopping = True
-                c.state = "stopping"
-                if c.pipe is None or not c.pipe.send(Goodbye(reason="the machine is shutting down")):
-                    c.process.terminate()
-        end = time.monotonic() + timeout
-        while any(c.process is not None and c.process.is_alive() for c in self._clusters.values()):
-            if time.monotonic() > end:
-                for c in self._clusters.values():
-                    if c.process is not None and c.process.is_alive():
-                        log.warning("cluster %d did not stop within %g s; killing it", c.id, timeout)
-                        c.process.kill()
-                break
-            await asyncio.sleep(0.05)
-        for c in self._clusters.values():
-            if c.process is not None:
-                await asyncio.to_thread(c.process.join, 5)
-                self._reap(c)
+        everything = [*self._clusters.values(), *self._retiring.values()]
+        await asyncio.gather(
+            *(self._stop_cluster(c, timeout, "the machine is shutting down") for c in everything)
+        )
         await self._events.aclose()
+
+    async def _stop_cluster(self, c: _Cluster, timeout: float, reason: str) -> None:
+        """Ask one cluster to close discord.py and exit; kill it after ``timeout``."""
+        process = c.process
+        if process is None:
+            return
+        if process.is_alive():
+            c.stopping = True
+            c.state = "stopping"
+            if c.pipe is None or not c.pipe.send(Goodbye(reason=reason)):
+                process.terminate()
+            end = time.monotonic() + timeout
+            while process.is_alive() and time.monotonic() < end:
+                await asyncio.sleep(0.05)
+            if process.is_alive():
+                log.warning("cluster %d did not stop within %g s; killing it", c.id, timeout)
+                process.kill()
+        await asyncio.to_thread(process.join, 5)
+        self._reap(c)
+        c.state = "stopped"
+
+    async def roll(self, data: ShardData, *, timeout: float | None = None) -> None:
+        """Switch to a new share of a new plan, one cluster at a time, never all down.
+
+        For each new cluster: start it, wait until it is ready, then stop the old cluster
+        with the same id. Until its replacement is ready, an old cluster keeps answering
+        evals and guild requests for that id. Old clusters with no successor stop last.
+        """
+        timeout = self.spawn_timeout if timeout is None else timeout
+        self._retiring.update(self._clusters)
+        self._clusters = {
+            cid: _Cluster(cid, tuple(s)) for cid, s in zip(data.cluster_list, data.shard_list, strict=True)
+        }
+        self.total_shards, self.total_clusters = data.total_shards, data.total_clusters
+        self.plan_version = data.plan_version
+        log.info("rolling restart to plan %s: clusters %s", data.plan_version, list(data.cluster_list))
+        for cid in sorted(self._clusters):
+            fresh = self._clusters[cid]
+            await self._start(fresh)
+            try:
+                await asyncio.wait_for(fresh.ready.wait(), timeout)
+            except TimeoutError:
+                log.warning(
+                    "new cluster %d not ready after %g s; keeping the old one a while longer", cid, timeout
+                )
+                continue
+            old = self._retiring.pop(cid, None)
+            if old is not None:
+                await self._stop_cluster(old, 10.0, "replaced by a rolling restart")
+            log.info("rolling restart: cluster %d now runs shards %s", cid, list(fresh.shards))
+        leftovers, self._retiring = list(self._retiring.values()), {}
+        await asyncio.gather(*(self._stop_cluster(c, 10.0, "not in the new plan") for c in leftovers))
+        log.info("rolling restart to plan %s done", data.plan_version)
 
     async def restart(self, cluster_id: int) -> None:
         """Kill one cluster and start it again (not counted against its restart policy)."""
@@ -357,7 +394,7 @@ class ClusterManager:
         c.ready.clear()
         log.log(logging.INFO if wanted else logging.WARNING, "cluster %d exited with code %s", c.id, code)
         self._events.emit("cluster_exit", c.id, code)
-        if not wanted and self._running and self.respawn:
+        if not wanted and self._running and self.respawn and self._clusters.get(c.id) is c:
             self._schedule_respawn(c)
 
     def _reap(self, c: _Cluster) -> None:
@@ -473,7 +510,7 @@ class ClusterManager:
         now = time.time()
         deadline = hop_deadline(msg.deadline, now)
         for cid in targets:
-            c = self._clusters.get(cid)
+            c = self._serving(cid)
             if c is None:
                 gather.fail(
                     [cid], ClientNotFound(f"cluster {cid} is not on machine running {sorted(self._clusters)}")
@@ -497,10 +534,23 @@ class ClusterManager:
             c.pipe.send(dataclasses.replace(msg, id=sub_id, deadline=deadline, clusters=(cid,)))
         finish()
 
+    def _serving(self, cluster_id: int) -> _Cluster | None:
+        """The process answering for ``cluster_id``: its own, or the old one until that is ready."""
+        current = self._clusters.get(cluster_id)
+        old = self._retiring.get(cluster_id)
+        if current is not None and current.state == "ready":
+            return current
+        if old is not None and old.state == "ready":
+            return old
+        return current or old
+
     def dispatch_guild(self, msg: GuildRequest, respond: Respond) -> None:
         """Hand a guild request to the cluster running that guild's shard; ``respond`` gets its answer."""
         shard = shard_for_guild(msg.guild_id, self.total_shards)
-        owner = next((c for c in self._clusters.values() if shard in c.shards), None)
+        candidates = [c for c in self._clusters.values() if shard in c.shards]
+        # During a rolling restart an old cluster with the shard answers until the new one is ready.
+        candidates += [c for c in self._retiring.values() if shard in c.shards and c.state == "ready"]
+        owner = next((c for c in candidates if c.state == "ready"), candidates[0] if candidates else None)
         error: ZmqcrossError | None = None
         if owner is None:
             error = ClientNotFound(

@@ -1,0 +1,158 @@
+"""A whole machine of the fleet: its agent (a :class:`Client`) and the clusters it runs.
+
+:class:`Machine` asks the bridge for its share, spawns it, and then follows the bridge:
+a standby starts clusters when it is handed a lost machine's chunk, a machine with
+``rolling_restarts`` replaces its clusters one at a time when the plan changes, and on
+SIGTERM/SIGINT it drains: it tells the bridge it is leaving (a standby takes over at
+once), lets in-flight work finish within a bound, closes each cluster's Discord
+connections properly, and returns.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from typing import Any
+
+from .client import Client
+from .cluster.manager import ClusterManager
+from .planning import ShardData
+
+__all__ = ["Machine"]
+
+log = logging.getLogger("zmqcross.machine")
+
+DRAIN_TIMEOUT = 10.0
+"""Seconds a draining machine waits for in-flight work before stopping its clusters anyway."""
+
+
+class Machine:
+    """Runs ``bot_file`` for this machine's share of the plan and keeps following the bridge.
+
+    ``client`` must use ``agent="bot"``; ``manager_options`` go to every :class:`ClusterManager`
+    (``spawn_delay``, ``heartbeat_timeout``, ``restarts``...).
+    """
+
+    def __init__(
+        self,
+        bot_file: str | os.PathLike[str],
+        client: Client,
+        *,
+        manager_options: Mapping[str, Any] | None = None,
+        drain_timeout: float = DRAIN_TIMEOUT,
+    ) -> None:
+        self.bot_file = bot_file
+        self.client = client
+        self.manager: ClusterManager | None = None
+        self._options = dict(manager_options or {})
+        self._drain_timeout = drain_timeout
+        self._changes: asyncio.Queue[tuple[ShardData, str]] = asyncio.Queue()
+        self._follower: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        client.on("assignment", lambda data, reason: self._changes.put_nowait((data, reason)))
+
+    @property
+    def standby(self) -> bool:
+        """True while this machine runs no clusters, waiting for a chunk to free up."""
+        return self.manager is None
+
+    async def start(self) -> ShardData:
+        """Connect (if needed), ask for this machine's share and start its clusters.
+
+        Returns once the first share is spawned (or at once for a standby).
+        """
+        if self.client.statistics().state == "idle":
+            await self.client.connect()
+        share = await self.client.request_shard_data()
+        if share.standby:
+            log.info("machine %r is a standby: every chunk of the plan is held", self.client.id)
+        else:
+            await self._run_share(share)
+        self._follower = asyncio.get_running_loop().create_task(self._follow())
+        return share
+
+    async def run(self) -> None:
+        """:meth:`start`, then :meth:`serve`."""
+        await self.start()
+        await self.serve()
+
+    async def serve(self) -> None:
+        """Serve until SIGTERM or SIGINT, then :meth:`drain`."""
+        loop = asyncio.get_running_loop()
+        stop = asyncio.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await stop.wait()
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+            await self.drain("the machine is shutting down")
+
+    async def drain(self, reason: str = "draining") -> None:
+        """Leave the fleet cleanly (see the module docstring); safe to call twice."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._follower is not None:
+            self._follower.cancel()
+        if self.client.connected:
+            await self.client.leave(reason)
+        if self.manager is not None:
+            await self._wait_in_flight(self.manager)
+            await self.manager.close()
+        await self.client.close(reason)
+        log.info("machine %r drained", self.client.id)
+
+    async def _wait_in_flight(self, manager: ClusterManager) -> None:
+        loop = asyncio.get_running_loop()
+        end = loop.time() + self._drain_timeout
+        while manager.in_flight() and loop.time() < end:
+            await asyncio.sleep(0.05)
+        if manager.in_flight():
+            log.warning(
+                "%d requests still in flight after %g s; stopping anyway",
+                manager.in_flight(),
+                self._drain_timeout,
+            )
+
+    async def _run_share(self, share: ShardData) -> None:
+        manager = ClusterManager.from_shard_data(self.bot_file, share, **self._options)
+        self.manager = manager
+        self.client.listen(manager)
+        await manager.spawn()
+
+    async def _follow(self) -> None:
+        # One change at a time: a reshard arriving mid-roll waits for the roll to finish.
+        while True:
+            share, reason = await self._changes.get()
+            try:
+                await self._apply(share, reason)
+            except Exception:
+                log.exception("machine %r could not apply the bridge's assignment", self.client.id)
+
+    async def _apply(self, share: ShardData, reason: str) -> None:
+        manager = self.manager
+        if manager is None:
+            log.info(
+                "machine %r takes over clusters %s (%s)", self.client.id, list(share.cluster_list), reason
+            )
+            await self._run_share(share)
+            return
+        current = manager.shard_data
+        if (current.plan_version, current.cluster_list) == (share.plan_version, share.cluster_list):
+            return
+        if not self.client.rolling_restarts:
+            log.warning(
+                "machine %r keeps running plan %s (rolling_restarts is off); the bridge's plan is %s",
+                self.client.id,
+                current.plan_version,
+                share.plan_version,
+            )
+            return
+        self.client.update_hosting(share)
+        await manager.roll(share)
+        self.client.update_hosting(manager.shard_data)

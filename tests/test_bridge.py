@@ -299,7 +299,9 @@ async def test_statistics(make_bridge, make_client) -> None:
 
 async def test_services_route_by_name_and_check_their_permission(make_bridge, make_client) -> None:
     bridge = await make_bridge(permissions=AccessPolicy(agents={"viewer": ["request"]}))
-    bridge.add_service("kv", lambda request, client: {"service_got": request.data, "from": client.id}, action="cache")
+    bridge.add_service(
+        "kv", lambda request, client: {"service_got": request.data, "from": client.id}, action="cache"
+    )
     client = await make_client(bridge, machine_id="m1")
     assert await client.call_service("kv", [1]) == {"service_got": [1], "from": "m1"}
     with pytest.raises(ClientNotFound, match="the bridge runs no 'nope' service"):

@@ -1,0 +1,110 @@
+"""Processes for fleet tests: the shipped bots/bridge.py and bots/cluster.py, run for real."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKEN = "fleet-token"
+
+
+class Proc:
+    """A child process whose stdout lines are collected as they arrive."""
+
+    def __init__(self, name: str, script: Path, env: dict[str, str]) -> None:
+        self.name = name
+        self.lines: list[str] = []
+        self.proc = subprocess.Popen(
+            [sys.executable, str(script)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            text=True,
+        )
+        threading.Thread(target=self._read, daemon=True).start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    async def wait_line(self, needle: str, timeout: float = 30.0) -> str:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            for line in self.lines:
+                if needle in line:
+                    return line
+            if self.proc.poll() is not None:
+                break
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"{self.name} never printed {needle!r}; it printed {self.lines}")
+
+    def signal(self, sig: int) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+
+    async def wait_exit(self, timeout: float = 20.0) -> int:
+        return await asyncio.to_thread(self.proc.wait, timeout)
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)
+            self.proc.kill()
+        self.proc.wait(10)
+
+
+class Processes:
+    """Starts bridges and machines sharing one environment; kills whatever is left at the end."""
+
+    def __init__(self, env: dict[str, str]) -> None:
+        self.env = env
+        self.started: list[Proc] = []
+
+    def bridge(self, **extra: str) -> Proc:
+        return self._start("bridge", ROOT / "bots" / "bridge.py", extra)
+
+    def machine(self, machine_id: str, **extra: str) -> Proc:
+        return self._start(
+            machine_id, ROOT / "bots" / "cluster.py", {"ZMQCROSS_MACHINE_ID": machine_id, **extra}
+        )
+
+    def _start(self, name: str, script: Path, extra: dict[str, str]) -> Proc:
+        proc = Proc(name, script, {**self.env, **extra})
+        self.started.append(proc)
+        return proc
+
+    async def stop_all(self) -> None:
+        for proc in self.started:
+            proc.signal(signal.SIGCONT)
+            proc.signal(signal.SIGTERM)
+        for proc in self.started:
+            try:
+                await proc.wait_exit(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def fleet_env(api_base: str, port: int, **extra: str) -> dict[str, str]:
+    """Settings for bots/*.py: 8 shards in 4 clusters for 2 machines, offline Discord, fast spawns."""
+    env = {
+        **os.environ,
+        "ZMQCROSS_DISCORD_API": api_base,
+        "ZMQCROSS_AUTH_TOKEN": TOKEN,
+        "ZMQCROSS_BRIDGE_PORT": str(port),
+        "ZMQCROSS_TOTAL_SHARDS": "8",
+        "ZMQCROSS_SHARDS_PER_CLUSTER": "2",
+        "ZMQCROSS_TOTAL_MACHINES": "2",
+        "ZMQCROSS_SPAWN_DELAY": "0",
+        "ZMQCROSS_LOG_LEVEL": "WARNING",
+        "ZMQCROSS_BOT_FILE": str(ROOT / "tests" / "fleet_bot.py"),
+    }
+    env.pop("ZMQCROSS_KEYS", None)
+    env.update(extra)
+    return env

@@ -1,0 +1,270 @@
+"""Fleet operations under fault injection: real bridge and machine processes, real clusters.
+
+Bridges are bots/bridge.py (when the test kills the bridge) or in-process (when the test
+watches its events); machines are always bots/cluster.py processes with real discord.py
+clusters on the offline gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import time
+from collections.abc import AsyncIterator
+
+import pytest
+from conftest import free_port
+from fleetkit import TOKEN, Processes, fleet_env
+
+from zmqcross import Client, ConnectionLost, ZmqcrossError
+from zmqcross.gateway import GatewayServer, guild_id
+
+pytestmark = pytest.mark.timeout(120)
+
+GUILDS = 64
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[GatewayServer]:
+    server = GatewayServer(guilds=GUILDS)
+    await server.start()
+    yield server
+    await server.close()
+
+
+@pytest.fixture
+async def procs(gateway: GatewayServer) -> AsyncIterator[Processes]:
+    port = free_port()
+    processes = Processes(fleet_env(gateway.api_base, port))
+    processes.port = port  # type: ignore[attr-defined]
+    yield processes
+    await processes.stop_all()
+
+
+async def in_process_bridge(make_bridge, procs: Processes):
+    return await make_bridge(
+        auth_token=TOKEN,
+        port=procs.port,
+        pub_port=procs.port + 1,
+        total_shards=8,  # type: ignore[attr-defined]
+        shards_per_cluster=2,
+        total_machines=2,
+    )
+
+
+async def dashboard(make_client, procs: Processes) -> Client:
+    return await make_client(
+        auth_token=TOKEN,
+        port=procs.port,
+        pub_port=procs.port + 1,  # type: ignore[attr-defined]
+        agent="dashboard",
+        machine_id="dashboard",
+        connect_timeout=15,
+    )
+
+
+async def wait_clusters(client: Client, expected: list[int], timeout: float = 40.0) -> None:
+    end = time.monotonic() + timeout
+    results: list = []
+    while time.monotonic() < end:
+        try:
+            results = await client.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=3)
+        except ZmqcrossError as exc:
+            results = [exc]
+        if results == expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"clusters {expected} not all answering after {timeout} s: {results}")
+
+
+async def pids(client: Client) -> list[int]:
+    return await client.broadcast_eval("import os\nos.getpid()")
+
+
+async def test_bridge_sigkill_restarts_no_cluster(procs, make_client) -> None:
+    first = procs.bridge()
+    await first.wait_line("listening")
+    procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await dashboard(make_client, procs)
+    await wait_clusters(dash, [0, 1, 2, 3])
+    before = await pids(dash)
+
+    first.signal(signal.SIGKILL)
+    await first.wait_exit()
+    killed = time.monotonic()
+    second = procs.bridge()
+    await second.wait_line("listening")
+    await wait_clusters(dash, [0, 1, 2, 3], timeout=15)
+    recovered = time.monotonic() - killed
+    assert await pids(dash) == before  # no cluster restarted
+    assert recovered < 10
+    status = await dash.fleet_status()
+    assert status.unassigned == () and not any(m.stale for m in status.machines)
+    assert {c: len(h) for c, h in status.cluster_hosts().items()} == {0: 1, 1: 1, 2: 1, 3: 1}
+    answer = await dash.request_to_guild({"op": "guild", "guild_id": guild_id(9)})
+    assert answer["found"]
+
+
+async def test_sigkilled_machine_fails_over_to_a_standby(procs, make_bridge, make_client) -> None:
+    bridge = await in_process_bridge(make_bridge, procs)
+    lost: list[tuple[str, str, float]] = []
+    bridge.on("disconnect", lambda client, reason: lost.append((client.id, reason, time.monotonic())))
+    m1, _ = procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await dashboard(make_client, procs)
+    await wait_clusters(dash, [0, 1, 2, 3])
+    standby = procs.machine("machine-3")
+    await standby.wait_line("standby")
+    held_by_m1 = list(bridge.shard_map()["held"]["machine-1"])
+
+    doubled: list[dict] = []
+
+    async def watch() -> None:  # no cluster may ever be listed on two machines
+        while True:
+            hosts = (await bridge.status()).cluster_hosts()
+            if any(len(h) > 1 for h in hosts.values()):
+                doubled.append(hosts)
+            await asyncio.sleep(0.05)
+
+    watcher = asyncio.create_task(watch())
+    killed = time.monotonic()
+    m1.signal(signal.SIGKILL)
+    try:
+        while not any(cid == "machine-1" for cid, _, _ in lost):
+            assert time.monotonic() - killed < 5, "machine loss not detected within 5 s"
+            await asyncio.sleep(0.01)
+        await wait_clusters(dash, [0, 1, 2, 3])
+    finally:
+        watcher.cancel()
+    detected = next(t for cid, _, t in lost if cid == "machine-1") - killed
+    assert detected < 5
+    assert bridge.shard_map()["held"]["machine-3"] == held_by_m1
+    assert doubled == []
+    hosts = (await bridge.status()).cluster_hosts()
+    assert all(hosts[c] == ["machine-3"] for c in held_by_m1)
+
+
+async def test_sigstopped_machine_is_found_silent_and_heals(procs, make_bridge, make_client) -> None:
+    bridge = await in_process_bridge(make_bridge, procs)
+    lost: list[tuple[str, str, float]] = []
+    bridge.on("disconnect", lambda client, reason: lost.append((client.id, reason, time.monotonic())))
+    _, m2 = procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await dashboard(make_client, procs)
+    await wait_clusters(dash, [0, 1, 2, 3])
+    before = await pids(dash)
+    its = bridge.shard_map()["held"]["machine-2"]
+
+    stopped = time.monotonic()
+    m2.signal(signal.SIGSTOP)
+    while not lost:
+        assert time.monotonic() - stopped < 6, "a silent machine was not detected"
+        await asyncio.sleep(0.05)
+    client_id, reason, at = lost[0]
+    assert client_id == "machine-2" and reason.startswith("silent for") and at - stopped <= 5.5
+    t0 = time.monotonic()
+    results = await dash.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=10)
+    assert time.monotonic() - t0 < 2  # its slots fail at once, not after the timeout
+    for cid in its:
+        assert isinstance(results[cid], ConnectionLost) and "not running on any connected machine" in str(
+            results[cid]
+        )
+
+    m2.signal(signal.SIGCONT)
+    await wait_clusters(dash, [0, 1, 2, 3], timeout=20)
+    assert await pids(dash) == before  # it came back with the same clusters
+
+
+async def test_reshard_with_rolling_restarts_keeps_answering(procs, make_bridge, make_client) -> None:
+    bridge = await in_process_bridge(make_bridge, procs)
+    procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await dashboard(make_client, procs)
+    await wait_clusters(dash, [0, 1, 2, 3])
+    polls: list[list] = []
+    done = asyncio.Event()
+
+    async def poll() -> None:
+        while not done.is_set():
+            polls.append(await dash.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=3))
+            await asyncio.sleep(0.05)
+
+    poller = asyncio.create_task(poll())
+    plan = await bridge.reshard(total_shards=12)
+    assert plan.total_clusters == 6
+    try:
+        await wait_clusters(dash, [0, 1, 2, 3, 4, 5], timeout=60)
+        end = time.monotonic() + 30
+        while any(
+            m.clusters and any(c.state == "retiring" for c in m.clusters)
+            for m in (await bridge.status()).machines
+        ):
+            assert time.monotonic() < end, "old clusters still running after the roll"
+            await asyncio.sleep(0.1)
+    finally:
+        done.set()
+        await poller
+    answered = [sum(not isinstance(r, Exception) for r in poll) for poll in polls]
+    # one cluster per machine is swapped at a time: never more than two of six slots down
+    assert len(polls) > 5 and min(answered) >= 2, answered
+    assert await dash.broadcast_eval("sorted(bot.shards)") == [
+        [0, 1],
+        [2, 3],
+        [4, 5],
+        [6, 7],
+        [8, 9],
+        [10, 11],
+    ]
+    assert sum(await dash.broadcast_eval("len(bot.guilds)")) == GUILDS
+    status = await bridge.status()
+    assert not any(m.stale for m in status.machines) and status.unassigned == ()
+
+
+async def test_sigterm_drains_and_the_standby_takes_over_at_once(procs, make_bridge, make_client) -> None:
+    bridge = await in_process_bridge(make_bridge, procs)
+    reasons: dict[str, str] = {}
+    bridge.on("disconnect", lambda client, reason: reasons.setdefault(client.id, reason))
+    m1, _ = procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await dashboard(make_client, procs)
+    await wait_clusters(dash, [0, 1, 2, 3])
+    standby = procs.machine("machine-3")
+    await standby.wait_line("standby")
+    held = list(bridge.shard_map()["held"]["machine-1"])
+
+    started = time.monotonic()
+    m1.signal(signal.SIGTERM)
+    while bridge.shard_map()["held"].get("machine-3") != held:
+        assert time.monotonic() - started < 2, "the standby was not handed the chunk at once"
+        await asyncio.sleep(0.01)
+    handed_over = time.monotonic() - started
+    assert await m1.wait_exit(20) == 0
+    assert reasons["machine-1"] == "left: the machine is shutting down"
+    await wait_clusters(dash, [0, 1, 2, 3])
+    assert handed_over < 2  # no heartbeat timeout (4 s) was waited for
+
+
+async def test_bridge_restarted_with_a_new_plan(procs, make_client) -> None:
+    first = procs.bridge()
+    await first.wait_line("listening")
+    procs.machine("machine-1")
+    procs.machine("machine-2", ZMQCROSS_ROLLING_RESTARTS="0")
+    dash = await dashboard(make_client, procs)
+    await wait_clusters(dash, [0, 1, 2, 3])
+    first.signal(signal.SIGKILL)
+    await first.wait_exit()
+    second = procs.bridge(ZMQCROSS_TOTAL_SHARDS="12")
+    await second.wait_line("listening")
+    end = time.monotonic() + 60
+    while True:
+        status = await dash.fleet_status()
+        machines = {m.id: m for m in status.machines}
+        if (
+            {"machine-1", "machine-2"} <= set(machines)
+            and not any(c.state == "retiring" for c in machines["machine-1"].clusters)
+            and machines["machine-1"].plan_version == status.plan_version
+        ):
+            break
+        assert time.monotonic() < end, status
+        await asyncio.sleep(0.2)
+    assert not machines["machine-1"].stale and machines["machine-2"].stale
+    rolled = [c for c in machines["machine-1"].clusters if c.state == "ready"]
+    # machine-1 runs one of the new plan's two chunks, whichever it was handed on re-registering
+    assert [c.shards for c in rolled] in ([(0, 1), (2, 3), (4, 5)], [(6, 7), (8, 9), (10, 11)])
+    assert [c.shards for c in machines["machine-2"].clusters] in ([(0, 1), (2, 3)], [(4, 5), (6, 7)])

@@ -30,7 +30,7 @@ async def test_connect_event_and_client_list(make_bridge, make_client) -> None:
     assert seen == [("m1", "dashboard", {"version": 3})]
     (info,) = bridge.clients
     assert info.id == "m1" and info.address == "127.0.0.1" and info.key is None
-    assert info.permissions == {"eval", "request", "cache"} == client.permissions
+    assert info.permissions == {"admin", "eval", "request", "cache"} == client.permissions
 
 
 async def test_requests_both_ways(make_bridge, make_client) -> None:
@@ -311,3 +311,17 @@ async def test_services_route_by_name_and_check_their_permission(make_bridge, ma
         await viewer.call_service("kv", 1)
     with pytest.raises(ConfigurationError, match="already has a 'kv' service"):
         bridge.add_service("kv", print)
+
+
+async def test_reshard_service_needs_admin(make_bridge, make_client) -> None:
+    bridge = await make_bridge(permissions=AccessPolicy(agents={"dashboard": ["request"]}))
+    viewer = await make_client(bridge, machine_id="viewer", agent="dashboard")
+    with pytest.raises(PermissionDenied, match="may not admin"):
+        await viewer.reshard(total_shards=8)
+    ops = await make_client(bridge, machine_id="ops", agent="ops")
+    answer = await ops.reshard(total_shards=8)
+    assert answer == {"plan_version": bridge.plan.version, "total_shards": 8, "total_clusters": 4}
+    with pytest.raises(ConfigurationError, match="total_shards must be a positive integer"):
+        await ops.reshard(total_shards=0)
+    status = await ops.fleet_status()
+    assert status.total_shards == 8 and [m.id for m in status.machines] == ["viewer", "ops"]

@@ -80,7 +80,7 @@ def test_tokens_match() -> None:
 
 def test_access_policy() -> None:
     policy = AccessPolicy(agents={"dashboard": ["request"]}, keys={"ops": ["eval", "cache", "request"]})
-    assert policy.permissions(agent="bot", key=None) == {"eval", "request", "cache"}
+    assert policy.permissions(agent="bot", key=None) == {"admin", "eval", "request", "cache"}
     assert policy.permissions(agent="dashboard", key=None) == {"request"}
     assert policy.permissions(agent="dashboard", key="ops") == {"eval", "cache", "request"}
     with pytest.raises(ConfigurationError, match=r"unknown action\(s\) \['launch'\]"):

@@ -39,6 +39,7 @@ from .protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     PROTOCOL_VERSION,
+    RESHARD_SERVICE,
     STATUS_SERVICE,
     Assignment,
     Beacon,
@@ -211,7 +212,10 @@ class Bridge:
 
         self._events = EventEmitter(BRIDGE_EVENTS, log)
         self._registry = Registry()
-        self._services: dict[str, _Service] = {STATUS_SERVICE: _Service(self._serve_status, "request")}
+        self._services: dict[str, _Service] = {
+            STATUS_SERVICE: _Service(self._serve_status, "request"),
+            RESHARD_SERVICE: _Service(self._serve_reshard, "admin"),
+        }
         self._open = OpenRequests()
         self._placement: Placement | None = None
         self._zap: ZapHandler | None = None
@@ -764,6 +768,16 @@ class Bridge:
     async def _serve_status(self, request: IncomingRequest, client: ClientInfo) -> Any:
         return (await self.status()).to_json()
 
+    async def _serve_reshard(self, request: IncomingRequest, client: ClientInfo) -> Any:
+        options = request.data if isinstance(request.data, dict) else {}
+        allowed = {"total_shards", "shards_per_cluster", "total_machines", "shard_list"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ConfigurationError(f"reshard got unknown option(s) {unknown}; it takes {sorted(allowed)}")
+        log.info("client %r asks for a reshard: %s", client.id, options)
+        plan = await self.reshard(**options)
+        return {"plan_version": plan.version, "total_shards": plan.total_shards, "total_clusters": plan.total_clusters}
+
     def add_service(self, name: str, handler: ServiceHandler, *, action: str = "request") -> None:
         """Answer requests addressed to service ``name`` with ``handler(request, client)``.
 
@@ -1027,7 +1041,7 @@ class Bridge:
         ):
             if value is not None:
                 options[name] = value
-        plan = build_plan(total_shards or self.plan.total_shards, **options)
+        plan = build_plan(total_shards if total_shards is not None else self.plan.total_shards, **options)
         if plan.version == self.plan.version:
             return plan
         old = self._placement

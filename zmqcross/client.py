@@ -38,6 +38,7 @@ from .protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     PROTOCOL_VERSION,
+    RESHARD_SERVICE,
     STATUS_SERVICE,
     Assignment,
     Beacon,
@@ -504,6 +505,26 @@ class Client:
     async def fleet_status(self, *, timeout: float | None = None) -> FleetStatus:
         """The bridge's view of the whole fleet (see :meth:`Bridge.status`)."""
         return FleetStatus.from_json(await self.call_service(STATUS_SERVICE, None, timeout=timeout))
+
+    async def reshard(
+        self,
+        *,
+        total_shards: int | None = None,
+        shards_per_cluster: int | None = None,
+        total_machines: int | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Ask the bridge to switch the fleet to a new plan (see :meth:`Bridge.reshard`); needs ``admin``."""
+        options = {
+            name: value
+            for name, value in (
+                ("total_shards", total_shards),
+                ("shards_per_cluster", shards_per_cluster),
+                ("total_machines", total_machines),
+            )
+            if value is not None
+        }
+        return await self.call_service(RESHARD_SERVICE, options, timeout=timeout)  # type: ignore[no-any-return]
 
     async def leave(self, reason: str = "draining") -> None:
         """Tell the bridge this machine is draining: its clusters go to a standby now.

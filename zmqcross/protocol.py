@@ -49,6 +49,7 @@ __all__ = [
     "MAX_HEADER_BYTES",
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
+    "RESHARD_SERVICE",
     "STATUS_SERVICE",
     "Assignment",
     "Beacon",
@@ -102,6 +103,9 @@ DEFAULT_TIMEOUT = 10.0
 
 STATUS_SERVICE = "zmqcross.status"
 """The bridge's built-in service answering ``Client.fleet_status()``; also what it asks each machine."""
+
+RESHARD_SERVICE = "zmqcross.reshard"
+"""The bridge's built-in service behind ``Client.reshard()``; needs the ``admin`` permission."""
 
 
 @dataclass(frozen=True, slots=True)

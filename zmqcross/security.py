@@ -41,8 +41,9 @@ __all__ = [
 
 log = logging.getLogger("zmqcross.security")
 
-ACTIONS = frozenset({"cache", "eval", "request"})
-"""What a peer may be allowed to do: run evals, send requests and messages, use the cache."""
+ACTIONS = frozenset({"admin", "cache", "eval", "request"})
+"""What a peer may be allowed to do: run evals, send requests and messages, use the cache,
+and administer the fleet (reshard)."""
 
 ZAP_DOMAIN = "zmqcross"
 

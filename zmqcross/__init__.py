@@ -5,6 +5,7 @@ machine agent (or a dashboard) talking to it. See README.md for the whole pictur
 """
 
 from .bridge import Bridge, BridgeStatistics
+from .cache import CacheClient, CachePath, CacheServer, CacheStatistics
 from .client import Client, ClientStatistics
 from .cluster import ClusterClient, ClusterData, ClusterManager, RestartPolicy, cluster_data
 from .errors import (
@@ -42,7 +43,11 @@ __all__ = [
     "Bridge",
     "BridgeStatistics",
     "BroadcastEvalError",
+    "CacheClient",
     "CacheError",
+    "CachePath",
+    "CacheServer",
+    "CacheStatistics",
     "CacheValueTooLarge",
     "Client",
     "ClientInfo",

@@ -319,7 +319,7 @@ class Client:
         """Register a handler (sync or async) for an event; usable as ``@client.on(name)``.
 
         Events: ``ready()`` after each (re-)registration, ``disconnect(reason)`` when the
-        bridge goes silent or leaves, ``bridge_message(message)``, ``bridge_request(request)``
+        bridge goes silent or leaves, ``bridge_message(message)`` (a machine also passes it to every cluster's ``message`` handlers), ``bridge_request(request)``
         (answer with ``await request.reply(data)`` or by returning a value), ``error(exception)``.
         """
         return self._events.on(name, handler) if handler is not None else self._events.on(name)
@@ -760,6 +760,8 @@ class Client:
         self._events.emit("error", error)
 
     def _on_send(self, msg: Send) -> None:
+        if self._manager is not None:  # a machine passes the bridge's messages on to its bots
+            self._manager.send_to_clusters(msg.data)
         self._events.emit("bridge_message", IncomingMessage(msg.data))
 
     def _on_request(self, msg: Request) -> None:

@@ -570,6 +570,15 @@ class ClusterManager:
         )
         owner.pipe.send(dataclasses.replace(msg, id=sub_id))
 
+    def send_to_clusters(self, data: bytes) -> int:
+        """Hand a custom message (encoded JSON) to every ready cluster's ``message`` handlers."""
+        sent = 0
+        for cid in sorted(self._clusters):
+            c = self._serving(cid)
+            if c is not None and c.state == "ready" and c.pipe is not None and c.pipe.send(Send(data=data)):
+                sent += 1
+        return sent
+
     def hosts_shard(self, shard: int) -> bool:
         """Whether one of this machine's clusters runs ``shard``."""
         return any(shard in c.shards for c in self._clusters.values())

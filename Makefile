@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 PYTEST_ARGS ?=
 
-.PHONY: install test clean demo
+.PHONY: install test clean demo bench bench-quick
 
 install: $(STAMP)
 
@@ -23,3 +23,11 @@ clean:
 
 demo: $(STAMP)
 	$(BIN)/python bots/demo.py
+
+# make bench: the latency table at 20,000 guilds (under 6 minutes); COMPARE=file adds ratios
+# against a result file of the original's harness (../shared/anchors/node-dch/run.sh).
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run.py $(if $(COMPARE),--compare $(COMPARE))
+
+bench-quick: $(STAMP)
+	$(BIN)/python benchmarks/run.py --quick $(if $(COMPARE),--compare $(COMPARE))

@@ -29,10 +29,20 @@ from .errors import (
     ConnectionLost,
     PermissionDenied,
     ProtocolError,
+    RequestTimeout,
     ZmqcrossError,
 )
 from .events import EventEmitter, Handler
-from .fanout import Gather, eval_outcome, eval_request, guild_of, hop_deadline, select_clusters
+from .fanout import (
+    FanOut,
+    FanOuts,
+    Gather,
+    eval_outcome,
+    eval_request,
+    guild_of,
+    hop_deadline,
+    select_clusters,
+)
 from .messages import IncomingMessage, IncomingRequest, serve_request
 from .planning import ClusterListParser, Placement, ShardPlan, build_plan, shard_for_guild
 from .protocol import (
@@ -78,6 +88,8 @@ from .transport import (
     Pump,
     closed_error,
     configure_socket,
+    receive_frames,
+    send_frames,
     watch_monitor,
 )
 
@@ -217,6 +229,7 @@ class Bridge:
             RESHARD_SERVICE: _Service(self._serve_reshard, "admin"),
         }
         self._open = OpenRequests()
+        self._fanouts = FanOuts()
         self._placement: Placement | None = None
         self._zap: ZapHandler | None = None
         self._epoch = secrets.token_hex(8)
@@ -345,6 +358,7 @@ class Bridge:
             self._heartbeat_task.cancel()
             await asyncio.gather(self._heartbeat_task, return_exceptions=True)
         self._open.fail_all(ConnectionLost("the bridge was closed"))
+        self._fanouts.fail_all(ConnectionLost("the bridge was closed"))
         for peer in self._registry:
             self._registry.remove(peer.routing_id)
         ctx = self._ctx
@@ -776,7 +790,11 @@ class Bridge:
             raise ConfigurationError(f"reshard got unknown option(s) {unknown}; it takes {sorted(allowed)}")
         log.info("client %r asks for a reshard: %s", client.id, options)
         plan = await self.reshard(**options)
-        return {"plan_version": plan.version, "total_shards": plan.total_shards, "total_clusters": plan.total_clusters}
+        return {
+            "plan_version": plan.version,
+            "total_shards": plan.total_shards,
+            "total_clusters": plan.total_clusters,
+        }
 
     def add_service(self, name: str, handler: ServiceHandler, *, action: str = "request") -> None:
         """Answer requests addressed to service ``name`` with ``handler(request, client)``.
@@ -837,14 +855,6 @@ class Bridge:
             respond(readdress(exc, msg.id))
             return
         gather = Gather(targets)
-        answered = False
-
-        def finish() -> None:
-            nonlocal answered
-            if gather.done and not answered:
-                answered = True
-                respond(gather.reply(msg.id))
-
         assert self._placement is not None
         by_machine: dict[bytes, list[int]] = {}
         for cid in targets:
@@ -854,25 +864,28 @@ class Bridge:
                 gather.fail([cid], ConnectionLost(f"cluster {cid} is not running on any connected machine"))
                 continue
             by_machine.setdefault(peer.routing_id, []).append(cid)
+        # One id, one timer and one encoding for the whole fan-out: every machine gets the
+        # same frames and answers for the listed clusters it runs.
+        fan_id = self._open.next_id()
+        fan = FanOut(msg.id, gather, by_machine, respond)
+        if not self._fanouts.open(fan_id, fan):
+            return
         now = time.time()
         deadline = hop_deadline(msg.deadline, now)
-        for route, cids in by_machine.items():
-
-            def settle(outcome: Any, cids: list[int] = cids) -> None:
-                gather.absorb(outcome, cids)
-                finish()
-
-            sub_id = self._open.next_id()
-            self._open.add(
-                request_id=sub_id, timeout=max(deadline - now, 0.0), what="eval", on_done=settle, peer=route
+        fan.timer = asyncio.get_running_loop().call_later(
+            max(deadline - now, 0.0),
+            self._fanouts.expire,
+            fan_id,
+            RequestTimeout("its machine did not answer before the deadline"),
+        )
+        frames = encode(
+            dataclasses.replace(
+                msg, id=fan_id, deadline=deadline, clusters=tuple(targets), shards=None, guild_id=None
             )
-            self._send(
-                route,
-                dataclasses.replace(
-                    msg, id=sub_id, deadline=deadline, clusters=tuple(cids), shards=None, guild_id=None
-                ),
-            )
-        finish()
+        )
+        check_limits(frames, self._limits)
+        for route in list(by_machine):
+            self._send_frames(route, frames)
 
     def _on_guild_request(self, peer: Peer, msg: GuildRequest) -> None:
         if not self._allowed(peer, "request", msg.id):
@@ -953,8 +966,14 @@ class Bridge:
             log.info("machine %r is a standby: every chunk of the plan is held", peer.info.id)
         self._send(peer.routing_id, Reply(reply_to=msg.id, data=dump(data.to_json())))
 
-    def _on_answer(self, peer: Peer, msg: Reply | ErrorReply) -> None:
+    def _on_answer(self, peer: Peer, msg: Reply | ErrorReply | EvalReply) -> None:
         entry = self._open.get(msg.reply_to) if msg.reply_to is not None else None
+        if (
+            entry is None
+            and msg.reply_to is not None
+            and self._fanouts.absorb(msg.reply_to, peer.routing_id, msg)
+        ):
+            return
         if entry is None or entry.peer != peer.routing_id:
             if isinstance(msg, ErrorReply) and msg.reply_to is None:
                 log.warning(
@@ -1145,7 +1164,7 @@ class Bridge:
         if router is None or router.closed:
             return False
         try:
-            router.send_multipart([routing_id, *frames], zmq.NOBLOCK)
+            send_frames(router, [routing_id, *frames])
         except zmq.ZMQError as exc:
             peer = self._registry.get(routing_id)
             if exc.errno == zmq.EHOSTUNREACH:
@@ -1172,7 +1191,7 @@ class Bridge:
             epoch=self._epoch, seq=self._beacon_seq, plan_version=self._plan.version if self._plan else None
         )
         try:
-            self._pub.send_multipart(encode(beacon), zmq.NOBLOCK)
+            send_frames(self._pub, encode(beacon))
         except zmq.Again:
             pass  # beacons repeat every interval; a dropped one costs nothing
 
@@ -1180,7 +1199,9 @@ class Bridge:
         if self._registry.remove(peer.routing_id) is None:
             return
         released = self._placement.release(peer.info.id) if self._placement is not None else ()
-        self._open.fail_peer(peer.routing_id, ConnectionLost(f"client {peer.info.id!r} went away: {reason}"))
+        lost = ConnectionLost(f"client {peer.info.id!r} went away: {reason}")
+        self._open.fail_peer(peer.routing_id, lost)
+        self._fanouts.fail_route(peer.routing_id, lost)
         log.info("client %r disconnected: %s", peer.info.id, reason)
         self._events.emit("disconnect", peer.info, reason)
         if released:
@@ -1216,12 +1237,15 @@ def _user_id(frame: zmq.Frame) -> str:
     return str(frame.get("User-Id"))
 
 
+_DONTWAIT = int(zmq.DONTWAIT)
+
+
 def _receive_routed(sock: zmq.Socket[Any]) -> tuple[zmq.Frame, list[bytes]]:
     # The routing frame is kept as a zmq.Frame: its User-Id (the CURVE key ZAP admitted)
     # and Peer-Address properties are read from it. The rest of a multipart message is
     # already here once its first part is, so NOBLOCK cannot split it.
-    first = sock.recv(zmq.NOBLOCK, copy=False)
-    body = sock.recv_multipart(zmq.NOBLOCK) if first.more else []
+    first = sock.recv(_DONTWAIT, copy=False)
+    body = receive_frames(sock) if first.more else []
     return first, body
 
 

@@ -76,6 +76,7 @@ from .transport import (
     Pump,
     closed_error,
     configure_socket,
+    send_frames,
     watch_monitor,
 )
 
@@ -842,7 +843,7 @@ class Client:
         if dealer is None:
             raise closed_error("the client")
         try:
-            dealer.send_multipart(frames, zmq.NOBLOCK)
+            send_frames(dealer, frames)
         except zmq.Again:
             raise ConnectionLost(
                 f"the queue to the bridge at {self._endpoint} is full: the bridge is unreachable or not reading"

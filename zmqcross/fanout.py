@@ -20,6 +20,8 @@ from .planning import ShardPlan, shard_for_guild
 from .protocol import ErrorInfo, ErrorReply, EvalReply, EvalRequest, Message, Slot, dump, load, result_of
 
 __all__ = [
+    "FanOut",
+    "FanOuts",
     "Gather",
     "decode_results",
     "error_frame",
@@ -231,3 +233,90 @@ def guild_of(data: Any, guild_id: int | None) -> int:
         raise ConfigurationError(
             f"request_to_guild needs a guild id: pass guild_id= or a 'guild_id' key in the data (got {guild_id!r})"
         ) from None
+
+
+class FanOut:
+    """One eval sent to several routes (machines, or clusters) under a single request id.
+
+    ``routes`` maps each route to the clusters it was asked for. ``respond`` gets exactly
+    one :class:`EvalReply`: when every route has answered, or at :meth:`FanOuts.expire`.
+    ``timer`` is the I/O layer's deadline handle (anything with ``cancel()``).
+    """
+
+    __slots__ = ("reply_to", "gather", "routes", "respond", "timer")
+
+    def __init__(
+        self,
+        reply_to: int,
+        gather: Gather,
+        routes: dict[Any, list[int]],
+        respond: Callable[[EvalReply], object],
+    ) -> None:
+        self.reply_to = reply_to
+        self.gather = gather
+        self.routes = routes
+        self.respond = respond
+        self.timer: Any = None
+
+
+class FanOuts:
+    """Open fan-outs by request id: one timer and one table entry per eval, not per route."""
+
+    def __init__(self) -> None:
+        self._next_id = 0
+        self._open: dict[int, FanOut] = {}
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def next_id(self) -> int:
+        """A fresh id for a fan-out (its own sequence: it never collides with other requests)."""
+        self._next_id += 1
+        return self._next_id
+
+    def open(self, fan_id: int, fan: FanOut) -> bool:
+        """Track ``fan``; False (and answered at once) if nothing is left to wait for."""
+        if not fan.routes:
+            fan.respond(fan.gather.reply(fan.reply_to))
+            return False
+        self._open[fan_id] = fan
+        return True
+
+    def absorb(self, fan_id: int, route: Any, outcome: Message | ZmqcrossError) -> bool:
+        """One route's answer; False if no such fan-out waits for that route (late, or forged)."""
+        fan = self._open.get(fan_id)
+        if fan is None or route not in fan.routes:
+            return False
+        fan.gather.absorb(outcome, fan.routes.pop(route))
+        if not fan.routes:
+            self._finish(fan_id)
+        return True
+
+    def fail_route(self, route: Any, error: ZmqcrossError) -> None:
+        """A route is gone (machine lost, cluster died): fail its slots in every open fan-out."""
+        for fan_id, fan in list(self._open.items()):
+            clusters = fan.routes.pop(route, None)
+            if clusters is not None:
+                fan.gather.fail(clusters, error)
+                if not fan.routes:
+                    self._finish(fan_id)
+
+    def expire(self, fan_id: int, error: ZmqcrossError) -> None:
+        """The deadline passed: answer with what arrived, ``error`` in the other slots."""
+        fan = self._open.get(fan_id)
+        if fan is not None:
+            for clusters in fan.routes.values():
+                fan.gather.fail(clusters, error)
+            fan.routes.clear()
+            self._finish(fan_id)
+
+    def fail_all(self, error: ZmqcrossError) -> None:
+        """Answer every open fan-out now (on close)."""
+        for fan_id in list(self._open):
+            self.expire(fan_id, error)
+
+    def _finish(self, fan_id: int) -> None:
+        fan = self._open.pop(fan_id)
+        if fan.timer is not None:
+            fan.timer.cancel()
+        fan.respond(fan.gather.reply(fan.reply_to))

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import dataclasses
 import traceback as _traceback
-import types
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -32,9 +31,11 @@ from typing import Any, Literal, Union
 
 import orjson
 
+from .codec import Codec
 from .errors import (
     MessageTooLarge,
     ProtocolError,
+    RemoteError,
     SerializationError,
     ZmqcrossError,
     error_code,
@@ -183,6 +184,8 @@ class ErrorInfo:
             trace = "".join(_traceback.format_exception(exc))
         name = getattr(exc, "remote_type", None) or type(exc).__name__
         message = exc.message if isinstance(exc, ZmqcrossError) else str(exc)
+        if isinstance(exc, RemoteError) and message.startswith(f"{name}: "):
+            message = message[len(name) + 2 :]  # relayed again: do not prefix the type twice
         return cls(code=error_code(exc), type=name, message=message, traceback=trace)
 
     def to_exception(self) -> ZmqcrossError:
@@ -461,158 +464,20 @@ Message = Union[
 
 # --------------------------------------------------------------------------- codecs
 
-
-class _Bad(Exception):
-    """A field value of the wrong shape; turned into a ProtocolError with context."""
-
-
-_Check = Callable[[Any], Any]
-
-
-def _check_int(value: Any) -> int:
-    if type(value) is not int:
-        raise _Bad("an integer")
-    return value
-
-
-def _check_float(value: Any) -> float:
-    if type(value) is float:
-        return value
-    if type(value) is int:
-        return float(value)
-    raise _Bad("a number")
-
-
-def _check_str(value: Any) -> str:
-    if type(value) is not str:
-        raise _Bad("a string")
-    return value
-
-
-def _check_bool(value: Any) -> bool:
-    if type(value) is not bool:
-        raise _Bad("true or false")
-    return value
-
-
-def _check_any(value: Any) -> Any:
-    return value
-
-
-def _tuple_of(check: _Check, what: str) -> _Check:
-    def check_tuple(value: Any) -> tuple[Any, ...]:
-        if type(value) is not list:
-            raise _Bad(f"a list of {what}")
-        return tuple(check(item) for item in value)
-
-    return check_tuple
-
-
-def _optional(check: _Check) -> _Check:
-    def check_optional(value: Any) -> Any:
-        return None if value is None else check(value)
-
-    return check_optional
-
-
-class _Codec:
-    """Encoder and decoder for one dataclass, built once from its type hints."""
-
-    def __init__(self, cls: type) -> None:
-        self.cls = cls
-        hints = typing.get_type_hints(cls)
-        self.kind: str | None = None
-        self.header: list[tuple[str, _Check, bool]] = []  # name, check, required
-        self.body: list[str] = []
-        self.rest: str | None = None
-        for f in dataclasses.fields(cls):
-            hint = hints[f.name]
-            if f.name == "type" and typing.get_origin(hint) is Literal:
-                self.kind = typing.get_args(hint)[0]
-                continue
-            if hint is bytes:
-                self.body.append(f.name)
-            elif hint == tuple[bytes, ...]:
-                self.rest = f.name
-            else:
-                required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-                self.header.append((f.name, _checker_for(hint), required))
-        self.header_names = tuple(name for name, _, _ in self.header)
-
-    def from_json(self, obj: Any, where: str) -> Any:
-        if type(obj) is not dict:
-            raise ProtocolError(f"{where} must be a JSON object")
-        values: dict[str, Any] = {}
-        for name, check, required in self.header:
-            value = obj.get(name)
-            if value is None:
-                if required:
-                    raise ProtocolError(f"{where} is missing the field {name!r}")
-                continue  # the dataclass default applies
-            try:
-                values[name] = check(value)
-            except _Bad as bad:
-                raise ProtocolError(f"{where}: field {name!r} must be {bad}, not {_show(value)}") from None
-            except ProtocolError as inner:
-                raise ProtocolError(f"{where}: field {name!r}: {inner.message}") from None
-        return values
-
-    def to_json(self, msg: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name in self.header_names:
-            value = getattr(msg, name)
-            if value is not None:
-                out[name] = self.struct_json(value)
-        return out
-
-    @staticmethod
-    def struct_json(value: Any) -> Any:
-        codec = _STRUCTS.get(type(value))
-        return codec.to_json(value) if codec is not None else value
-
-
-_STRUCTS: dict[type, _Codec] = {}
-_KINDS: dict[str, _Codec] = {}
-
-
-def _struct_checker(codec: _Codec) -> _Check:
-    def check_struct(value: Any) -> Any:
-        if type(value) is not dict:
-            raise _Bad(f"a {codec.cls.__name__} object")
-        return codec.cls(**codec.from_json(value, codec.cls.__name__))
-
-    return check_struct
-
-
-def _checker_for(hint: Any) -> _Check:
-    if hint is Any:
-        return _check_any
-    simple = {int: _check_int, float: _check_float, str: _check_str, bool: _check_bool}
-    if hint in simple:
-        return simple[hint]
-    if hint in _STRUCTS:
-        return _struct_checker(_STRUCTS[hint])
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin in (Union, types.UnionType) and type(None) in args:
-        (inner,) = [a for a in args if a is not type(None)]
-        return _optional(_checker_for(inner))
-    if origin is tuple and len(args) == 2 and args[1] is Ellipsis:
-        return _tuple_of(_checker_for(args[0]), getattr(args[0], "__name__", "values"))
-    raise TypeError(f"protocol field type {hint!r} has no checker")  # a bug in this module
+_STRUCTS: dict[type, Codec] = {}
+for _cls in (ErrorInfo, Hosting, Slot):
+    _STRUCTS[_cls] = Codec(_cls, _STRUCTS)
+_KINDS: dict[str, Codec] = {}
+for _cls in typing.get_args(Message):
+    _codec = Codec(_cls, _STRUCTS)
+    assert _codec.kind is not None
+    _KINDS[_codec.kind] = _codec
+_CODEC_BY_CLASS = {codec.cls: codec for codec in _KINDS.values()}
 
 
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
-
-
-for _cls in (ErrorInfo, Hosting, Slot):
-    _STRUCTS[_cls] = _Codec(_cls)
-for _cls in typing.get_args(Message):
-    _codec = _Codec(_cls)
-    assert _codec.kind is not None
-    _KINDS[_codec.kind] = _codec
-_CODEC_BY_CLASS = {codec.cls: codec for codec in _KINDS.values()}
 
 
 # --------------------------------------------------------------------------- encode / decode
@@ -690,11 +555,13 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError(
             f"a {kind!r} message carries {expected} body frame(s), not {len(body)}", request_id=request_id
         )
-    try:
-        values = codec.from_json(header, f"{kind!r} message")
-    except ProtocolError as exc:
-        exc.request_id = request_id
-        raise
+    values = codec.fast_decode(header)
+    if values is None:  # something is wrong: let the careful decoder say what
+        try:
+            values = codec.from_json(header, f"{kind!r} message")
+        except ProtocolError as exc:
+            exc.request_id = request_id
+            raise
     for name, frame in zip(codec.body, body[:fixed], strict=True):
         values[name] = bytes(frame)
     if codec.rest is not None:

@@ -35,6 +35,8 @@ __all__ = [
     "Pump",
     "closed_error",
     "configure_socket",
+    "receive_frames",
+    "send_frames",
     "watch_monitor",
 ]
 
@@ -45,6 +47,32 @@ DRAIN_BATCH = 256
 
 HIGH_WATER_MARK = 100_000
 """Messages queued per peer before libzmq refuses more (the default 1000 is small for eval fan-out)."""
+
+
+# Plain ints, not pyzmq's Flag enum: on the hot path the enum arithmetic in pyzmq's
+# send_multipart/recv_multipart costs more than the libzmq call itself.
+_DONTWAIT = int(zmq.DONTWAIT)
+_MORE = int(zmq.DONTWAIT | zmq.SNDMORE)
+_RCVMORE = int(zmq.RCVMORE)
+
+
+def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
+    """Send one multipart message without blocking (``zmq.Again`` when the queue is full)."""
+    last = len(frames) - 1
+    for index, frame in enumerate(frames):
+        sock.send(frame, _MORE if index < last else _DONTWAIT, copy=len(frame) < COPY_THRESHOLD)
+
+
+def receive_frames(sock: zmq.Socket[Any]) -> list[bytes]:
+    """Receive one whole multipart message without blocking (``zmq.Again`` when there is none)."""
+    frames = [sock.recv(_DONTWAIT)]
+    while sock.getsockopt(_RCVMORE):
+        frames.append(sock.recv(_DONTWAIT))
+    return frames
+
+
+COPY_THRESHOLD = 65536
+"""Frames at least this large are handed to libzmq without a copy (big eval results)."""
 
 
 def configure_socket(
@@ -87,7 +115,7 @@ class Pump:
     ) -> None:
         self.sock = sock
         self._handle = handle
-        self._receive = receive or (lambda s: s.recv_multipart(zmq.NOBLOCK))
+        self._receive = receive or receive_frames
         self._name = name
         self._loop: asyncio.AbstractEventLoop | None = None
         self._scheduled = False

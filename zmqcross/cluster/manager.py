@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import functools
+import itertools
 import logging
 import multiprocessing
 import os
@@ -25,9 +26,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, ZmqcrossError
+from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
 from ..events import EventEmitter, Handler
-from ..fanout import Gather, hop_deadline
+from ..fanout import FanOut, FanOuts, Gather, hop_deadline
 from ..planning import ShardData, shard_for_guild
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -43,6 +44,7 @@ from ..protocol import (
     Reply,
     Request,
     Send,
+    encode,
     readdress,
 )
 from ..status import ClusterStatus
@@ -157,6 +159,8 @@ class ClusterManager:
         self._watchdog: asyncio.Task[None] | None = None
         self._respawns: set[asyncio.Task[None]] = set()
         self._retiring: dict[int, _Cluster] = {}  # old clusters still serving during a rolling restart
+        self._fanouts = FanOuts()
+        self._ids = itertools.count(1)  # one sequence for every request sent down any pipe
         self.upstream: Upstream | None = None
         """Set by ``Client.listen``: carries the bots' own requests to the bridge."""
 
@@ -219,7 +223,9 @@ class ClusterManager:
 
     def in_flight(self) -> int:
         """Requests handed to clusters and not answered yet."""
-        return sum(len(c.open) for c in (*self._clusters.values(), *self._retiring.values()))
+        return len(self._fanouts) + sum(
+            len(c.open) for c in (*self._clusters.values(), *self._retiring.values())
+        )
 
     # ------------------------------------------------------------------ lifetime
 
@@ -386,7 +392,9 @@ class ClusterManager:
             return
         self._reap(c)
         code = c.exit_code
-        c.open.fail_all(ConnectionLost(f"cluster {c.id} exited (code {code}) before answering"))
+        gone = ConnectionLost(f"cluster {c.id} exited (code {code}) before answering")
+        c.open.fail_all(gone)
+        self._fanouts.fail_route(c, gone)
         if c.pipe is not None:
             c.pipe.close()
         wanted = c.stopping
@@ -444,7 +452,7 @@ class ClusterManager:
                     )
 
     def _pipe_closed(self, c: _Cluster, exc: Exception | None) -> None:
-        if c.open:
+        if c.open or self._fanouts:
             task = asyncio.get_running_loop().create_task(self._fail_open(c, c.process))
             self._respawns.add(task)
             task.add_done_callback(self._respawns.discard)
@@ -454,9 +462,11 @@ class ClusterManager:
         await asyncio.to_thread(process.join, 1.0)
         code = process.exitcode
         if code is not None:
-            c.open.fail_all(ConnectionLost(f"cluster {c.id} exited (code {code}) before answering"))
+            error = ConnectionLost(f"cluster {c.id} exited (code {code}) before answering")
         else:
-            c.open.fail_all(ConnectionLost(f"the pipe to cluster {c.id} closed before it answered"))
+            error = ConnectionLost(f"the pipe to cluster {c.id} closed before it answered")
+        c.open.fail_all(error)
+        self._fanouts.fail_route(c, error)
 
     # ------------------------------------------------------------------ messages from clusters
 
@@ -468,7 +478,8 @@ class ClusterManager:
                 c.ready.set()
                 self._events.emit("cluster_ready", c.id)
         elif isinstance(msg, (EvalReply, Reply, ErrorReply)):
-            c.open.finish(msg.reply_to, msg)
+            if not c.open.finish(msg.reply_to, msg) and msg.reply_to is not None:
+                self._fanouts.absorb(msg.reply_to, c, msg)
         elif isinstance(msg, (EvalRequest, GuildRequest, Request, Send)):
             self._upstream(c, msg)
         else:
@@ -496,43 +507,40 @@ class ClusterManager:
     # ------------------------------------------------------------------ work from the bridge
 
     def dispatch_eval(self, msg: EvalRequest, respond: Respond) -> None:
-        """Run an eval on this machine's clusters in ``msg.clusters``; ``respond`` gets one :class:`EvalReply`."""
-        targets = list(msg.clusters) if msg.clusters is not None else sorted(self._clusters)
+        """Run an eval on the clusters of ``msg.clusters`` this machine runs; ``respond`` gets one :class:`EvalReply`."""
+        mine = self._clusters.keys() | self._retiring.keys()
+        targets = (
+            sorted(c for c in msg.clusters if c in mine)
+            if msg.clusters is not None
+            else sorted(self._clusters)
+        )
         gather = Gather(targets)
-        answered = False
-
-        def finish() -> None:
-            nonlocal answered
-            if gather.done and not answered:
-                answered = True
-                respond(gather.reply(msg.id))
-
-        now = time.time()
-        deadline = hop_deadline(msg.deadline, now)
+        routes: dict[_Cluster, list[int]] = {}
         for cid in targets:
             c = self._serving(cid)
-            if c is None:
+            if c is None or c.state != "ready" or c.pipe is None or not c.pipe.open:
                 gather.fail(
-                    [cid], ClientNotFound(f"cluster {cid} is not on machine running {sorted(self._clusters)}")
+                    [cid], ConnectionLost(f"cluster {cid} is {c.state if c else 'stopped'}, not ready")
                 )
                 continue
-            if c.state != "ready" or c.pipe is None or not c.pipe.open:
-                gather.fail([cid], ConnectionLost(f"cluster {cid} is {c.state}, not ready"))
-                continue
-
-            def settle(outcome: Message | ZmqcrossError, cid: int = cid) -> None:
-                gather.absorb(outcome, [cid])
-                finish()
-
-            sub_id = c.open.next_id()
-            c.open.add(
-                request_id=sub_id,
-                timeout=max(deadline - now, 0.0),
-                what=f"eval on cluster {cid}",
-                on_done=settle,
-            )
-            c.pipe.send(dataclasses.replace(msg, id=sub_id, deadline=deadline, clusters=(cid,)))
-        finish()
+            routes[c] = [cid]
+        # One id, one timer and one encoding for all of this machine's clusters.
+        fan_id = next(self._ids)
+        fan = FanOut(msg.id, gather, routes, respond)  # type: ignore[arg-type]
+        if not self._fanouts.open(fan_id, fan):
+            return
+        now = time.time()
+        deadline = hop_deadline(msg.deadline, now)
+        fan.timer = asyncio.get_running_loop().call_later(
+            max(deadline - now, 0.0),
+            self._fanouts.expire,
+            fan_id,
+            RequestTimeout("the cluster did not answer before the deadline"),
+        )
+        frames = encode(dataclasses.replace(msg, id=fan_id, deadline=deadline, clusters=None))
+        for c in routes:
+            assert c.pipe is not None
+            c.pipe.send_frames(frames)
 
     def _serving(self, cluster_id: int) -> _Cluster | None:
         """The process answering for ``cluster_id``: its own, or the old one until that is ready."""
@@ -561,7 +569,7 @@ class ClusterManager:
         if error is not None or owner is None or owner.pipe is None:
             respond(readdress(error or ConnectionLost("no cluster"), msg.id))
             return
-        sub_id = owner.open.next_id()
+        sub_id = next(self._ids)
         owner.open.add(
             request_id=sub_id,
             timeout=max(msg.deadline - time.time(), 0.0),

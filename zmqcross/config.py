@@ -1,0 +1,279 @@
+"""Settings of the ``zmqcross`` commands, merged from four places.
+
+Lowest to highest precedence: built-in defaults, a TOML file (``--config`` or
+``$ZMQCROSS_CONFIG``), ``ZMQCROSS_*`` environment variables, command-line flags. The
+environment variables are the ones ``bots/settings.py`` reads, so one environment
+configures the example scripts and the commands alike.
+
+The TOML file has top-level keys, shared by every command, and one table per command
+whose keys override them for that command only::
+
+    auth_token = "change-me"
+    bridge_host = "10.0.0.1"
+    keys = "/etc/zmqcross/keys"
+
+    [bridge]
+    listen_host = "0.0.0.0"
+    total_shards = "auto"
+
+    [machine]
+    machine_id = "machine-1"
+    bot_file = "/srv/bot/bot.py"
+
+Everything here is pure except :func:`load_file`: :func:`resolve` takes the file's data,
+the environment and the flags as plain mappings and returns the values, so what wins
+where is tested without processes.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import ConfigurationError
+
+__all__ = [
+    "CONFIG_ENV",
+    "PRECEDENCE",
+    "Setting",
+    "boolean",
+    "check_file",
+    "load_file",
+    "log_level",
+    "non_negative_number",
+    "port",
+    "positive_int",
+    "positive_number",
+    "resolve",
+    "shard_count",
+    "text",
+]
+
+CONFIG_ENV = "ZMQCROSS_CONFIG"
+"""The environment variable naming a TOML file when ``--config`` is not given."""
+
+PRECEDENCE = (
+    "Settings come from, lowest to highest precedence: built-in defaults; the TOML file given "
+    f"by --config (or ${CONFIG_ENV}), its top-level keys first, then its [COMMAND] table; "
+    "ZMQCROSS_* environment variables (an empty one counts as unset); command-line flags. "
+    "Each option below names its environment variable; its TOML key is the variable's name "
+    "without ZMQCROSS_, in lower case."
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Setting:
+    """One setting of a command: where it is read from and how its text becomes a value.
+
+    ``name`` is the TOML key; ``env`` the environment variable; ``flag`` the command-line
+    flag (default ``--`` + name with dashes). ``parse`` turns text (from a flag, the
+    environment or the file) into the value, raising ``ValueError`` with a reason.
+    """
+
+    name: str
+    env: str | None
+    parse: Callable[[str], Any]
+    help: str
+    default: Any = None
+    flag: str | None = None
+    metavar: str | None = None
+    required: bool = False
+
+    @property
+    def option(self) -> str:
+        """The command-line flag."""
+        return self.flag or "--" + self.name.replace("_", "-")
+
+    def sources(self) -> str:
+        """Where a user can set this, for error messages."""
+        where = [self.option]
+        if self.env:
+            where.append(f"${self.env}")
+        where.append(f"{self.name} in the config file")
+        return ", ".join(where[:-1]) + " or " + where[-1]
+
+
+# --------------------------------------------------------------------------- parsers
+# Each takes text and returns the value or raises ValueError saying what was expected.
+
+
+def text(value: str) -> str:
+    """Any non-empty string."""
+    if not value:
+        raise ValueError("must not be empty")
+    return value
+
+
+def _int(value: str) -> int:
+    try:
+        return int(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not an integer") from None
+
+
+def _number(value: str) -> float:
+    try:
+        return float(value.strip())
+    except ValueError:
+        raise ValueError(f"{value!r} is not a number") from None
+
+
+def port(value: str) -> int:
+    """A TCP port, 0 to 65535 (0: any free port)."""
+    number = _int(value)
+    if not 0 <= number <= 65535:
+        raise ValueError(f"{number} is not a TCP port (0 to 65535)")
+    return number
+
+
+def positive_int(value: str) -> int:
+    """An integer of at least 1."""
+    number = _int(value)
+    if number < 1:
+        raise ValueError(f"{number} is not a positive integer")
+    return number
+
+
+def positive_number(value: str) -> float:
+    """A number of seconds above zero."""
+    number = _number(value)
+    if not number > 0:
+        raise ValueError(f"{value!r} is not a positive number")
+    return number
+
+
+def non_negative_number(value: str) -> float:
+    """A number of seconds, zero or more."""
+    number = _number(value)
+    if not number >= 0:
+        raise ValueError(f"{value!r} is negative")
+    return number
+
+
+def shard_count(value: str) -> int | str:
+    """A positive integer, or ``auto`` (ask Discord)."""
+    if value.strip().lower() == "auto":
+        return "auto"
+    try:
+        return positive_int(value)
+    except ValueError:
+        raise ValueError(f'{value!r} is neither a positive integer nor "auto"') from None
+
+
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
+def boolean(value: str) -> bool:
+    """1/true/yes/on or 0/false/no/off, in any case."""
+    folded = value.strip().lower()
+    if folded in _TRUE:
+        return True
+    if folded in _FALSE:
+        return False
+    raise ValueError(f"{value!r} is not a yes/no value ({'/'.join(_TRUE)} or {'/'.join(_FALSE)})")
+
+
+def log_level(value: str) -> str:
+    """A logging level name: DEBUG, INFO, WARNING, ERROR or CRITICAL."""
+    name = value.strip().upper()
+    if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
+        raise ValueError(f"{value!r} is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
+    return name
+
+
+# --------------------------------------------------------------------------- the file
+
+
+def load_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The parsed TOML file; a missing or malformed file is a :class:`ConfigurationError`."""
+    try:
+        with open(path, "rb") as f:
+            return tomllib.load(f)
+    except OSError as exc:
+        raise ConfigurationError(
+            f"cannot read config file {os.fspath(path)}: {exc.strerror or exc}"
+        ) from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigurationError(f"config file {os.fspath(path)} is not valid TOML: {exc}") from None
+
+
+def check_file(data: Mapping[str, Any], commands: Mapping[str, Sequence[Setting]], path: str) -> None:
+    """Refuse keys no command knows, so a misspelt key fails loudly instead of being ignored.
+
+    A top-level key must be known to some command; a key in a ``[command]`` table to that
+    command.
+    """
+    everywhere = {s.name for settings in commands.values() for s in settings}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            if key not in commands:
+                raise ConfigurationError(f"{path}: unknown table [{key}]; tables are {sorted(commands)}")
+            known = {s.name for s in commands[key]}
+            for name in value:
+                if name not in known:
+                    raise ConfigurationError(
+                        f"{path}: [{key}] has unknown key {name!r}; {key} takes {sorted(known)}"
+                    )
+        elif key not in everywhere:
+            raise ConfigurationError(f"{path}: unknown key {key!r}")
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _from_file(setting: Setting, value: Any, where: str) -> Any:
+    # TOML gives typed scalars; every parser takes text, so typed values go through str().
+    if isinstance(value, bool):
+        value = "true" if value else "false"
+    elif isinstance(value, (int, float)):
+        value = str(value)
+    elif not isinstance(value, str):
+        raise ConfigurationError(f"{where}: expected a single value, not {type(value).__name__}")
+    try:
+        return setting.parse(value)
+    except ValueError as exc:
+        raise ConfigurationError(f"{where}: {exc}") from None
+
+
+def resolve(
+    command: str,
+    settings: Sequence[Setting],
+    *,
+    flags: Mapping[str, Any],
+    env: Mapping[str, str],
+    file: Mapping[str, Any],
+    path: str = "the config file",
+) -> dict[str, Any]:
+    """Each setting's value: its flag, else its environment variable, else the file, else the default.
+
+    ``flags`` holds only the flags given, already parsed (argparse did it). Raises
+    :class:`ConfigurationError` naming the variable or key whose value is bad, or the
+    ways to set a required setting that is missing.
+    """
+    table = file.get(command, {})
+    values: dict[str, Any] = {}
+    for setting in settings:
+        name = setting.name
+        from_env = env.get(setting.env, "") if setting.env else ""
+        if name in flags:
+            value = flags[name]
+        elif from_env:
+            try:
+                value = setting.parse(from_env)
+            except ValueError as exc:
+                raise ConfigurationError(f"${setting.env}: {exc}") from None
+        elif name in table:
+            value = _from_file(setting, table[name], f"{path} [{command}] {name}")
+        elif name in file and not isinstance(file[name], dict):
+            value = _from_file(setting, file[name], f"{path} {name}")
+        else:
+            value = setting.default
+        values[name] = value
+    for setting in settings:  # after every given value was checked: a bad one is the better hint
+        if setting.required and values[setting.name] is None:
+            raise ConfigurationError(f"no {setting.name.replace('_', ' ')} given: set {setting.sources()}")
+    return values

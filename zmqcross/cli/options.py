@@ -1,0 +1,288 @@
+"""The settings each ``zmqcross`` command reads, and the CURVE settings built from a keys folder.
+
+A setting's TOML key is its environment variable without ``ZMQCROSS_``, in lower case
+(``ZMQCROSS_BRIDGE_PORT`` is ``bridge_port``), and the variables are those of
+``bots/settings.py``. The flags follow the class each command drives: ``zmqcross bridge
+--host/--port`` are :class:`~zmqcross.Bridge`'s ``host``/``port``, while a machine's
+``--bridge-host/--bridge-port`` say where that bridge is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from ..config import (
+    Setting,
+    boolean,
+    log_level,
+    non_negative_number,
+    port,
+    positive_int,
+    positive_number,
+    shard_count,
+    text,
+)
+from ..security import CurveClient, CurveServer
+
+__all__ = ["BRIDGE", "COMMANDS", "GATEWAY", "MACHINE", "RESHARD", "STATUS", "client_curve", "server_curve"]
+
+AUTH_TOKEN = Setting(
+    "auth_token",
+    "ZMQCROSS_AUTH_TOKEN",
+    text,
+    "the fleet's shared secret, checked at every registration (a flag shows in `ps`: prefer the "
+    "environment or the config file)",
+    metavar="TOKEN",
+    required=True,
+)
+KEYS = Setting(
+    "keys",
+    "ZMQCROSS_KEYS",
+    text,
+    "CURVE keys folder as `zmqcross keygen --fleet` lays it out: bridge.key, bridge.key_secret and "
+    "allowed/NAME.key*; unset: no CURVE (plain TCP)",
+    metavar="DIR",
+)
+LOG_LEVEL = Setting(
+    "log_level", "ZMQCROSS_LOG_LEVEL", log_level, "log level of messages on stderr", default="INFO"
+)
+DISCORD_TOKEN = Setting("discord_token", "DISCORD_TOKEN", text, "the bot's Discord token", metavar="TOKEN")
+DISCORD_API = Setting(
+    "discord_api",
+    "ZMQCROSS_DISCORD_API",
+    text,
+    "Discord's API base, to use an offline gateway (http://HOST:PORT/api/v10); unset: real Discord",
+    metavar="URL",
+)
+BRIDGE_HOST = Setting(
+    "bridge_host", "ZMQCROSS_BRIDGE_HOST", text, "the bridge's address", default="127.0.0.1"
+)
+BRIDGE_PORT = Setting(
+    "bridge_port", "ZMQCROSS_BRIDGE_PORT", port, "the bridge's request (ROUTER) port", default=4444
+)
+PUB_PORT = Setting(
+    "pub_port",
+    "ZMQCROSS_PUB_PORT",
+    port,
+    "the bridge's beacon (PUB) port [default: the bridge port + 1]",
+    metavar="PORT",
+)
+CONNECT_TIMEOUT = Setting(
+    "connect_timeout",
+    "ZMQCROSS_CONNECT_TIMEOUT",
+    positive_number,
+    "seconds to wait for the bridge to accept this client before giving up",
+    default=30.0,
+    metavar="SECONDS",
+)
+
+BRIDGE = (
+    dataclasses.replace(
+        Setting("listen_host", "ZMQCROSS_LISTEN_HOST", text, "", default="127.0.0.1"),
+        flag="--host",
+        help="address to bind (0.0.0.0 for every interface; without --keys that logs a warning)",
+    ),
+    dataclasses.replace(BRIDGE_PORT, flag="--port", help="request (ROUTER) port to bind"),
+    dataclasses.replace(PUB_PORT, help="beacon (PUB) port to bind [default: --port + 1]"),
+    AUTH_TOKEN,
+    Setting(
+        "total_shards",
+        "ZMQCROSS_TOTAL_SHARDS",
+        shard_count,
+        'shards of the whole bot, or "auto" to ask Discord (needs the Discord token)',
+        default=1,
+        metavar="N|auto",
+    ),
+    Setting(
+        "shards_per_cluster",
+        "ZMQCROSS_SHARDS_PER_CLUSTER",
+        positive_int,
+        "shards each cluster process runs",
+        default=1,
+        metavar="K",
+    ),
+    Setting(
+        "total_machines",
+        "ZMQCROSS_TOTAL_MACHINES",
+        positive_int,
+        "machines the clusters are spread over; more machines than this wait as standbys",
+        default=1,
+        metavar="M",
+    ),
+    KEYS,
+    dataclasses.replace(DISCORD_TOKEN, help='the bot\'s Discord token, for --total-shards "auto"'),
+    dataclasses.replace(DISCORD_API, help="Discord's API base for \"auto\" (an offline gateway's URL)"),
+    Setting(
+        "heartbeat_interval",
+        "ZMQCROSS_HEARTBEAT_INTERVAL",
+        positive_number,
+        "seconds between heartbeats to every client",
+        default=1.0,
+        metavar="SECONDS",
+    ),
+    Setting(
+        "heartbeat_timeout",
+        "ZMQCROSS_HEARTBEAT_TIMEOUT",
+        positive_number,
+        "a client silent this long is dropped and its clusters go to a standby",
+        default=4.0,
+        metavar="SECONDS",
+    ),
+    LOG_LEVEL,
+)
+
+MACHINE_ID = Setting(
+    "machine_id",
+    "ZMQCROSS_MACHINE_ID",
+    text,
+    "this machine's id: unique and stable, so a machine that comes back gets its clusters back "
+    "[default: HOSTNAME:bot]",
+    metavar="ID",
+)
+
+MACHINE = (
+    BRIDGE_HOST,
+    BRIDGE_PORT,
+    PUB_PORT,
+    AUTH_TOKEN,
+    MACHINE_ID,
+    KEYS,
+    Setting(
+        "key_name",
+        "ZMQCROSS_KEY_NAME",
+        text,
+        "this machine's key in the keys folder: allowed/NAME.key_secret [default: the machine id]",
+        metavar="NAME",
+    ),
+    Setting(
+        "bot_file", "ZMQCROSS_BOT_FILE", text, "the bot file each cluster runs", flag="--bot", required=True
+    ),
+    Setting(
+        "spawn_delay",
+        "ZMQCROSS_SPAWN_DELAY",
+        non_negative_number,
+        "seconds between one cluster being ready and the next starting (Discord allows one IDENTIFY "
+        "per 5 s; 0 for an offline gateway)",
+        default=5.0,
+        metavar="SECONDS",
+    ),
+    Setting(
+        "rolling_restarts",
+        "ZMQCROSS_ROLLING_RESTARTS",
+        boolean,
+        "follow plan changes by replacing clusters one at a time (off: keep running the old plan)",
+        default=True,
+    ),
+    Setting(
+        "cluster_heartbeat_timeout",
+        "ZMQCROSS_CLUSTER_HEARTBEAT_TIMEOUT",
+        positive_number,
+        "a cluster silent this long (its event loop is stuck) is killed and restarted",
+        default=15.0,
+        metavar="SECONDS",
+    ),
+    CONNECT_TIMEOUT,
+    Setting(
+        "drain_timeout",
+        "ZMQCROSS_DRAIN_TIMEOUT",
+        non_negative_number,
+        "on SIGTERM/SIGINT, seconds to let requests in flight finish before stopping the clusters",
+        default=10.0,
+        metavar="SECONDS",
+    ),
+    dataclasses.replace(DISCORD_TOKEN, help="the bot's Discord token, given to every cluster"),
+    dataclasses.replace(DISCORD_API, help=DISCORD_API.help + "; given to every cluster"),
+    LOG_LEVEL,
+)
+
+# A status query or a reshard is not the machine it may run on: its id and key have their own
+# settings, or ZMQCROSS_MACHINE_ID from a machine's environment would make it pose as that
+# machine (the bridge would hand it the machine's routing id).
+ADMIN = (
+    BRIDGE_HOST,
+    BRIDGE_PORT,
+    PUB_PORT,
+    AUTH_TOKEN,
+    KEYS,
+    Setting(
+        "dashboard_id",
+        "ZMQCROSS_DASHBOARD_ID",
+        text,
+        "client id to connect with (agent dashboard) [default: HOSTNAME:status]",
+        flag="--client-id",
+        metavar="ID",
+    ),
+    Setting(
+        "dashboard_key",
+        "ZMQCROSS_DASHBOARD_KEY",
+        text,
+        "key in the keys folder to connect with: allowed/NAME.key_secret",
+        flag="--key-name",
+        default="dashboard",
+        metavar="NAME",
+    ),
+    dataclasses.replace(CONNECT_TIMEOUT, default=10.0),
+    dataclasses.replace(LOG_LEVEL, default="WARNING"),
+)
+STATUS = ADMIN
+RESHARD = ADMIN
+
+GATEWAY = (
+    Setting(
+        "gateway_host", "ZMQCROSS_GATEWAY_HOST", text, "address to bind", default="127.0.0.1", flag="--host"
+    ),
+    Setting(
+        "gateway_port", "ZMQCROSS_GATEWAY_PORT", port, "TCP port (0: any free port)", default=0, flag="--port"
+    ),
+    Setting(
+        "gateway_guilds",
+        "ZMQCROSS_GATEWAY_GUILDS",
+        positive_int,
+        "number of synthetic guilds",
+        default=100,
+        flag="--guilds",
+        metavar="N",
+    ),
+    Setting(
+        "gateway_shards_hint",
+        "ZMQCROSS_GATEWAY_SHARDS_HINT",
+        positive_int,
+        "shards recommended by /gateway/bot [default: one per 1,000 guilds]",
+        flag="--shards-hint",
+        metavar="K",
+    ),
+    Setting(
+        "gateway_token",
+        "ZMQCROSS_GATEWAY_TOKEN",
+        text,
+        "accept only this bot token [default: any]",
+        flag="--token",
+        metavar="TOKEN",
+    ),
+)
+
+COMMANDS: dict[str, tuple[Setting, ...]] = {
+    "bridge": BRIDGE,
+    "machine": MACHINE,
+    "gateway": GATEWAY,
+    "status": STATUS,
+    "reshard": RESHARD,
+}
+"""The commands that read settings, and what each reads (also the tables a config file may have)."""
+
+
+def server_curve(keys: str | None) -> CurveServer | None:
+    """The bridge's CURVE settings from a keys folder: bridge.key_secret and the allowed/ folder."""
+    if keys is None:
+        return None
+    return CurveServer.from_files(Path(keys) / "bridge.key_secret", allow=Path(keys) / "allowed")
+
+
+def client_curve(keys: str | None, name: str) -> CurveClient | None:
+    """A client's CURVE settings from a keys folder: allowed/NAME.key_secret and bridge.key."""
+    if keys is None:
+        return None
+    return CurveClient.from_files(
+        Path(keys) / "allowed" / f"{name}.key_secret", server_key=Path(keys) / "bridge.key"
+    )

@@ -1,0 +1,229 @@
+"""The long-running commands: ``zmqcross bridge``, ``zmqcross machine`` and ``zmqcross gateway``.
+
+Each runs until SIGTERM or SIGINT and then shuts down the way its class does it cleanly:
+the bridge closes its sockets, a machine drains (:meth:`Machine.serve`), the gateway
+closes every Discord connection. What they print on stdout is meant for people and
+for scripts waiting on a line (``listening on``, ``N/N clusters ready``); logs go to stderr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from ..bridge import Bridge
+from ..client import Client, default_machine_id
+from ..cluster.manager import ClusterManager
+from ..errors import ConfigurationError
+from ..gateway.__main__ import main as gateway_main
+from ..machine import Machine
+from ..registry import ClientInfo
+from .options import client_curve, server_curve
+
+__all__ = ["Stopped", "run_bridge", "run_gateway", "run_machine", "unless_stopped"]
+
+Settings = dict[str, Any]
+Say = Callable[[str], None]
+T = TypeVar("T")
+
+
+def printer(name: str) -> Say:
+    """Print ``name: text`` lines on stdout, flushed at once (the output is often a pipe)."""
+
+    def say(text: str) -> None:
+        print(f"{name}: {text}", flush=True)
+
+    return say
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGINT arrived before the work finished; the work was cancelled."""
+
+
+async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T:
+    """``work``'s result; if ``stop`` is set first, cancel it and raise :class:`Stopped`."""
+    task = asyncio.ensure_future(work)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait({task, stopped}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        raise Stopped
+    return task.result()
+
+
+# --------------------------------------------------------------------------- bridge
+
+
+async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
+    """``zmqcross bridge``: plan the shards, let machines in, until stopped."""
+    say = printer("bridge")
+    bridge = Bridge(
+        auth_token=settings["auth_token"],
+        host=settings["listen_host"],
+        port=settings["bridge_port"],
+        pub_port=settings["pub_port"],
+        total_shards=settings["total_shards"],
+        shards_per_cluster=settings["shards_per_cluster"],
+        total_machines=settings["total_machines"],
+        token=settings["discord_token"],
+        api_base=settings["discord_api"],
+        curve=server_curve(settings["keys"]),
+        heartbeat_interval=settings["heartbeat_interval"],
+        heartbeat_timeout=settings["heartbeat_timeout"],
+    )
+
+    def connected(client: ClientInfo, initial_data: Any) -> None:
+        say(f"{client.agent} {client.id!r} connected from {client.address or 'an unknown address'}")
+
+    def disconnected(client: ClientInfo, reason: str) -> None:
+        say(f"{client.agent} {client.id!r} disconnected ({reason})")
+
+    bridge.on("connect", connected)
+    bridge.on("disconnect", disconnected)
+
+    async with bridge:
+        plan = bridge.plan
+        say(
+            f"listening on {bridge.endpoint} (beacons on {bridge.pub_endpoint}), "
+            f"CURVE {'on' if settings['keys'] else 'off'}"
+        )
+        say(
+            f"plan {plan.version}: {plan.total_shards} shards in {plan.total_clusters} clusters "
+            f"for {len(plan.chunks)} machines"
+        )
+        try:
+            await unless_stopped(stop, bridge.wait_closed())
+        except Stopped:
+            pass
+    say("closed")
+    return 0
+
+
+# --------------------------------------------------------------------------- machine
+
+
+class Progress:
+    """Prints ``k/n clusters ready`` each time the count changes, for whichever manager runs.
+
+    A machine creates its manager inside :meth:`Machine.start` (or later, as a standby
+    taking over), so the manager is looked for until it appears; its events then drive
+    the lines, and the state at that moment is printed so nothing is missed.
+    """
+
+    def __init__(self, machine: Machine, say: Say) -> None:
+        self._machine = machine
+        self._say = say
+        self._manager: ClusterManager | None = None
+        self._last: tuple[int, int] | None = None
+
+    async def follow(self, interval: float = 0.05) -> None:
+        """Watch for the machine's manager changing; runs until cancelled."""
+        while True:
+            manager = self._machine.manager
+            if manager is not None and manager is not self._manager:
+                self._manager = manager
+                for event in ("cluster_create", "cluster_ready", "cluster_exit"):
+                    manager.on(event, lambda *_, m=manager: self.report(m))
+                self.report(manager)
+            await asyncio.sleep(interval)
+
+    def report(self, manager: ClusterManager) -> None:
+        """Print the ready count of ``manager`` if it changed."""
+        if manager is not self._manager:
+            return
+        clusters = manager.clusters
+        now = (sum(c.ready for c in clusters), len(clusters))
+        if now != self._last:
+            self._last = now
+            self._say(f"{now[0]}/{now[1]} clusters ready")
+
+
+async def run_machine(settings: Settings, stop: asyncio.Event) -> int:
+    """``zmqcross machine``: the whole machine, as bots/cluster.py runs it, until stopped."""
+    bot_file = Path(settings["bot_file"])
+    if not bot_file.is_file():
+        raise ConfigurationError(f"bot file {str(bot_file)!r} does not exist")
+    machine_id = settings["machine_id"] or default_machine_id("bot")
+    client = Client(
+        agent="bot",
+        host=settings["bridge_host"],
+        port=settings["bridge_port"],
+        pub_port=settings["pub_port"],
+        auth_token=settings["auth_token"],
+        machine_id=machine_id,
+        rolling_restarts=settings["rolling_restarts"],
+        curve=client_curve(settings["keys"], settings["key_name"] or machine_id),
+        connect_timeout=settings["connect_timeout"],
+    )
+    cluster_env = {"ZMQCROSS_DISCORD_API": settings["discord_api"]} if settings["discord_api"] else {}
+    machine = Machine(
+        bot_file,
+        client,
+        manager_options={
+            "spawn_delay": settings["spawn_delay"],
+            "heartbeat_timeout": settings["cluster_heartbeat_timeout"],
+            "env": cluster_env,
+            "token": settings["discord_token"],
+        },
+        drain_timeout=settings["drain_timeout"],
+    )
+    say = printer(machine_id)
+    where = f"{settings['bridge_host']}:{settings['bridge_port']}"
+    client.on("ready", lambda: say(f"registered with the bridge at {where}"))
+    client.on("disconnect", lambda reason: say(f"lost the bridge: {reason}; reconnecting"))
+    client.on(
+        "assignment", lambda share, reason: say(f"assigned clusters {list(share.cluster_list)}: {reason}")
+    )
+    progress = asyncio.ensure_future(Progress(machine, say).follow())
+    try:
+        try:
+            share = await unless_stopped(stop, machine.start())
+        except Stopped:
+            say("stopped while starting; stopping the clusters started so far")
+            await machine.drain("stopped while starting")
+            return 0
+        except BaseException:
+            if machine.manager is not None:
+                await machine.drain("failed to start")
+            else:
+                await client.close("failed to start")
+            raise
+        if share.standby:
+            say("standby: every chunk of the plan is held; waiting for one to free up")
+        else:
+            say(f"runs clusters {list(share.cluster_list)}, shards {[list(s) for s in share.shard_list]}")
+        if stop.is_set():
+            await machine.drain("the machine is shutting down")
+        else:
+            # serve() puts its own SIGTERM/SIGINT handlers in place of ours, then drains.
+            await machine.serve()
+    finally:
+        progress.cancel()
+    say("drained and stopped")
+    return 0
+
+
+# --------------------------------------------------------------------------- gateway
+
+
+def run_gateway(settings: Settings) -> int:
+    """``zmqcross gateway``: zmqcross.gateway's own main, with the merged settings as its flags."""
+    argv = [
+        "--host",
+        settings["gateway_host"],
+        "--port",
+        str(settings["gateway_port"]),
+        "--guilds",
+        str(settings["gateway_guilds"]),
+    ]
+    if settings["gateway_shards_hint"] is not None:
+        argv += ["--shards-hint", str(settings["gateway_shards_hint"])]
+    if settings["gateway_token"] is not None:
+        argv += ["--token", settings["gateway_token"]]
+    return gateway_main(argv)

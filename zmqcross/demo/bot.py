@@ -1,0 +1,44 @@
+"""The demo's bot, run once per cluster: bots/bot.py's shape, shipped so `zmqcross demo` needs no checkout.
+
+Answers ``request_to_guild({"guild_id": ...})`` with the guild as the dashboard prints it.
+"""
+
+from __future__ import annotations
+
+import os
+
+import discord
+
+from zmqcross import ClusterClient, Shard, cluster_data
+
+data = cluster_data()
+bot = discord.AutoShardedClient(
+    shard_ids=list(data.shard_list),
+    shard_count=data.total_shards,
+    intents=discord.Intents.default(),
+    chunk_guilds_at_startup=False,
+    # discord.py waits this long after the last GUILD_CREATE before on_ready; the
+    # offline gateway sends them all at once.
+    guild_ready_timeout=0.1 if data.offline else 2.0,
+)
+bot.cluster = ClusterClient(bot)  # type: ignore[attr-defined]
+bot.machine = Shard(bot.cluster)  # type: ignore[attr-defined]
+
+
+@bot.cluster.on_request  # type: ignore[attr-defined]
+def guild_info(request):  # type: ignore[no-untyped-def]
+    """Answer request_to_guild({"guild_id": ...}) for a guild this cluster holds."""
+    guild = bot.get_guild(int(request.data["guild_id"]))
+    if guild is None:
+        raise LookupError(f"guild {request.data['guild_id']} is not in cluster {bot.cluster.id}")  # type: ignore[attr-defined]
+    return {
+        "id": guild.id,
+        "name": guild.name,
+        "cluster": bot.cluster.id,  # type: ignore[attr-defined]
+        "shard": guild.shard_id,
+        "roles": [role.name for role in guild.roles],
+        "channels": [channel.name for channel in guild.channels],
+    }
+
+
+bot.run(os.environ.get("DISCORD_TOKEN", "offline-token"), log_handler=None)

@@ -1,27 +1,180 @@
-"""The zmqcross command, run as a real process."""
+"""The zmqcross command: help, settings from file/environment/flags, exit codes, and a real fleet."""
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import pytest
 import zmq.auth
+from conftest import free_port
+from netkit import ROOT, Service, clean_env
+
+from zmqcross import ConfigurationError, FleetStatus
+from zmqcross.cli import configure
+from zmqcross.cli.options import COMMANDS
+from zmqcross.cli.table import render_status, shard_ranges
+from zmqcross.status import ClusterStatus, MachineStatus
+
+COMMAND_NAMES = ["bridge", "machine", "gateway", "status", "reshard", "keygen", "demo"]
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
+def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "zmqcross", *args], capture_output=True, text=True, timeout=30
+        [sys.executable, "-m", "zmqcross", *args],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=env if env is not None else clean_env(),
+        cwd=cwd,
     )
 
 
-def test_help() -> None:
+# --------------------------------------------------------------------------- help
+
+
+def test_help_lists_every_command_and_the_precedence() -> None:
     result = run("--help")
-    assert result.returncode == 0 and "keygen" in result.stdout
-    result = run("keygen", "--help")
-    assert result.returncode == 0 and "0600" in result.stdout
+    assert result.returncode == 0, result.stderr
+    for name in COMMAND_NAMES:
+        assert re.search(rf"^\s+{name}\s+\S", result.stdout, re.MULTILINE), name
+    text = " ".join(result.stdout.split())  # argparse wraps lines
+    assert "flags override the environment, which overrides the file" in text
+    assert "2 for bad configuration or usage" in text
+
+
+def test_console_script_is_installed() -> None:
+    script = Path(sys.executable).with_name("zmqcross")
+    result = subprocess.run([str(script), "--help"], check=False, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0 and "reshard" in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMAND_NAMES)
+def test_each_command_has_help(command: str) -> None:
+    result = run(command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"usage: zmqcross {command}")
+    for setting in COMMANDS.get(command, ()):
+        assert setting.option in result.stdout
+        if setting.env:
+            assert f"${setting.env}" in result.stdout, setting.env
+    if command in COMMANDS:
+        text = " ".join(result.stdout.split())
+        assert "lowest to highest precedence" in text and "--config FILE" in text
+
+
+def test_keygen_help_mentions_the_mode() -> None:
+    assert "0600" in run("keygen", "--help").stdout
+
+
+def test_unknown_command_fails_with_usage() -> None:
+    result = run("frobnicate")
+    assert result.returncode == 2 and "invalid choice" in result.stderr
+
+
+# --------------------------------------------------------------------------- settings
+
+
+def test_settings_use_the_environment_names_of_bots_settings() -> None:
+    names = set(re.findall(r"ZMQCROSS_[A-Z_]+", (ROOT / "bots" / "settings.py").read_text()))
+    read = {s.env for settings in COMMANDS.values() for s in settings}
+    assert names - {"ZMQCROSS_"} <= read
+    for settings in COMMANDS.values():
+        for s in settings:
+            assert s.env is not None
+            # the TOML key is the variable's name without ZMQCROSS_, in lower case
+            assert s.name == s.env.removeprefix("ZMQCROSS_").lower()
+
+
+def test_flags_override_environment_override_file_override_defaults(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        'auth_token = "from-file"\nbridge_host = "top.example"\nspawn_delay = 2\n'
+        '[machine]\nbridge_host = "table.example"\nbot_file = "bot.py"\nrolling_restarts = false\n'
+    )
+    argv = ["machine", "--config", str(config)]
+    values = configure(argv, {}).settings
+    assert values["auth_token"] == "from-file"  # top level
+    assert values["bridge_host"] == "table.example"  # [machine] beats the top level
+    assert values["spawn_delay"] == 2.0 and values["rolling_restarts"] is False
+    assert values["bridge_port"] == 4444 and values["cluster_heartbeat_timeout"] == 15.0  # defaults
+
+    env = {
+        "ZMQCROSS_BRIDGE_HOST": "env.example",
+        "ZMQCROSS_ROLLING_RESTARTS": "yes",
+        "ZMQCROSS_BRIDGE_PORT": "",
+    }
+    values = configure(argv, env).settings
+    assert values["bridge_host"] == "env.example" and values["rolling_restarts"] is True
+    assert values["bridge_port"] == 4444  # an empty variable counts as unset
+
+    values = configure([*argv, "--bridge-host", "flag.example", "--no-rolling-restarts"], env).settings
+    assert values["bridge_host"] == "flag.example" and values["rolling_restarts"] is False
+
+    # $ZMQCROSS_CONFIG names the file when --config does not
+    assert configure(["machine"], {"ZMQCROSS_CONFIG": str(config)}).settings["auth_token"] == "from-file"
+
+
+def test_bridge_reads_auto_and_its_own_flags() -> None:
+    env = {"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_TOTAL_SHARDS": "auto", "DISCORD_TOKEN": "bot-token"}
+    values = configure(["bridge", "--host", "0.0.0.0", "--port", "5000"], env).settings
+    assert values["total_shards"] == "auto" and values["discord_token"] == "bot-token"
+    assert (values["listen_host"], values["bridge_port"], values["pub_port"]) == ("0.0.0.0", 5000, None)
+
+
+def test_status_ignores_the_machine_id_of_its_host() -> None:
+    # On a machine's host, ZMQCROSS_MACHINE_ID names that machine; a status query must not pose as it.
+    env = {"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_MACHINE_ID": "machine-1", "ZMQCROSS_KEY_NAME": "machine-1"}
+    values = configure(["status"], env).settings
+    assert values["dashboard_id"] is None and values["dashboard_key"] == "dashboard"
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "message"),
+    [
+        ("", {"ZMQCROSS_BRIDGE_PORT": "abc"}, "$ZMQCROSS_BRIDGE_PORT: 'abc' is not an integer"),
+        ("", {"ZMQCROSS_BRIDGE_PORT": "70000"}, "70000 is not a TCP port"),
+        ('bridge_port = "x"\n', {}, "fleet.toml bridge_port: 'x' is not an integer"),
+        ("[machine]\nspawn_delay = -1\n", {}, "fleet.toml [machine] spawn_delay: '-1' is negative"),
+        ("brige_port = 1\n", {}, "unknown key 'brige_port'"),
+        ("[machine]\ntotal_shards = 4\n", {}, "[machine] has unknown key 'total_shards'"),
+        ("[machines]\n", {}, "unknown table [machines]"),
+        ("auth_token = [1]\n", {}, "expected a single value, not list"),
+        ("not toml = =\n", {}, "is not valid TOML"),
+    ],
+)
+def test_bad_settings_say_where_they_come_from(
+    tmp_path: Path, file: str, env: dict[str, str], message: str
+) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(file)
+    with pytest.raises(ConfigurationError) as caught:
+        configure(["machine", "--config", str(config), "--bot", "b.py"], env)
+    assert message in str(caught.value)
+
+
+def test_a_missing_token_says_how_to_give_it() -> None:
+    with pytest.raises(
+        ConfigurationError,
+        match=r"no auth token given: set --auth-token, \$ZMQCROSS_AUTH_TOKEN or auth_token in the config file",
+    ):
+        configure(["status"], {})
+
+
+def test_bad_flag_is_a_usage_error() -> None:
+    result = run("bridge", "--total-shards", "many", env=clean_env(ZMQCROSS_AUTH_TOKEN="t"))
+    assert result.returncode == 2
+    assert "argument --total-shards: 'many' is neither a positive integer nor \"auto\"" in result.stderr
+
+
+# --------------------------------------------------------------------------- keygen
 
 
 def test_keygen_writes_a_usable_pair(tmp_path: Path) -> None:
@@ -36,6 +189,191 @@ def test_keygen_writes_a_usable_pair(tmp_path: Path) -> None:
     assert run("keygen", "--force", str(tmp_path / "keys"), "machine-1").returncode == 0
 
 
-def test_unknown_command_fails_with_usage() -> None:
-    result = run("frobnicate")
-    assert result.returncode == 2 and "invalid choice" in result.stderr
+def test_keygen_fleet_lays_out_what_keys_expects_and_keep_is_repeatable(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert run("keygen", "--fleet", "--keep", str(keys), "machine-1", "dashboard").returncode == 0
+    names = sorted(p.relative_to(keys).as_posix() for p in keys.rglob("*.key*"))
+    assert names == [
+        "allowed/dashboard.key",
+        "allowed/dashboard.key_secret",
+        "allowed/machine-1.key",
+        "allowed/machine-1.key_secret",
+        "bridge.key",
+        "bridge.key_secret",
+    ]
+    before = (keys / "bridge.key_secret").read_bytes()
+    again = run("keygen", "--fleet", "--keep", str(keys), "machine-1", "machine-2", "dashboard")
+    assert again.returncode == 0 and "kept existing pair" in again.stdout
+    assert (keys / "bridge.key_secret").read_bytes() == before  # a second `docker compose up` keeps the keys
+    assert (keys / "allowed" / "machine-2.key_secret").exists()
+    assert run("keygen", "--force", "--keep", str(keys), "x").returncode == 2  # one or the other
+
+
+# --------------------------------------------------------------------------- the table
+
+
+def test_status_table_reads_like_a_table() -> None:
+    now = 1_000_000.0
+    cluster = ClusterStatus(
+        id=0, shards=(0, 1), pid=4242, state="ready", guilds=16, restarts=1,
+        started_at=now - 125, uptime=125.0, last_heartbeat=now - 0.4, exit_code=None,
+    )  # fmt: skip
+    machines = (
+        MachineStatus("machine-1", "bot", "10.0.0.2", now, "abc", False, False, False, (cluster,)),
+        MachineStatus("machine-2", "bot", "10.0.0.3", now, None, False, True, False, ()),
+        MachineStatus("dash", "dashboard", None, now, None, False, False, False, ()),
+    )
+    status = FleetStatus("abc", 4, 2, machines, ("machine-2",), (1,), now)
+    text = render_status(status)
+    assert text.splitlines()[0] == "plan abc: 4 shards in 2 clusters"
+    assert re.search(r"^machine-1\s+bot\s+10\.0\.0\.2\s+abc\s+no\s+no\s*$", text, re.MULTILINE)
+    assert re.search(r"^machine-2\s+bot\s+10\.0\.0\.3\s+-\s+no\s+yes\s*$", text, re.MULTILINE)
+    assert re.search(r"^0\s+machine-1\s+0-1\s+4242\s+ready\s+16\s+2m05s\s+1\s+0\.4s ago$", text, re.MULTILINE)
+    assert "unassigned: clusters 1" in text and "standbys: machine-2" in text
+    assert shard_ranges([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8"
+
+
+# --------------------------------------------------------------------------- errors, as a person sees them
+
+
+def assert_one_line(result: subprocess.CompletedProcess[str], code: int, message: str) -> None:
+    assert result.returncode == code, (result.stdout, result.stderr)
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr.splitlines()[-1], result.stderr
+
+
+@pytest.fixture
+def bridge(tmp_path: Path):  # type: ignore[no-untyped-def]
+    port = free_port()
+    service = Service(
+        "bridge",
+        ["-m", "zmqcross", "bridge", "--port", str(port), "--pub-port", str(free_port())],
+        env=clean_env(ZMQCROSS_AUTH_TOKEN="right"),
+    )
+    service.wait_line("listening on")
+    service.port = port  # type: ignore[attr-defined]
+    yield service
+    assert service.stop() == 0
+
+
+def test_wrong_token_is_one_line_and_exit_1(bridge: Service) -> None:
+    result = run("status", "--bridge-port", str(bridge.port), env=clean_env(ZMQCROSS_AUTH_TOKEN="wrong"))  # type: ignore[attr-defined]
+    assert_one_line(result, 1, "zmqcross status: wrong auth token")
+    result = run(
+        "machine", "--bridge-port", str(bridge.port), "--bot", "bots/bot.py",  # type: ignore[attr-defined]
+        env=clean_env(ZMQCROSS_AUTH_TOKEN="wrong"),
+    )  # fmt: skip
+    assert_one_line(result, 1, "zmqcross machine: wrong auth token")
+
+
+def test_unreachable_bridge_is_one_line_and_exit_1() -> None:
+    env = clean_env(ZMQCROSS_AUTH_TOKEN="t", ZMQCROSS_BRIDGE_PORT=str(free_port()))
+    result = run("machine", "--bot", "bots/bot.py", "--connect-timeout", "1", env=env)
+    assert_one_line(result, 1, "zmqcross machine: no answer from the bridge at tcp://127.0.0.1:")
+
+
+def test_missing_key_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    env = clean_env(ZMQCROSS_AUTH_TOKEN="t", ZMQCROSS_KEYS=str(tmp_path / "keys"))
+    result = run("machine", "--bot", "bots/bot.py", "--machine-id", "machine-9", env=env)
+    assert_one_line(
+        result, 2, f"zmqcross machine: cannot read key file {tmp_path}/keys/allowed/machine-9.key_secret"
+    )
+    result = run("bridge", env=env)
+    assert_one_line(result, 2, f"zmqcross bridge: cannot read key file {tmp_path}/keys/bridge.key_secret")
+    result = run("machine", "--bot", "no/such/bot.py", env=clean_env(ZMQCROSS_AUTH_TOKEN="t"))
+    assert_one_line(result, 2, "zmqcross machine: bot file 'no/such/bot.py' does not exist")
+
+
+def test_port_in_use_is_a_configuration_error(bridge: Service) -> None:
+    result = run("bridge", "--port", str(bridge.port), env=clean_env(ZMQCROSS_AUTH_TOKEN="t"))  # type: ignore[attr-defined]
+    assert_one_line(result, 2, f"zmqcross bridge: cannot listen on 127.0.0.1 ports {bridge.port}/")  # type: ignore[attr-defined]
+    assert "Address already in use" in result.stderr
+
+
+# --------------------------------------------------------------------------- a fleet of commands
+
+
+@pytest.mark.timeout(90)
+def test_a_fleet_of_commands_with_curve_a_config_file_and_clean_shutdowns(tmp_path: Path) -> None:
+    keys = tmp_path / "keys"
+    assert run("keygen", "--fleet", str(keys), "machine-1", "dashboard").returncode == 0
+    port = free_port()
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        f'auth_token = "from-the-file"\nkeys = "{keys}"\nbridge_port = {port}\npub_port = {free_port()}\n'
+        "[bridge]\ntotal_shards = 4\nshards_per_cluster = 2\n"
+        f'[machine]\nmachine_id = "machine-1"\nbot_file = "{ROOT / "tests" / "fleet_bot.py"}"\nspawn_delay = 0\n'
+    )
+    env = clean_env(ZMQCROSS_CONFIG=str(config), ZMQCROSS_LOG_LEVEL="WARNING")
+    services: list[Service] = []
+    try:
+        gateway = Service("gateway", ["-m", "zmqcross", "gateway", "--guilds", "40"], env=env)
+        services.append(gateway)
+        api = gateway.wait_line(r"ZMQCROSS_DISCORD_API=(\S+)").group(1)
+        bridge = Service("bridge", ["-m", "zmqcross", "bridge"], env=env)
+        services.append(bridge)
+        bridge.wait_line(r"listening on tcp://127\.0\.0\.1:\d+ .*CURVE on")
+        bridge.wait_line(r"plan \w+: 4 shards in 2 clusters for 1 machines")
+        machine = Service("machine", ["-m", "zmqcross", "machine", "--discord-api", api], env=env)
+        services.append(machine)
+        for line in ("0/2 clusters ready", "1/2 clusters ready", "2/2 clusters ready"):
+            machine.wait_line(line, timeout=40)
+        machine.wait_line(r"runs clusters \[0, 1\], shards \[\[0, 1\], \[2, 3\]\]")
+        bridge.wait_line("bot 'machine-1' connected from 127.0.0.1")
+
+        shown = run("status", "--client-id", "ops", env=env)
+        assert shown.returncode == 0, shown.stderr
+        assert re.search(r"^machine-1\s+bot\s+127\.0\.0\.1\s+\w+\s+no\s+no", shown.stdout, re.MULTILINE), (
+            shown.stdout
+        )
+        assert re.search(r"^0\s+machine-1\s+0-1\s+\d+\s+ready\s+20\s", shown.stdout, re.MULTILINE), (
+            shown.stdout
+        )
+        assert re.search(r"^1\s+machine-1\s+2-3\s+\d+\s+ready\s+20\s", shown.stdout, re.MULTILINE), (
+            shown.stdout
+        )
+        assert "unassigned: none" in shown.stdout
+
+        as_json = run("status", "--json", env=env)
+        status = FleetStatus.from_json(json.loads(as_json.stdout))
+        assert [c.guilds for m in status.machines for c in m.clusters] == [20, 20]
+
+        resharded = run("reshard", "--total-shards", "6", env=env)
+        assert resharded.returncode == 0, resharded.stderr
+        assert re.match(r"plan \w+: 6 shards in 3 clusters", resharded.stdout)
+        machine.wait_line(r"assigned clusters \[0, 1, 2\]: reshard to 6 shards")
+        end = time.monotonic() + 40
+        while True:  # the rolling restart ends with three clusters on the new plan
+            status = FleetStatus.from_json(json.loads(run("status", "--json", env=env).stdout))
+            clusters = [c for m in status.machines for c in m.clusters]
+            if [(c.shards, c.state) for c in clusters] == [
+                ((0, 1), "ready"),
+                ((2, 3), "ready"),
+                ((4, 5), "ready"),
+            ]:
+                break
+            assert time.monotonic() < end, clusters
+            time.sleep(0.3)
+
+        machine.signal(15)
+        assert machine.wait(30) == 0
+        machine.wait_line("drained and stopped")
+        bridge.wait_line("bot 'machine-1' disconnected")
+        for service in (bridge, gateway):
+            service.signal(2)  # SIGINT, as Ctrl-C would
+            assert service.wait(20) == 0
+        bridge.wait_line("bridge: closed")
+        assert not any("Traceback" in line for s in services for line in s.errors)
+    finally:
+        for service in services:
+            service.stop()
+
+
+@pytest.mark.timeout(90)
+def test_demo_runs_from_anywhere(tmp_path: Path) -> None:
+    # The installed package carries everything `zmqcross demo` needs: no bots/ folder here.
+    result = run("demo", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[dashboard] total: 2000 guilds on 4 clusters" in result.stdout
+    assert re.search(r"request_to_guild\(\d+\) -> 'Guild 1234'", result.stdout)
+    assert re.search(r"\[demo\] done in [\d.]+ s", result.stdout)

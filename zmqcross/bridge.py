@@ -10,8 +10,6 @@ All of its socket work happens in this module's loop; decisions live in
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
 import logging
 import secrets
 import time
@@ -21,37 +19,27 @@ from typing import Any, Literal, cast
 
 import zmq
 
+from .bridge_fleet import FleetOps, _peer_address, _user_id
+from .bridge_routing import ClientFilter, Routing, Service
 from .discord_api import fetch_recommended_shards
 from .errors import (
-    AuthenticationError,
     ClientNotFound,
     ConfigurationError,
     ConnectionLost,
     PermissionDenied,
     ProtocolError,
-    RequestTimeout,
-    ZmqcrossError,
 )
 from .events import EventEmitter, Handler
 from .fanout import (
-    FanOut,
     FanOuts,
-    Gather,
-    eval_outcome,
-    eval_request,
-    guild_of,
-    hop_deadline,
-    select_clusters,
 )
-from .messages import IncomingMessage, IncomingRequest, serve_request
-from .planning import ClusterListParser, Placement, ShardPlan, build_plan, shard_for_guild
+from .messages import IncomingMessage
+from .planning import ClusterListParser, Placement, ShardPlan, build_plan
 from .protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
-    PROTOCOL_VERSION,
     RESHARD_SERVICE,
     STATUS_SERVICE,
-    Assignment,
     Beacon,
     ErrorInfo,
     ErrorReply,
@@ -59,7 +47,6 @@ from .protocol import (
     EvalRequest,
     Goodbye,
     GuildRequest,
-    Hosting,
     Leaving,
     Limits,
     Message,
@@ -68,20 +55,16 @@ from .protocol import (
     Register,
     Reply,
     Request,
-    Reregister,
     Send,
     ShardDataRequest,
-    Welcome,
     check_limits,
     decode,
     dump,
     encode,
-    readdress,
     result_of,
 )
-from .registry import ClientInfo, Peer, Registry, check_name
-from .security import ACTIONS, AccessPolicy, CurveServer, ZapHandler, tokens_match
-from .status import ClusterStatus, FleetStatus, MachineStatus
+from .registry import ClientInfo, Peer, Registry
+from .security import AccessPolicy, CurveServer, ZapHandler
 from .transport import (
     MonitorEvent,
     OpenRequests,
@@ -100,15 +83,6 @@ log = logging.getLogger("zmqcross.bridge")
 
 BRIDGE_EVENTS = ("client_message", "client_request", "connect", "disconnect", "error", "ready")
 """Events a :class:`Bridge` emits; see :meth:`Bridge.on`."""
-
-ClientFilter = Callable[[ClientInfo], bool]
-ServiceHandler = Callable[[IncomingRequest, ClientInfo], Any]
-
-
-@dataclass(frozen=True, slots=True)
-class _Service:
-    handler: ServiceHandler
-    action: str
 
 
 BEACON_BURST = (0.0, 0.02, 0.1, 0.3)
@@ -141,14 +115,7 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-def _peer_address(frame: zmq.Frame) -> str | None:
-    try:
-        return str(frame.get("Peer-Address"))
-    except zmq.ZMQError:
-        return None
-
-
-class Bridge:
+class Bridge(FleetOps, Routing):
     """The central process of a zmqcross fleet.
 
     ::
@@ -224,9 +191,9 @@ class Bridge:
 
         self._events = EventEmitter(BRIDGE_EVENTS, log)
         self._registry = Registry()
-        self._services: dict[str, _Service] = {
-            STATUS_SERVICE: _Service(self._serve_status, "request"),
-            RESHARD_SERVICE: _Service(self._serve_reshard, "admin"),
+        self._services: dict[str, Service] = {
+            STATUS_SERVICE: Service(self._serve_status, "request"),
+            RESHARD_SERVICE: Service(self._serve_reshard, "admin"),
         }
         self._open = OpenRequests()
         self._fanouts = FanOuts()
@@ -502,62 +469,6 @@ class Bridge:
         self._send_frames(peer.routing_id, frames)
         return result_of(await outcome)
 
-    async def broadcast_eval(
-        self,
-        script: str | Callable[..., Any],
-        *,
-        context: Any = None,
-        timeout: float | None = None,
-        clusters: Sequence[int] | None = None,
-        shards: Sequence[int] | None = None,
-        guild_id: int | None = None,
-        filter: ClientFilter | None = None,
-        return_exceptions: bool = False,
-    ) -> list[Any]:
-        """Run ``script`` on every cluster of every machine; one result per cluster, in cluster id order.
-
-        ``script`` is a string (an expression, or statements ending in one; ``await`` allowed;
-        ``bot`` and ``context`` in scope) or a function called as ``fn(bot, context)``.
-        ``clusters``, ``shards`` or ``guild_id`` (one of them) narrow the targets; ``filter``
-        picks machines by their :class:`ClientInfo`. If any cluster raised, timed out or was
-        down, raises :class:`BroadcastEvalError` with every outcome, unless
-        ``return_exceptions`` puts the exceptions in those slots instead.
-        """
-        self._require_running()
-        timeout = self._request_timeout if timeout is None else float(timeout)
-        msg = eval_request(
-            self._open.next_id(),
-            script,
-            timeout=timeout,
-            context=context,
-            clusters=clusters,
-            shards=shards,
-            guild_id=guild_id,
-        )
-        answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._fan_out(msg, functools.partial(_settle, answer), accept=filter)
-        return eval_outcome(await answer, return_exceptions=return_exceptions)
-
-    async def request_to_guild(
-        self, data: Any, *, guild_id: int | None = None, timeout: float | None = None
-    ) -> Any:
-        """Send a custom request to the cluster that owns ``guild_id`` (or ``data["guild_id"]``).
-
-        The bot answers it with a ``@bot.cluster.on_request`` handler. Raises
-        :class:`ClientNotFound` or :class:`ConnectionLost` when no running cluster owns the guild.
-        """
-        self._require_running()
-        timeout = self._request_timeout if timeout is None else float(timeout)
-        msg = GuildRequest(
-            id=self._open.next_id(),
-            deadline=time.time() + timeout,
-            guild_id=guild_of(data, guild_id),
-            data=dump(data),
-        )
-        answer: asyncio.Future[Message] = asyncio.get_running_loop().create_future()
-        self._route_guild(msg, functools.partial(_settle, answer))
-        return result_of(await answer)
-
     # ------------------------------------------------------------------ receiving
 
     def _on_router(self, routed: tuple[zmq.Frame, list[bytes]]) -> None:
@@ -602,129 +513,6 @@ class Bridge:
             return
         handler(peer, msg)
 
-    def _from_stranger(self, routing_id: bytes, frame: zmq.Frame, msg: Message) -> None:
-        if isinstance(msg, Register):
-            self._register(routing_id, frame, msg)
-        elif isinstance(msg, (Reply, ErrorReply, Pong, Goodbye)):
-            log.debug("ignored a %r from an unregistered peer", msg.type)
-        else:
-            # Typically a client of the previous bridge run: nothing it sent was run here.
-            self._send(
-                routing_id,
-                Reregister(
-                    reason="this bridge does not know you (it restarted?); register again",
-                    reply_to=getattr(msg, "id", None),
-                ),
-            )
-
-    def _on_reregister(self, peer: Peer, msg: Register) -> None:
-        self._register(peer.routing_id, None, msg, current=peer)
-
-    def _register(
-        self, routing_id: bytes, frame: zmq.Frame | None, msg: Register, current: Peer | None = None
-    ) -> None:
-        if msg.deadline < time.time():
-            log.debug("ignored an expired registration from %r", msg.machine_id)
-            return
-        address = current.info.address if current is not None else (_peer_address(frame) if frame else None)
-        user_id = (
-            current.user_id if current is not None else (_user_id(frame) if self._curve and frame else None)
-        )
-
-        def refuse(error: ZmqcrossError) -> None:
-            self._counters["refused"] += 1
-            log.warning(
-                "refused registration of %r (agent %r) from %s: %s",
-                msg.machine_id,
-                msg.agent,
-                address,
-                error.message,
-            )
-            self._send(
-                routing_id,
-                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(error, with_traceback=False)),
-            )
-
-        if msg.protocol != PROTOCOL_VERSION:
-            return refuse(
-                ProtocolError(f"client speaks protocol {msg.protocol}; this bridge speaks {PROTOCOL_VERSION}")
-            )
-        if not tokens_match(self._auth_token, msg.token):
-            return refuse(AuthenticationError("wrong auth token: it does not match the bridge's auth_token"))
-        for what, value in (("machine_id", msg.machine_id), ("agent", msg.agent)):
-            problem = check_name(what, value)
-            if problem:
-                return refuse(ProtocolError(problem))
-        admission = self._registry.admit(routing_id=routing_id, client_id=msg.machine_id, user_id=user_id)
-        if not admission.accepted:
-            return refuse(AuthenticationError(admission.reason or "refused"))
-        if admission.replaces is not None:
-            old = admission.replaces
-            reason = f"replaced by a new connection for machine id {msg.machine_id!r} from {address}"
-            self._send(
-                old.routing_id, Goodbye(reason=reason + "; give each process its own machine_id", retry=False)
-            )
-            self._drop(old, reason)
-        key_name = self._curve.allowed.get(user_id.encode()) if self._curve is not None and user_id else None
-        refresh = current is not None and current.info.id == msg.machine_id
-        info = ClientInfo(
-            id=msg.machine_id,
-            agent=msg.agent,
-            initial_data=msg.initial_data,
-            address=address,
-            key=key_name,
-            connected_at=current.info.connected_at if refresh and current else time.time(),
-            permissions=self._policy.permissions(agent=msg.agent, key=key_name),
-        )
-        notice = self._claim(msg.machine_id, msg.hosting) if msg.hosting is not None else None
-        assert self._placement is not None
-        peer = Peer(routing_id, info, user_id, time.monotonic(), self._placement.held_by(msg.machine_id))
-        if msg.hosting is not None:
-            peer.plan_version = msg.hosting.plan_version
-        if refresh and current is not None:
-            peer.standby, peer.leaving = current.standby, current.leaving
-        self._registry.add(peer)
-        self._send(
-            routing_id,
-            Welcome(
-                reply_to=msg.id,
-                client_id=info.id,
-                epoch=self._epoch,
-                heartbeat_interval=self._heartbeat_interval,
-                heartbeat_timeout=self._heartbeat_timeout,
-                permissions=tuple(sorted(info.permissions)),
-                plan_version=self.plan.version,
-                notice=notice,
-            ),
-        )
-        # A new subscriber misses what PUB sends before its subscription arrives (slow
-        # joiner); a short burst of beacons lets it see one without waiting an interval.
-        loop = asyncio.get_running_loop()
-        for delay in BEACON_BURST:
-            loop.call_later(delay, self._publish_beacon)
-        if not refresh:
-            log.info("client %r (agent %r) connected from %s", info.id, info.agent, address)
-            self._events.emit("connect", info, msg.initial_data)
-        if msg.hosting is not None and msg.hosting.plan_version != self.plan.version and not peer.clusters:
-            # It runs another plan (the bridge came back with new options): give it a share
-            # of this plan. With rolling restarts it switches over; without, it stays stale.
-            self._assign(peer, "the bridge's shard plan changed")
-
-    def _claim(self, machine_id: str, hosting: Hosting) -> str | None:
-        assert self._placement is not None
-        if hosting.plan_version != self.plan.version or hosting.total_shards != self.plan.total_shards:
-            notice = f"runs plan {hosting.plan_version}, the bridge's plan is {self.plan.version}: stale"
-            log.warning("machine %r %s", machine_id, notice)
-            return notice
-        problem = self._placement.claim(machine_id, hosting.cluster_list)
-        if problem is not None:
-            log.warning(
-                "machine %r claims clusters %s: refused, %s", machine_id, list(hosting.cluster_list), problem
-            )
-            return f"claim refused: {problem}"
-        log.info("machine %r re-registered running clusters %s", machine_id, list(hosting.cluster_list))
-        return None
-
     def _on_ping(self, peer: Peer, msg: Ping) -> None:
         self._send(peer.routing_id, Pong(sent_at=msg.sent_at))
 
@@ -749,223 +537,6 @@ class Bridge:
         if self._allowed(peer, "request", None):
             self._events.emit("client_message", IncomingMessage(msg.data, client=peer.info), peer.info)
 
-    def _on_request(self, peer: Peer, msg: Request) -> None:
-        service = self._services.get(msg.service) if msg.service is not None else None
-        if msg.service is not None and service is None:
-            error = ClientNotFound(f"the bridge runs no {msg.service!r} service")
-            self._send(peer.routing_id, readdress(error, msg.id))
-            return
-        if not self._allowed(peer, service.action if service is not None else "request", msg.id):
-            return
-        if msg.deadline < time.time():
-            log.debug("dropped request %d from %r: its deadline passed in transit", msg.id, peer.info.id)
-            return
-        if msg.target is not None or msg.agent is not None:
-            self._relay(peer, msg)
-            return
-        request = IncomingRequest(
-            msg.data,
-            request_id=msg.id,
-            deadline=msg.deadline,
-            respond=functools.partial(self._send, peer.routing_id),
-            client=peer.info,
-        )
-        if service is not None:
-            handlers, event, missing = (service.handler,), "error", ""
-        else:
-            handlers, event = self._events.handlers("client_request"), "client_request"
-            missing = (
-                "the bridge has no 'client_request' handler; add one with bridge.on('client_request', ...)"
-            )
-        serve_request(request, handlers, (request, peer.info), self._events, event, missing=missing)
-
-    async def _serve_status(self, request: IncomingRequest, client: ClientInfo) -> Any:
-        return (await self.status()).to_json()
-
-    async def _serve_reshard(self, request: IncomingRequest, client: ClientInfo) -> Any:
-        options = request.data if isinstance(request.data, dict) else {}
-        allowed = {"total_shards", "shards_per_cluster", "total_machines", "shard_list"}
-        unknown = sorted(set(options) - allowed)
-        if unknown:
-            raise ConfigurationError(f"reshard got unknown option(s) {unknown}; it takes {sorted(allowed)}")
-        log.info("client %r asks for a reshard: %s", client.id, options)
-        plan = await self.reshard(**options)
-        return {
-            "plan_version": plan.version,
-            "total_shards": plan.total_shards,
-            "total_clusters": plan.total_clusters,
-        }
-
-    def add_service(self, name: str, handler: ServiceHandler, *, action: str = "request") -> None:
-        """Answer requests addressed to service ``name`` with ``handler(request, client)``.
-
-        This is how bridge plugins (the cache) receive their calls: clients reach them with
-        ``call_service(name, data)``. ``action`` is the permission a caller needs.
-        """
-        if name in self._services:
-            raise ConfigurationError(f"the bridge already has a {name!r} service")
-        if action not in ACTIONS:
-            raise ConfigurationError(f"unknown action {action!r}; actions are {sorted(ACTIONS)}")
-        self._services[name] = _Service(handler, action)
-
-    def _relay(self, origin: Peer, msg: Request) -> None:
-        try:
-            target = self._find_target(msg.target, msg.agent)
-        except ClientNotFound as exc:
-            self._send(
-                origin.routing_id,
-                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
-            )
-            return
-        origin_route, origin_id = origin.routing_id, msg.id
-
-        def forward(outcome: Any) -> None:
-            self._send(origin_route, readdress(outcome, origin_id))  # body bytes pass through untouched
-
-        request_id = self._open.next_id()
-        self._open.add(
-            request_id=request_id,
-            timeout=max(msg.deadline - time.time(), 0.0),
-            what=f"request relayed to client {target.info.id!r}",
-            on_done=forward,
-            peer=target.routing_id,
-        )
-        self._send(
-            target.routing_id,
-            Request(id=request_id, deadline=msg.deadline, data=msg.data, origin=origin.info.id),
-        )
-
-    def _on_eval(self, peer: Peer, msg: EvalRequest) -> None:
-        if not self._allowed(peer, "eval", msg.id):
-            return
-        if msg.deadline < time.time():
-            log.debug("dropped eval %d from %r: its deadline passed in transit", msg.id, peer.info.id)
-            return
-        self._fan_out(msg, functools.partial(self._send, peer.routing_id))
-
-    def _fan_out(
-        self, msg: EvalRequest, respond: Callable[[Message], object], accept: ClientFilter | None = None
-    ) -> None:
-        """Send an eval to the machines holding its clusters; ``respond`` gets exactly one answer."""
-        try:
-            targets = select_clusters(
-                self.plan, clusters=msg.clusters, shards=msg.shards, guild_id=msg.guild_id
-            )
-        except ConfigurationError as exc:
-            respond(readdress(exc, msg.id))
-            return
-        gather = Gather(targets)
-        assert self._placement is not None
-        by_machine: dict[bytes, list[int]] = {}
-        for cid in targets:
-            holder = self._placement.holder_of(cid)
-            peer = self._registry.by_id(holder) if holder is not None else None
-            if peer is None or (accept is not None and not accept(peer.info)):
-                gather.fail([cid], ConnectionLost(f"cluster {cid} is not running on any connected machine"))
-                continue
-            by_machine.setdefault(peer.routing_id, []).append(cid)
-        # One id, one timer and one encoding for the whole fan-out: every machine gets the
-        # same frames and answers for the listed clusters it runs.
-        fan_id = self._open.next_id()
-        fan = FanOut(msg.id, gather, by_machine, respond)
-        if not self._fanouts.open(fan_id, fan):
-            return
-        now = time.time()
-        deadline = hop_deadline(msg.deadline, now)
-        fan.timer = asyncio.get_running_loop().call_later(
-            max(deadline - now, 0.0),
-            self._fanouts.expire,
-            fan_id,
-            RequestTimeout("its machine did not answer before the deadline"),
-        )
-        frames = encode(
-            dataclasses.replace(
-                msg, id=fan_id, deadline=deadline, clusters=tuple(targets), shards=None, guild_id=None
-            )
-        )
-        check_limits(frames, self._limits)
-        for route in list(by_machine):
-            self._send_frames(route, frames)
-
-    def _on_guild_request(self, peer: Peer, msg: GuildRequest) -> None:
-        if not self._allowed(peer, "request", msg.id):
-            return
-        if msg.deadline < time.time():
-            return
-        self._route_guild(msg, functools.partial(self._send, peer.routing_id))
-
-    def _route_guild(self, msg: GuildRequest, respond: Callable[[Message], object]) -> None:
-        """Relay a guild request to the machine running the guild's shard; ``respond`` gets the answer."""
-        assert self._placement is not None
-        shard = shard_for_guild(msg.guild_id, self.plan.total_shards)
-        cluster = self.plan.cluster_of_shard(shard)
-        holder = self._placement.holder_of(cluster) if cluster is not None else None
-        target = self._registry.by_id(holder) if holder is not None else None
-        if target is None:
-            error: ZmqcrossError = (
-                ClientNotFound(
-                    f"guild {msg.guild_id} is on shard {shard}, which no cluster of this plan runs"
-                )
-                if cluster is None
-                else ConnectionLost(
-                    f"guild {msg.guild_id} is on shard {shard} (cluster {cluster}), which no connected machine runs"
-                )
-            )
-            respond(readdress(error, msg.id))
-            return
-        sub_id = self._open.next_id()
-        self._open.add(
-            request_id=sub_id,
-            timeout=max(msg.deadline - time.time(), 0.0),
-            what=f"request to guild {msg.guild_id} on machine {target.info.id!r}",
-            on_done=lambda outcome: respond(readdress(outcome, msg.id)),
-            peer=target.routing_id,
-        )
-        self._send(target.routing_id, dataclasses.replace(msg, id=sub_id))
-
-    def _find_target(self, client_id: str | None, agent: str | None) -> Peer:
-        if client_id is not None:
-            peer = self._registry.by_id(client_id)
-            if peer is None:
-                raise ClientNotFound(f"no connected client {client_id!r}; connected: {self._client_ids()}")
-            return peer
-        matches = [p for p in self._registry if p.info.agent == agent]
-        if len(matches) == 1:
-            return matches[0]
-        if not matches:
-            raise ClientNotFound(f"no connected client has agent {agent!r}; connected: {self._client_ids()}")
-        names = ", ".join(repr(p.info.id) for p in matches)
-        raise ClientNotFound(
-            f"{len(matches)} clients have agent {agent!r} ({names}); name one with client_id="
-        )
-
-    def _client_ids(self) -> str:
-        return ", ".join(repr(p.info.id) for p in self._registry) or "none"
-
-    def _on_shard_data(self, peer: Peer, msg: ShardDataRequest) -> None:
-        assert self._placement is not None
-        try:
-            clusters = self._placement.assign(peer.info.id, max_clusters=msg.max_clusters)
-        except ConfigurationError as exc:
-            self._send(
-                peer.routing_id,
-                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
-            )
-            return
-        peer.clusters, peer.standby = clusters, not clusters
-        peer.plan_version = self.plan.version if clusters else None
-        data = self._placement.shard_data(clusters)
-        if clusters:
-            log.info(
-                "machine %r runs clusters %s (shards %s)",
-                peer.info.id,
-                list(clusters),
-                [list(s) for s in data.shard_list],
-            )
-        else:
-            log.info("machine %r is a standby: every chunk of the plan is held", peer.info.id)
-        self._send(peer.routing_id, Reply(reply_to=msg.id, data=dump(data.to_json())))
-
     def _on_answer(self, peer: Peer, msg: Reply | ErrorReply | EvalReply) -> None:
         entry = self._open.get(msg.reply_to) if msg.reply_to is not None else None
         if (
@@ -983,158 +554,6 @@ class Bridge:
                 log.debug("ignored a late or unknown answer from %r", peer.info.id)
             return
         self._open.finish(msg.reply_to, msg)
-
-    def _assign(self, peer: Peer, reason: str) -> tuple[int, ...]:
-        """Give ``peer`` a share of the current plan and push it; returns its clusters."""
-        assert self._placement is not None
-        clusters = self._placement.assign(peer.info.id)
-        peer.clusters, peer.standby = clusters, not clusters
-        if not clusters:
-            log.info(
-                "machine %r waits as a standby: every chunk of plan %s is held",
-                peer.info.id,
-                self.plan.version,
-            )
-            return clusters
-        data = self._placement.shard_data(clusters)
-        log.info(
-            "machine %r is assigned clusters %s of plan %s: %s",
-            peer.info.id,
-            list(clusters),
-            data.plan_version,
-            reason,
-        )
-        self._send(
-            peer.routing_id,
-            Assignment(
-                total_shards=data.total_shards,
-                shard_list=data.shard_list,
-                cluster_list=data.cluster_list,
-                total_clusters=data.total_clusters,
-                plan_version=data.plan_version,
-                reason=reason,
-            ),
-        )
-        return clusters
-
-    def _hand_over(self, reason: str) -> None:
-        """Give released chunks to waiting standbys, oldest first (failover)."""
-        for peer in self._registry:
-            if peer.standby and not peer.leaving:
-                if not self._assign(peer, reason):
-                    break
-
-    def _on_leaving(self, peer: Peer, msg: Leaving) -> None:
-        # Draining: hand its clusters over now, but keep it registered so the answers to
-        # work already sent to it still arrive. Its Goodbye (or silence) removes it.
-        peer.leaving = True
-        assert self._placement is not None
-        released = self._placement.release(peer.info.id)
-        peer.clusters = ()
-        log.info(
-            "machine %r is draining (%s); handing over clusters %s", peer.info.id, msg.reason, list(released)
-        )
-        if released:
-            self._hand_over(f"machine {peer.info.id!r} is draining")
-
-    async def reshard(
-        self,
-        *,
-        total_shards: int | None = None,
-        shards_per_cluster: int | None = None,
-        total_machines: int | None = None,
-        shard_list: Sequence[int] | None = None,
-    ) -> ShardPlan:
-        """Switch the fleet to a new shard plan while it runs.
-
-        Every connected bot machine gets a share of the new plan at once. Machines with
-        ``rolling_restarts=True`` replace their clusters one at a time, never all down;
-        the others keep what they run and are reported stale by :meth:`status`.
-        """
-        self._require_running()
-        options = dict(self._plan_options)
-        for name, value in (
-            ("shards_per_cluster", shards_per_cluster),
-            ("total_machines", total_machines),
-            ("shard_list", shard_list),
-        ):
-            if value is not None:
-                options[name] = value
-        plan = build_plan(total_shards if total_shards is not None else self.plan.total_shards, **options)
-        if plan.version == self.plan.version:
-            return plan
-        old = self._placement
-        assert old is not None
-        machines = [p for p in self._registry if not p.leaving and (p.clusters or p.standby)]
-        # Machines keep their place in the order of chunks (the one with cluster 0 first).
-        machines.sort(key=lambda p: (not p.clusters, min(p.clusters, default=0)))
-        self._plan, self._plan_options, self._placement = plan, options, Placement(plan)
-        log.info(
-            "resharding to plan %s: %d shards in %d clusters",
-            plan.version,
-            plan.total_shards,
-            plan.total_clusters,
-        )
-        for peer in machines:
-            self._assign(peer, f"reshard to {plan.total_shards} shards (plan {plan.version})")
-        self._publish_beacon()
-        return plan
-
-    async def status(self, *, timeout: float = 2.0) -> FleetStatus:
-        """A snapshot of the fleet: every client, the clusters each machine runs, standbys, free clusters.
-
-        Machines are asked for their clusters' state in parallel; one that does not answer
-        within ``timeout`` is listed with an ``error`` and no clusters.
-        """
-        self._require_running()
-        assert self._placement is not None
-        peers = list(self._registry)
-        asked = [p for p in peers if p.clusters or p.leaving or p.plan_version is not None]
-        answers = await asyncio.gather(
-            *(self.request(None, client=p.info.id, timeout=timeout, service=STATUS_SERVICE) for p in asked),
-            return_exceptions=True,
-        )
-        by_id = dict(zip([p.info.id for p in asked], answers, strict=True))
-        machines = []
-        for peer in peers:
-            answer = by_id.get(peer.info.id, [])
-            failed = isinstance(answer, BaseException)
-            machines.append(
-                MachineStatus(
-                    id=peer.info.id,
-                    agent=peer.info.agent,
-                    address=peer.info.address,
-                    connected_at=peer.info.connected_at,
-                    plan_version=peer.plan_version,
-                    stale=peer.plan_version is not None and peer.plan_version != self.plan.version,
-                    standby=peer.standby,
-                    leaving=peer.leaving,
-                    clusters=() if failed else tuple(ClusterStatus.from_json(c) for c in answer),
-                    error=str(answer) if failed else None,
-                )
-            )
-        snapshot = self._placement.snapshot()
-        unassigned = sorted(
-            [c for chunk in snapshot["free"] for c in chunk]
-            + [c for chunk in snapshot["orphaned"].values() for c in chunk]
-        )
-        return FleetStatus(
-            plan_version=self.plan.version,
-            total_shards=self.plan.total_shards,
-            total_clusters=self.plan.total_clusters,
-            machines=tuple(machines),
-            standbys=tuple(p.info.id for p in peers if p.standby),
-            unassigned=tuple(unassigned),
-            taken_at=time.time(),
-        )
-
-    def _probe_peers(self) -> None:
-        # A peer's TCP connection closed (process killed, machine rebooted): a send to
-        # a routing id whose pipe is gone fails at once with ROUTER_MANDATORY, so probing
-        # everyone finds the lost peer in milliseconds instead of a heartbeat timeout.
-        probe = Beacon(epoch=self._epoch, seq=self._beacon_seq, plan_version=self.plan.version)
-        for peer in self._registry:
-            self._send(peer.routing_id, probe)
 
     def _on_monitor(self, event: MonitorEvent) -> None:
         if event.event == zmq.EVENT_DISCONNECTED:
@@ -1232,11 +651,6 @@ def _bound_port(sock: zmq.Socket[Any]) -> int:
     return int(cast(bytes, sock.getsockopt(zmq.LAST_ENDPOINT)).decode().rsplit(":", 1)[1])
 
 
-def _user_id(frame: zmq.Frame) -> str:
-    """The CURVE key (z85) that ZAP admitted for the connection ``frame`` came on."""
-    return str(frame.get("User-Id"))
-
-
 _DONTWAIT = int(zmq.DONTWAIT)
 
 
@@ -1247,8 +661,3 @@ def _receive_routed(sock: zmq.Socket[Any]) -> tuple[zmq.Frame, list[bytes]]:
     first = sock.recv(_DONTWAIT, copy=False)
     body = receive_frames(sock) if first.more else []
     return first, body
-
-
-def _settle(answer: asyncio.Future[Message], outcome: Message) -> None:
-    if not answer.done():
-        answer.set_result(outcome)

@@ -605,7 +605,7 @@ class Client:
         except ZmqcrossError as exc:
             log.warning("could not answer the bridge: %s", exc.message)
 
-    def _upstream(self, msg: Message, respond: Callable[[Message | ZmqcrossError], None]) -> None:
+    def _upstream(self, msg: Message, respond: Callable[[Message | ZmqcrossError], object]) -> None:
         # A bot's own request: sent to the bridge under this client's id, answered back down.
         if isinstance(msg, Send):
             if self._state == _READY:

@@ -197,7 +197,7 @@ def eval_request(
     dump(context)  # a SerializationError now rather than in every cluster
     if isinstance(script, str):
         compile_script(script)  # a syntax error is the caller's to read, once
-        source = {"script": script}
+        source: dict[str, str | None] = {"script": script}
     else:
         shipped = ship_function(script)
         source = {"function": shipped.source, "function_name": shipped.name}

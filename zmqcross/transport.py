@@ -213,7 +213,7 @@ class Pending:
     peer: bytes | None
     what: str
     frames: list[bytes] | None
-    on_done: Callable[[Outcome], None]
+    on_done: Callable[[Outcome], object]
     timer: asyncio.TimerHandle | None = None
     parked: bool = False
 
@@ -243,7 +243,7 @@ class OpenRequests:
         request_id: int,
         timeout: float,
         what: str,
-        on_done: Callable[[Outcome], None],
+        on_done: Callable[[Outcome], object],
         peer: bytes | None = None,
         frames: list[bytes] | None = None,
     ) -> Pending:

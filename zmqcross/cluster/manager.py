@@ -60,7 +60,7 @@ MANAGER_EVENTS = ("cluster_create", "cluster_exit", "cluster_ready", "error")
 """Events a :class:`ClusterManager` emits; see :meth:`ClusterManager.on`."""
 
 Respond = Callable[[Message], object]
-Upstream = Callable[[Message, Callable[[Message | ZmqcrossError], None]], None]
+Upstream = Callable[[Message, Callable[[Message | ZmqcrossError], object]], None]
 
 
 @dataclass(frozen=True, slots=True)

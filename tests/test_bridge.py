@@ -325,3 +325,20 @@ async def test_reshard_service_needs_admin(make_bridge, make_client) -> None:
         await ops.reshard(total_shards=0)
     status = await ops.fleet_status()
     assert status.total_shards == 8 and [m.id for m in status.machines] == ["viewer", "ops"]
+
+
+async def test_observer_sees_every_answer_with_its_outcome(make_bridge, make_client) -> None:
+    bridge = await make_bridge(permissions=AccessPolicy(agents={"viewer": []}))
+    seen: list[tuple[str, str]] = []
+    bridge.observe(lambda kind, outcome, seconds: seen.append((kind, outcome)) if seconds >= 0 else None)
+    bridge.on("client_request", lambda request, client: 1 / request.data)
+    client = await make_client(bridge, machine_id="m1")
+    assert await client.request(1) == 1.0
+    with pytest.raises(RemoteError):
+        await client.request(0)
+    viewer = await make_client(bridge, machine_id="v", agent="viewer")
+    with pytest.raises(PermissionDenied):
+        await viewer.request(1)
+    with pytest.raises(zmqcross.BroadcastEvalError):
+        await client.broadcast_eval("1")  # no machine runs any cluster: every slot fails
+    assert seen == [("request", "ok"), ("request", "remote"), ("request", "permission_denied"), ("eval", "error")]

@@ -20,7 +20,7 @@ from typing import Any, Literal, cast
 import zmq
 
 from .bridge_fleet import FleetOps, _peer_address, _user_id
-from .bridge_routing import ClientFilter, Routing, Service
+from .bridge_routing import ClientFilter, Observer, Routing, Service
 from .discord_api import fetch_recommended_shards
 from .errors import (
     ClientNotFound,
@@ -196,6 +196,7 @@ class Bridge(FleetOps, Routing):
             RESHARD_SERVICE: Service(self._serve_reshard, "admin"),
         }
         self._open = OpenRequests()
+        self._observer: Observer | None = None
         self._fanouts = FanOuts()
         self._placement: Placement | None = None
         self._zap: ZapHandler | None = None
@@ -527,6 +528,8 @@ class Bridge(FleetOps, Routing):
             f"it may: {', '.join(sorted(peer.info.permissions)) or 'nothing'}"
         )
         log.warning("%s", error.message)
+        if self._observer is not None:
+            self._observer(action, error.code, 0.0)
         self._send(
             peer.routing_id,
             ErrorReply(reply_to=request_id, error=ErrorInfo.from_exception(error, with_traceback=False)),

@@ -32,6 +32,7 @@ from .planning import Placement, ShardPlan, shard_for_guild
 from .protocol import (
     ErrorInfo,
     ErrorReply,
+    EvalReply,
     EvalRequest,
     GuildRequest,
     Limits,
@@ -47,12 +48,13 @@ from .registry import ClientInfo, Peer, Registry
 from .security import ACTIONS, AccessPolicy, CurveServer
 from .transport import OpenRequests
 
-__all__ = ["ClientFilter", "Routing", "Service", "ServiceHandler"]
+__all__ = ["ClientFilter", "Observer", "Routing", "Service", "ServiceHandler", "outcome_of"]
 
 log = logging.getLogger("zmqcross.bridge")
 
 ClientFilter = Callable[[ClientInfo], bool]
 ServiceHandler = Callable[[IncomingRequest, ClientInfo], Any]
+Observer = Callable[[str, str, float], object]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +92,7 @@ class Routing:
     _plan: ShardPlan | None
     _plan_options: dict[str, Any]
     _services: dict[str, Service]
+    _observer: Observer | None
 
     if TYPE_CHECKING:
 
@@ -185,6 +188,7 @@ class Routing:
         self, msg: EvalRequest, respond: Callable[[Message], object], accept: ClientFilter | None = None
     ) -> None:
         """Send an eval to the machines holding its clusters; ``respond`` gets exactly one answer."""
+        respond = self._observed("eval", respond)
         try:
             targets = select_clusters(
                 self.plan, clusters=msg.clusters, shards=msg.shards, guild_id=msg.guild_id
@@ -234,6 +238,7 @@ class Routing:
 
     def _route_guild(self, msg: GuildRequest, respond: Callable[[Message], object]) -> None:
         """Relay a guild request to the machine running the guild's shard; ``respond`` gets the answer."""
+        respond = self._observed("guild_request", respond)
         assert self._placement is not None
         shard = shard_for_guild(msg.guild_id, self.plan.total_shards)
         cluster = self.plan.cluster_of_shard(shard)
@@ -279,7 +284,10 @@ class Routing:
             msg.data,
             request_id=msg.id,
             deadline=msg.deadline,
-            respond=functools.partial(self._send, peer.routing_id),
+            respond=self._observed(
+                f"service:{msg.service}" if service is not None else "request",
+                functools.partial(self._send, peer.routing_id),
+            ),
             client=peer.info,
         )
         handlers: Sequence[Handler]
@@ -315,8 +323,10 @@ class Routing:
             return
         origin_route, origin_id = origin.routing_id, msg.id
 
+        observed = self._observed("relay", functools.partial(self._send, origin_route))
+
         def forward(outcome: Any) -> None:
-            self._send(origin_route, readdress(outcome, origin_id))  # body bytes pass through untouched
+            observed(readdress(outcome, origin_id))  # body bytes pass through untouched
 
         request_id = self._open.next_id()
         self._open.add(
@@ -349,3 +359,37 @@ class Routing:
 
     def _client_ids(self) -> str:
         return ", ".join(repr(p.info.id) for p in self._registry) or "none"
+
+    def observe(self, observer: Observer | None) -> None:
+        """Call ``observer(kind, outcome, seconds)`` once per request this bridge answers or routes.
+
+        ``kind`` is request, relay, eval, guild_request or ``service:<name>``; ``outcome`` is
+        ok, partial (an eval with some failed slots) or the error code (timeout, remote,
+        permission_denied...). For metrics; ``None`` turns it off.
+        """
+        self._observer = observer
+
+    def _observed(self, kind: str, respond: Callable[[Message], object]) -> Callable[[Message], object]:
+        observer = self._observer
+        if observer is None:
+            return respond
+        started = time.perf_counter()
+
+        def answered(msg: Message) -> object:
+            try:
+                observer(kind, outcome_of(msg), time.perf_counter() - started)
+            except Exception:  # metrics must never break an answer
+                log.exception("the request observer failed")
+            return respond(msg)
+
+        return answered
+
+
+def outcome_of(msg: Message) -> str:
+    """How an answer went, for metrics: ok, partial, or the error's code."""
+    if isinstance(msg, ErrorReply):
+        return msg.error.code
+    if isinstance(msg, EvalReply):
+        failed = sum(not slot.ok for slot in msg.slots)
+        return "ok" if not failed else ("error" if failed == len(msg.slots) else "partial")
+    return "ok"

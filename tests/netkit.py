@@ -173,9 +173,13 @@ class Network:
         self.switch = f"{self.prefix}-switch"
         self.hosts: dict[str, str] = {}  # name -> IP
         self._namespaces: list[str] = []
-        self._add_namespace(self.switch)
-        ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
-        ip("-n", self.switch, "link", "set", "br0", "up")
+        try:
+            self._add_namespace(self.switch)
+            ip("-n", self.switch, "link", "add", "br0", "type", "bridge")
+            ip("-n", self.switch, "link", "set", "br0", "up")
+        except RuntimeError:
+            self.close()
+            raise
 
     def _add_namespace(self, name: str) -> None:
         ip("netns", "add", name)

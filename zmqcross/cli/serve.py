@@ -17,7 +17,6 @@ from ..bridge import Bridge
 from ..client import Client, default_machine_id
 from ..cluster.manager import ClusterManager
 from ..errors import ConfigurationError
-from ..gateway.__main__ import main as gateway_main
 from ..machine import Machine
 from ..registry import ClientInfo
 from .options import client_curve, server_curve
@@ -214,6 +213,8 @@ async def run_machine(settings: Settings, stop: asyncio.Event) -> int:
 
 def run_gateway(settings: Settings) -> int:
     """``zmqcross gateway``: zmqcross.gateway's own main, with the merged settings as its flags."""
+    from ..gateway.__main__ import main as gateway_main  # only this command needs the web server
+
     argv = [
         "--host",
         settings["gateway_host"],

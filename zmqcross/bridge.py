@@ -15,7 +15,7 @@ import secrets
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 import zmq
 
@@ -76,6 +76,9 @@ from .transport import (
     watch_monitor,
 )
 
+if TYPE_CHECKING:
+    from .metrics import BridgeMetrics
+
 __all__ = ["BRIDGE_EVENTS", "Bridge", "BridgeStatistics"]
 
 
@@ -130,6 +133,8 @@ class Bridge(FleetOps, Routing):
     ``api_base`` or ``$ZMQCROSS_DISCORD_API`` redirects the call). With ``curve`` set,
     only allow-listed client keys get in; ``auth_token`` is checked in every case.
     A client silent for ``heartbeat_timeout`` seconds is dropped with a ``disconnect``.
+    With ``metrics_port`` set, Prometheus metrics are served on ``metrics_host:metrics_port``
+    while the bridge runs (:class:`zmqcross.metrics.BridgeMetrics`, see :attr:`metrics`).
     """
 
     def __init__(
@@ -152,10 +157,12 @@ class Bridge(FleetOps, Routing):
         heartbeat_timeout: float = 4.0,
         limits: Limits = DEFAULT_LIMITS,
         request_timeout: float = DEFAULT_TIMEOUT,
+        metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1",
     ) -> None:
         if not isinstance(auth_token, str) or not auth_token:
             raise ConfigurationError("auth_token must be a non-empty string; every client must present it")
-        for name, value in (("port", port), ("pub_port", pub_port)):
+        for name, value in (("port", port), ("pub_port", pub_port), ("metrics_port", metrics_port)):
             if value is not None and (type(value) is not int or not 0 <= value <= 65535):
                 raise ConfigurationError(
                     f"{name} must be a TCP port number (0 picks a free one), not {value!r}"
@@ -188,6 +195,8 @@ class Bridge(FleetOps, Routing):
         self._heartbeat_timeout = float(heartbeat_timeout)
         self._limits = limits
         self._request_timeout = float(request_timeout)
+        self._metrics_address = (metrics_host, metrics_port)
+        self._metrics: BridgeMetrics | None = None
 
         self._events = EventEmitter(BRIDGE_EVENTS, log)
         self._registry = Registry()
@@ -242,6 +251,7 @@ class Bridge(FleetOps, Routing):
         self._ctx = ctx
         try:
             self._bind(ctx)
+            await self._start_metrics()
         except BaseException:
             self._close_sockets()
             raise
@@ -299,6 +309,16 @@ class Bridge(FleetOps, Routing):
         self._router_pump = self._pump(router, self._on_router, name="router", receive=_receive_routed)
         self._pump_monitor(router, "router")
 
+    async def _start_metrics(self) -> None:
+        host, port = self._metrics_address
+        if port is None:
+            return
+        from .metrics import BridgeMetrics  # aiohttp and prometheus_client only for bridges that ask
+
+        metrics = BridgeMetrics(self, host=host, port=port)
+        await metrics.start()
+        self._metrics = metrics
+
     def _socket(self, ctx: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
         sock = ctx.socket(kind)
         self._sockets.append(sock)
@@ -320,6 +340,9 @@ class Bridge(FleetOps, Routing):
         """Tell clients the bridge is going (they will re-register with the next one), then stop."""
         if self._ctx is None:
             return
+        if self._metrics is not None:
+            await self._metrics.close()
+            self._metrics = None
         for peer in self._registry:
             self._send(peer.routing_id, Goodbye(reason="the bridge is shutting down", retry=True))
         if self._heartbeat_task is not None:
@@ -392,6 +415,11 @@ class Bridge(FleetOps, Routing):
     def pub_port(self) -> int:
         """The PUB socket's port."""
         return self._pub_port
+
+    @property
+    def metrics(self) -> BridgeMetrics | None:
+        """The Prometheus endpoint ``metrics_port`` asked for, while the bridge runs (else ``None``)."""
+        return self._metrics
 
     @property
     def epoch(self) -> str:

@@ -129,6 +129,21 @@ BRIDGE = (
         default=4.0,
         metavar="SECONDS",
     ),
+    Setting(
+        "metrics_port",
+        "ZMQCROSS_METRICS_PORT",
+        port,
+        "serve Prometheus metrics at http://HOST:PORT/metrics (0: any free port); unset: no metrics",
+        metavar="PORT",
+    ),
+    Setting(
+        "metrics_host",
+        "ZMQCROSS_METRICS_HOST",
+        text,
+        "address the metrics endpoint binds",
+        default="127.0.0.1",
+        metavar="HOST",
+    ),
     LOG_LEVEL,
 )
 

@@ -75,6 +75,8 @@ async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
         curve=server_curve(settings["keys"]),
         heartbeat_interval=settings["heartbeat_interval"],
         heartbeat_timeout=settings["heartbeat_timeout"],
+        metrics_port=settings["metrics_port"],
+        metrics_host=settings["metrics_host"],
     )
 
     def connected(client: ClientInfo, initial_data: Any) -> None:
@@ -96,6 +98,8 @@ async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
             f"plan {plan.version}: {plan.total_shards} shards in {plan.total_clusters} clusters "
             f"for {len(plan.chunks)} machines"
         )
+        if bridge.metrics is not None:
+            say(f"metrics on {bridge.metrics.url}")
         try:
             await unless_stopped(stop, bridge.wait_closed())
         except Stopped:

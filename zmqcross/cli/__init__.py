@@ -7,10 +7,11 @@
     zmqcross gateway    an offline Discord with synthetic guilds
     zmqcross status     the fleet as a table (or --json)
     zmqcross reshard    switch the fleet to a new shard plan
+    zmqcross dashboard  a web page showing the fleet live
     zmqcross keygen     CURVE key pairs
     zmqcross demo       a whole fleet on this machine, without Discord
 
-bridge, machine, gateway, status and reshard read a TOML file, ``ZMQCROSS_*`` variables
+bridge, machine, gateway, status, reshard and dashboard read a TOML file, ``ZMQCROSS_*`` variables
 and flags (:mod:`zmqcross.config`). Exit status: 0 after a clean run or a SIGTERM/SIGINT,
 1 when something fails at run time (refused token, unreachable bridge), 2 for bad
 configuration or usage. Errors are one line on stderr, never a traceback.
@@ -141,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zmqcross",
         description=(
             "Run a discord.py bot's shards across many machines over ZeroMQ.\n\n"
-            "bridge, machine, gateway, status and reshard read a TOML file (--config), ZMQCROSS_* "
+            "bridge, machine, gateway, status, reshard and dashboard read a TOML file (--config), ZMQCROSS_* "
             "environment variables and flags; flags override the environment, which overrides the "
             "file. `zmqcross COMMAND --help` lists each setting with its variable.\n\n" + EXIT_CODES
         ),
@@ -210,6 +211,16 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("--json", action="store_true", help="print the bridge's answer as JSON")
     reshard.add_argument(
         "--timeout", type=_parse_flag(_SECONDS), default=10.0, help="seconds to wait for the answer"
+    )
+
+    _command(
+        commands,
+        "dashboard",
+        "serve a web page showing the fleet live",
+        "Connect as a dashboard and serve a web page of the fleet, refreshed every second: machines, "
+        "clusters, shards, ready state, guilds, restarts, heartbeat age and eval latency, with a guild "
+        "lookup; and its JSON at /api/fleet and /api/guild/ID. Prints 'dashboard: serving http://...' "
+        "once listening. Runs until SIGTERM or SIGINT.",
     )
 
     keygen = _command(
@@ -316,6 +327,10 @@ def _dispatch(inv: Invocation) -> int:
         return _run_async(lambda stop: admin.run_status(settings, args, stop))
     if inv.command == "reshard":
         return _run_async(lambda stop: admin.run_reshard(settings, args, stop))
+    if inv.command == "dashboard":
+        from ..dashboard.serve import run_dashboard  # its web app only for this command
+
+        return _run_async(lambda stop: run_dashboard(settings, stop))
     raise AssertionError(f"no handler for {inv.command!r}")
 
 

@@ -25,7 +25,17 @@ from ..config import (
 )
 from ..security import CurveClient, CurveServer
 
-__all__ = ["BRIDGE", "COMMANDS", "GATEWAY", "MACHINE", "RESHARD", "STATUS", "client_curve", "server_curve"]
+__all__ = [
+    "BRIDGE",
+    "COMMANDS",
+    "DASHBOARD",
+    "GATEWAY",
+    "MACHINE",
+    "RESHARD",
+    "STATUS",
+    "client_curve",
+    "server_curve",
+]
 
 AUTH_TOKEN = Setting(
     "auth_token",
@@ -243,6 +253,34 @@ ADMIN = (
 STATUS = ADMIN
 RESHARD = ADMIN
 
+# The web dashboard is a dashboard client too, with the address its page is served on.
+DASHBOARD = (
+    *(
+        dataclasses.replace(
+            s, help="client id to connect with (agent dashboard) [default: HOSTNAME:dashboard]"
+        )
+        if s.name == "dashboard_id"
+        else s
+        for s in ADMIN
+    ),
+    Setting(
+        "dashboard_host",
+        "ZMQCROSS_DASHBOARD_HOST",
+        text,
+        "address the web page binds (it can run evals' timing and guild lookups: keep it private)",
+        default="127.0.0.1",
+        flag="--host",
+    ),
+    Setting(
+        "dashboard_port",
+        "ZMQCROSS_DASHBOARD_PORT",
+        port,
+        "the web page's TCP port (0: any free port)",
+        default=8080,
+        flag="--port",
+    ),
+)
+
 GATEWAY = (
     Setting(
         "gateway_host", "ZMQCROSS_GATEWAY_HOST", text, "address to bind", default="127.0.0.1", flag="--host"
@@ -283,6 +321,7 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "gateway": GATEWAY,
     "status": STATUS,
     "reshard": RESHARD,
+    "dashboard": DASHBOARD,
 }
 """The commands that read settings, and what each reads (also the tables a config file may have)."""
 

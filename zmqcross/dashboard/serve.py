@@ -1,0 +1,49 @@
+"""``zmqcross dashboard``: connect as a dashboard and serve the page until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from typing import Any
+
+from ..cli.options import client_curve
+from ..cli.serve import Stopped, printer, unless_stopped
+from ..client import Client
+from ..errors import ConfigurationError
+from .app import Dashboard
+
+__all__ = ["run_dashboard"]
+
+
+async def run_dashboard(settings: dict[str, Any], stop: asyncio.Event) -> int:
+    """Run the web dashboard with the merged ``dashboard`` settings; 0 once stopped."""
+    say = printer("dashboard")
+    client = Client(
+        agent="dashboard",
+        machine_id=settings["dashboard_id"] or f"{socket.gethostname()}:dashboard",
+        host=settings["bridge_host"],
+        port=settings["bridge_port"],
+        pub_port=settings["pub_port"],
+        auth_token=settings["auth_token"],
+        curve=client_curve(settings["keys"], settings["dashboard_key"]),
+        connect_timeout=settings["connect_timeout"],
+    )
+    dashboard = Dashboard(client, host=settings["dashboard_host"], port=settings["dashboard_port"])
+    try:
+        await unless_stopped(stop, client.connect())
+        try:
+            await dashboard.start()
+        except OSError as exc:
+            raise ConfigurationError(
+                f"cannot serve the dashboard on {settings['dashboard_host']} port "
+                f"{settings['dashboard_port']}: {exc.strerror or exc}"
+            ) from None
+        say(f"serving {dashboard.url} for the bridge at {settings['bridge_host']}:{settings['bridge_port']}")
+        await stop.wait()
+    except Stopped:
+        pass
+    finally:
+        await dashboard.close()
+        await client.close()
+    say("stopped")
+    return 0

@@ -17,10 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml  # noqa: E402 - the test extra brings PyYAML
 
 from zmqcross.cli import configure
-
-yaml = pytest.importorskip("yaml", reason="PyYAML comes with the test extra")
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTS = ROOT / "bots"

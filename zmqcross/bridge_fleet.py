@@ -11,13 +11,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
+from .bridge_parts import BridgeParts
 from .errors import AuthenticationError, ConfigurationError, ProtocolError, ZmqcrossError
-from .events import EventEmitter
-from .fanout import FanOuts
 from .messages import IncomingRequest
 from .planning import Placement, ShardPlan, build_plan
 from .protocol import (
@@ -30,7 +29,6 @@ from .protocol import (
     Goodbye,
     Hosting,
     Leaving,
-    Limits,
     Message,
     Pong,
     Register,
@@ -40,10 +38,9 @@ from .protocol import (
     Welcome,
     dump,
 )
-from .registry import ClientInfo, Peer, Registry, check_name
-from .security import AccessPolicy, CurveServer, tokens_match
+from .registry import ClientInfo, Peer, check_name
+from .security import tokens_match
 from .status import ClusterStatus, FleetStatus, MachineStatus
-from .transport import OpenRequests
 
 __all__ = ["BEACON_BURST", "FleetOps"]
 
@@ -65,53 +62,8 @@ def _user_id(frame: zmq.Frame) -> str:
     return str(frame.get("User-Id"))
 
 
-class FleetOps:
+class FleetOps(BridgeParts):
     """Registration, placement of clusters on machines, failover, reshards and status."""
-
-    # Provided by zmqcross.bridge.Bridge, which mixes this class in.
-    _registry: Registry
-    _placement: Placement | None
-    _open: OpenRequests
-    _fanouts: FanOuts
-    _events: EventEmitter
-    _limits: Limits
-    _curve: CurveServer | None
-    _policy: AccessPolicy
-    _auth_token: str
-    _epoch: str
-    _beacon_seq: int
-    _counters: dict[str, int]
-    _heartbeat_interval: float
-    _heartbeat_timeout: float
-    _request_timeout: float
-    _plan: ShardPlan | None
-    _plan_options: dict[str, Any]
-
-    if TYPE_CHECKING:
-
-        @property
-        def plan(self) -> ShardPlan: ...
-
-        def _send(self, routing_id: bytes, msg: Message) -> bool: ...
-
-        def _send_frames(self, routing_id: bytes, frames: list[bytes]) -> bool: ...
-
-        def _drop(self, peer: Peer, reason: str) -> None: ...
-
-        def _publish_beacon(self) -> None: ...
-
-        def _require_running(self) -> Any: ...
-
-        def _allowed(self, peer: Peer, action: str, request_id: int | None) -> bool: ...
-
-        async def request(
-            self,
-            data: Any,
-            *,
-            client: str | ClientInfo,
-            timeout: float | None = None,
-            service: str | None = None,
-        ) -> Any: ...
 
     def _from_stranger(self, routing_id: bytes, frame: zmq.Frame, msg: Message) -> None:
         if isinstance(msg, Register):

@@ -13,13 +13,13 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from .bridge_parts import BridgeParts
 from .errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
-from .events import EventEmitter, Handler
+from .events import Handler
 from .fanout import (
     FanOut,
-    FanOuts,
     Gather,
     eval_outcome,
     eval_request,
@@ -28,14 +28,13 @@ from .fanout import (
     select_clusters,
 )
 from .messages import IncomingRequest, serve_request
-from .planning import Placement, ShardPlan, shard_for_guild
+from .planning import shard_for_guild
 from .protocol import (
     ErrorInfo,
     ErrorReply,
     EvalReply,
     EvalRequest,
     GuildRequest,
-    Limits,
     Message,
     Request,
     check_limits,
@@ -44,9 +43,8 @@ from .protocol import (
     readdress,
     result_of,
 )
-from .registry import ClientInfo, Peer, Registry
-from .security import ACTIONS, AccessPolicy, CurveServer
-from .transport import OpenRequests
+from .registry import ClientInfo, Peer
+from .security import ACTIONS
 
 __all__ = ["ClientFilter", "Observer", "Routing", "Service", "ServiceHandler", "outcome_of"]
 
@@ -70,55 +68,8 @@ def _settle(answer: asyncio.Future[Message], outcome: Message) -> None:
         answer.set_result(outcome)
 
 
-class Routing:
+class Routing(BridgeParts):
     """Where each request goes: a handler or service here, another client, or the right clusters."""
-
-    # Provided by zmqcross.bridge.Bridge, which mixes this class in.
-    _registry: Registry
-    _placement: Placement | None
-    _open: OpenRequests
-    _fanouts: FanOuts
-    _events: EventEmitter
-    _limits: Limits
-    _curve: CurveServer | None
-    _policy: AccessPolicy
-    _auth_token: str
-    _epoch: str
-    _beacon_seq: int
-    _counters: dict[str, int]
-    _heartbeat_interval: float
-    _heartbeat_timeout: float
-    _request_timeout: float
-    _plan: ShardPlan | None
-    _plan_options: dict[str, Any]
-    _services: dict[str, Service]
-    _observer: Observer | None
-
-    if TYPE_CHECKING:
-
-        @property
-        def plan(self) -> ShardPlan: ...
-
-        def _send(self, routing_id: bytes, msg: Message) -> bool: ...
-
-        def _send_frames(self, routing_id: bytes, frames: list[bytes]) -> bool: ...
-
-        def _drop(self, peer: Peer, reason: str) -> None: ...
-
-        def _publish_beacon(self) -> None: ...
-
-        def _require_running(self) -> Any: ...
-
-        def _allowed(self, peer: Peer, action: str, request_id: int | None) -> bool: ...
-
-        async def request(
-            self,
-            data: Any,
-            *,
-            client: str | ClientInfo,
-            timeout: float | None = None,
-            service: str | None = None,
-        ) -> Any: ...
 
     async def broadcast_eval(
         self,

@@ -514,7 +514,8 @@ class BridgeMetrics:
         """
         if time.monotonic() - self._status_at < self._max_age:
             return
-        if self._refreshing is None:
+        if self._refreshing is None or self._refreshing.done():
+            # done: a scrape that started it was cancelled (its client hung up) before it finished
             self._refreshing = asyncio.ensure_future(self._query())
         refreshing = self._refreshing
         try:

@@ -299,7 +299,7 @@ async def test_dashboard_command_serves_an_empty_fleet() -> None:
 
 
 @module_loop
-async def test_dashboard_in_process_reports_a_refused_eval() -> None:
+async def test_dashboard_in_process_reports_a_refused_eval_and_a_lost_bridge() -> None:
     port = free_port()
     policy = AccessPolicy(agents={"dashboard": ["request"]})
     bridge = Bridge(auth_token=TOKEN, port=port, total_shards=2, permissions=policy)
@@ -310,6 +310,20 @@ async def test_dashboard_in_process_reports_a_refused_eval() -> None:
         assert snap["latency"]["error"]["code"] == "permission_denied"
         status, same = await get_json(dashboard.url + "api/fleet")
         assert status == 200 and same["latency"]["error"]["type"] == "PermissionDenied"
+
+        # The bridge goes away: the next probes say so at once instead of waiting out timeouts.
+        await bridge.close()
+
+        def lost() -> bool:
+            snap = dashboard.snapshot()
+            return snap is not None and (snap["error"] or {}).get("code") == "connection_lost"
+
+        end = time.monotonic() + 5
+        while not lost() and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        snap = dashboard.snapshot()
+        assert lost(), snap
+        assert snap["fleet"] is None and snap["latency"]["error"]["code"] == "connection_lost"
 
 
 # --------------------------------------------------------------------------- chromium

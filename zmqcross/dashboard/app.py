@@ -18,7 +18,7 @@ from typing import Any, Self
 from aiohttp import web
 
 from ..client import Client
-from ..errors import RequestTimeout, ZmqcrossError
+from ..errors import ConnectionLost, RequestTimeout, ZmqcrossError
 from ..metrics import summarize
 from ..status import FleetStatus
 from .latency import LatencyWindow
@@ -169,12 +169,18 @@ class Dashboard:
         status: FleetStatus | None = None
         error: dict[str, Any] | None = None
         started = time.perf_counter()
-        try:
-            status = await self.client.fleet_status(timeout=self._timeout)
-        except ZmqcrossError as exc:
-            error = _error(exc)
-        status_ms = (time.perf_counter() - started) * 1000.0
-        latency = await self._time_eval()
+        if not self.client.connected:
+            # Asking now would only wait out the timeouts while the client re-registers.
+            error = _error(ConnectionLost("not connected to the bridge (reconnecting)"))
+            status_ms = 0.0
+            latency = self._latency_report([], error)
+        else:
+            try:
+                status = await self.client.fleet_status(timeout=self._timeout)
+            except ZmqcrossError as exc:
+                error = _error(exc)
+            status_ms = (time.perf_counter() - started) * 1000.0
+            latency = await self._time_eval()
         self._probes += 1
         self._snapshot = {
             "taken_at": time.time(),
@@ -212,6 +218,9 @@ class Dashboard:
                 # Only complete answers are timed: a dead cluster's slot waits out the timeout
                 # and would pass that off as the fabric's latency.
                 self._latency.add(elapsed)
+        return self._latency_report(answered, error)
+
+    def _latency_report(self, answered: list[dict[str, Any]], error: dict[str, Any] | None) -> dict[str, Any]:
         return {
             "script": PROBE_SCRIPT,
             "window": self._latency.size,

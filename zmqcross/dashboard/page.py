@@ -195,6 +195,11 @@ function render(snap) {
     conn.className = "meta live";
     conn.textContent = "live";
   }
+  const age = Date.now() / 1000 - snap.taken_at;
+  if (age > 5 * snap.interval + 2) {  // the probe is stuck (bridge slow or gone): say so
+    conn.className = "meta error";
+    conn.textContent = "no fresh numbers for " + age.toFixed(0) + " s";
+  }
   const lat = snap.latency;
   setValue("eval-p50", lat.p50_ms === null ? null : lat.p50_ms.toFixed(3), ms(lat.p50_ms));
   setValue("eval-p99", lat.p99_ms === null ? null : lat.p99_ms.toFixed(3), ms(lat.p99_ms));

@@ -22,7 +22,7 @@ from zmqcross.cli.options import COMMANDS
 from zmqcross.cli.table import render_status, shard_ranges
 from zmqcross.status import ClusterStatus, MachineStatus
 
-COMMAND_NAMES = ["bridge", "machine", "gateway", "status", "reshard", "keygen", "demo"]
+COMMAND_NAMES = ["bridge", "machine", "gateway", "status", "reshard", "keygen", "demo", "dashboard"]
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:

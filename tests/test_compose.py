@@ -99,7 +99,7 @@ def test_the_services_of_the_demo(mode: tuple[dict[str, Any], dict[str, Any]]) -
     assert (
         commands["keygen"] == "keygen"
         and commands["bridge"] == "bridge"
-        and commands["dashboard"] == "status"
+        and commands["dashboard"] == "dashboard"
     )
 
 
@@ -160,7 +160,7 @@ def test_key_paths_agree(mode: tuple[dict[str, Any], dict[str, Any]]) -> None:
         assert service["depends_on"]["keygen"]["condition"] == "service_completed_successfully", name
         if command == "machine":
             assert (settings["key_name"] or settings["machine_id"]) in made, name
-        elif command == "status":
+        elif command in ("status", "dashboard"):
             assert settings["dashboard_key"] in made
 
 

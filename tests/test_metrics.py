@@ -146,7 +146,7 @@ async def test_bridge_metrics_count_requests_refusals_and_the_cache(make_bridge,
         await scrape(url)
 
 
-async def test_metrics_by_hand_keep_the_previous_observer(make_bridge, make_client) -> None:
+async def test_metrics_alongside_another_observer(make_bridge, make_client) -> None:
     bridge = await make_bridge()
     seen: list[tuple[str, str]] = []
     bridge.observe(lambda kind, outcome, seconds: seen.append((kind, outcome)))
@@ -161,7 +161,7 @@ async def test_metrics_by_hand_keep_the_previous_observer(make_bridge, make_clie
             assert value(samples, "zmqcross_cache_hit_ratio") is None  # no lookup yet: no made-up ratio
             assert value(samples, "zmqcross_cache_entries") == 0
         assert seen == [("request", "ok")]
-        await client.request("y")  # after close: the first observer alone again
+        await client.request("y")  # after close: the other observer still sees every answer
         assert seen == [("request", "ok"), ("request", "ok")]
         assert value(samples, "zmqcross_requests_total", kind="request", outcome="ok") == 1
     finally:

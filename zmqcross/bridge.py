@@ -206,6 +206,7 @@ class Bridge(FleetOps, Routing):
         }
         self._open = OpenRequests()
         self._observer: Observer | None = None
+        self._observers: tuple[Observer, ...] = ()
         self._fanouts = FanOuts()
         self._placement: Placement | None = None
         self._zap: ZapHandler | None = None

@@ -44,6 +44,7 @@ class BridgeParts:
     _plan_options: dict[str, Any]
     _services: dict[str, Any]
     _observer: Callable[[str, str, float], object] | None
+    _observers: tuple[Callable[[str, str, float], object], ...]
 
     if TYPE_CHECKING:
 

@@ -311,14 +311,21 @@ class Routing(BridgeParts):
     def _client_ids(self) -> str:
         return ", ".join(repr(p.info.id) for p in self._registry) or "none"
 
-    def observe(self, observer: Observer | None) -> None:
-        """Call ``observer(kind, outcome, seconds)`` once per request this bridge answers or routes.
+    def observe(self, observer: Observer) -> Callable[[], None]:
+        """Also call ``observer(kind, outcome, seconds)`` once per request this bridge answers or routes.
 
         ``kind`` is request, relay, eval, guild_request or ``service:<name>``; ``outcome`` is
         ok, partial (an eval with some failed slots) or the error code (timeout, remote,
-        permission_denied...). For metrics; ``None`` turns it off.
+        permission_denied...). For metrics. Returns a function that removes this observer.
         """
-        self._observer = observer
+        self._observers = (*self._observers, observer)
+        self._observer = _all_of(self._observers)
+
+        def stop() -> None:
+            self._observers = tuple(o for o in self._observers if o is not observer)
+            self._observer = _all_of(self._observers)
+
+        return stop
 
     def _observed(self, kind: str, respond: Callable[[Message], object]) -> Callable[[Message], object]:
         observer = self._observer
@@ -334,6 +341,20 @@ class Routing(BridgeParts):
             return respond(msg)
 
         return answered
+
+
+def _all_of(observers: tuple[Observer, ...]) -> Observer | None:
+    # The hot path tests one attribute: None when nobody observes, else one callable.
+    if not observers:
+        return None
+    if len(observers) == 1:
+        return observers[0]
+
+    def each(kind: str, outcome: str, seconds: float) -> None:
+        for observer in observers:
+            observer(kind, outcome, seconds)
+
+    return each
 
 
 def outcome_of(msg: Message) -> str:

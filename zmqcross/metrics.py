@@ -443,8 +443,7 @@ class BridgeMetrics:
         self._status: FleetStatus | None = None
         self._status_at = -math.inf
         self._refreshing: asyncio.Future[None] | None = None
-        self._previous: Callable[[str, str, float], None] | None = None
-        self._observing = False
+        self._unobserve: Callable[[], None] | None = None
         self.status_failures = 0
         """Scrapes whose fleet status query failed (the fleet's values are then left out)."""
 
@@ -477,16 +476,13 @@ class BridgeMetrics:
     async def start(self) -> None:
         """Observe the bridge's requests and listen for scrapes."""
         await self._server.start()
-        # Bridge.observe holds one observer: keep whichever was there and call it as well.
-        self._previous = getattr(self.bridge, "_observer", None)
-        self.bridge.observe(self._observe)
-        self._observing = True
+        self._unobserve = self.bridge.observe(self._observe)
 
     async def close(self) -> None:
-        """Stop listening and give the bridge its previous observer back; safe to call twice."""
-        if self._observing:
-            self.bridge.observe(self._previous)
-            self._observing = False
+        """Stop observing and listening; safe to call twice."""
+        if self._unobserve is not None:
+            self._unobserve()
+            self._unobserve = None
         await self._server.close()
 
     async def __aenter__(self) -> Self:
@@ -504,8 +500,6 @@ class BridgeMetrics:
 
     def _observe(self, kind: str, outcome: str, seconds: float) -> None:
         self.observe(kind, outcome, seconds)
-        if self._previous is not None:
-            self._previous(kind, outcome, seconds)
 
     async def refresh(self) -> None:
         """Ask the bridge for the fleet's status unless the last one is younger than ``max_age``.

@@ -10,6 +10,7 @@ cluster's result, instead of the whole call timing out.
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -148,8 +149,24 @@ class Gather:
         )
 
 
+BIG_RESULT_BYTES = 1 << 20
+"""Results at least this large are decoded with the garbage collector paused."""
+
+
 def decode_results(reply: EvalReply) -> tuple[list[int], list[Any], dict[int, ZmqcrossError]]:
     """Cluster ids, values (exceptions in failed slots) and the failures by cluster."""
+    # Decoding tens of MB makes millions of objects; the collector would scan the growing
+    # heap again and again (measured: 8 x 2.6 MB took 486 ms with it, 161 ms without).
+    if sum(len(frame) for frame in reply.results) >= BIG_RESULT_BYTES and gc.isenabled():
+        gc.disable()
+        try:
+            return _decode_results(reply)
+        finally:
+            gc.enable()
+    return _decode_results(reply)
+
+
+def _decode_results(reply: EvalReply) -> tuple[list[int], list[Any], dict[int, ZmqcrossError]]:
     clusters: list[int] = []
     values: list[Any] = []
     errors: dict[int, ZmqcrossError] = {}

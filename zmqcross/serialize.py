@@ -10,6 +10,8 @@ That is how ``broadcast_eval("bot")`` answers with a summary, where the original
 from __future__ import annotations
 
 import datetime
+import gc
+from operator import attrgetter
 from collections.abc import Callable
 from typing import Any
 
@@ -44,17 +46,23 @@ def _member(member: discord.Member) -> dict[str, Any]:
 
 
 def _role(role: discord.Role) -> dict[str, Any]:
+    # role._colour / role._permissions are the ints behind .colour / .permissions, which
+    # build a new object per call; guild lists convert thousands of roles.
     return {
         "id": role.id,
         "name": role.name,
         "guild_id": role.guild.id,
-        "color": role.colour.value,
+        "color": role._colour if _ROLE_INTS else role.colour.value,
         "position": role.position,
-        "permissions": role.permissions.value,
+        "permissions": role._permissions if _ROLE_INTS else role.permissions.value,
         "hoist": role.hoist,
         "mentionable": role.mentionable,
         "managed": role.managed,
     }
+
+
+_ROLE_INTS = {"_colour", "_permissions"} <= set(getattr(discord.Role, "__slots__", ()))
+_BY_POSITION = attrgetter("position")
 
 
 def _channel(channel: discord.abc.GuildChannel) -> dict[str, Any]:
@@ -93,8 +101,9 @@ def _guild(guild: discord.Guild) -> dict[str, Any]:
         "member_count": guild.member_count,
         "shard_id": guild.shard_id,
         "unavailable": guild.unavailable,
-        "roles": [_role(role) for role in guild.roles],
-        "channels": [_channel(channel) for channel in guild.channels],
+        # Hierarchy order, as guild.roles gives it, without its pairwise Role comparisons.
+        "roles": [_role(role) for role in sorted(guild._roles.values(), key=_BY_POSITION)],
+        "channels": [_channel(channel) for channel in guild._channels.values()],
     }
 
 
@@ -181,5 +190,15 @@ def to_json(value: Any) -> Any:
 
 
 def dump_result(value: Any) -> bytes:
-    """Encode an eval result once, converting discord.py objects on the way."""
-    return dump(value, default=to_json)
+    """Encode an eval result once, converting discord.py objects on the way.
+
+    The collector is paused meanwhile: converting thousands of guilds makes short-lived
+    dicts by the hundred thousand, and each collection would also scan the bot's cache.
+    """
+    if not gc.isenabled():
+        return dump(value, default=to_json)
+    gc.disable()
+    try:
+        return dump(value, default=to_json)
+    finally:
+        gc.enable()

@@ -255,10 +255,13 @@ async def test_bridge_restarted_with_a_new_plan(procs, make_client) -> None:
     while True:
         status = await dash.fleet_status()
         machines = {m.id: m for m in status.machines}
+        rolled_in = machines.get("machine-1")
         if (
-            {"machine-1", "machine-2"} <= set(machines)
-            and not any(c.state == "retiring" for c in machines["machine-1"].clusters)
-            and machines["machine-1"].plan_version == status.plan_version
+            "machine-2" in machines
+            and rolled_in is not None
+            and rolled_in.plan_version == status.plan_version
+            and len(rolled_in.clusters) == 3  # the roll is over: no old cluster left, all three new ones
+            and all(c.state == "ready" for c in rolled_in.clusters)
         ):
             break
         assert time.monotonic() < end, status

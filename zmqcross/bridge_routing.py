@@ -160,17 +160,16 @@ class Routing(BridgeParts):
         # One id, one timer and one encoding for the whole fan-out: every machine gets the
         # same frames and answers for the listed clusters it runs.
         fan_id = self._open.next_id()
-        fan = FanOut(msg.id, gather, by_machine, respond)
-        if not self._fanouts.open(fan_id, fan):
-            return
-        now = time.time()
-        deadline = hop_deadline(msg.deadline, now)
-        fan.timer = asyncio.get_running_loop().call_later(
-            max(deadline - now, 0.0),
-            self._fanouts.expire,
+        deadline = self._fanouts.launch(
             fan_id,
-            RequestTimeout("its machine did not answer before the deadline"),
+            FanOut(msg.id, gather, by_machine, respond),
+            deadline=msg.deadline,
+            now=time.time(),
+            call_later=asyncio.get_running_loop().call_later,
+            error=RequestTimeout("its machine did not answer before the deadline"),
         )
+        if deadline is None:
+            return
         frames = encode(
             dataclasses.replace(
                 msg, id=fan_id, deadline=deadline, clusters=tuple(targets), shards=None, guild_id=None
@@ -207,15 +206,17 @@ class Routing(BridgeParts):
             )
             respond(readdress(error, msg.id))
             return
+        now = time.time()
+        deadline = hop_deadline(msg.deadline, now)
         sub_id = self._open.next_id()
         self._open.add(
             request_id=sub_id,
-            timeout=max(msg.deadline - time.time(), 0.0),
+            timeout=max(deadline - now, 0.0),
             what=f"request to guild {msg.guild_id} on machine {target.info.id!r}",
             on_done=lambda outcome: respond(readdress(outcome, msg.id)),
             peer=target.routing_id,
         )
-        self._send(target.routing_id, dataclasses.replace(msg, id=sub_id))
+        self._send(target.routing_id, dataclasses.replace(msg, id=sub_id, deadline=deadline))
 
     def _on_request(self, peer: Peer, msg: Request) -> None:
         service = self._services.get(msg.service) if msg.service is not None else None
@@ -279,17 +280,20 @@ class Routing(BridgeParts):
         def forward(outcome: Any) -> None:
             observed(readdress(outcome, origin_id))  # body bytes pass through untouched
 
+        # Answer a little before the caller gives up, so it hears which hop was slow.
+        now = time.time()
+        deadline = hop_deadline(msg.deadline, now)
         request_id = self._open.next_id()
         self._open.add(
             request_id=request_id,
-            timeout=max(msg.deadline - time.time(), 0.0),
+            timeout=max(deadline - now, 0.0),
             what=f"request relayed to client {target.info.id!r}",
             on_done=forward,
             peer=target.routing_id,
         )
         self._send(
             target.routing_id,
-            Request(id=request_id, deadline=msg.deadline, data=msg.data, origin=origin.info.id),
+            Request(id=request_id, deadline=deadline, data=msg.data, origin=origin.info.id),
         )
 
     def _find_target(self, client_id: str | None, agent: str | None) -> Peer:

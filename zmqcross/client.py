@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
+from .client_fleet import FleetClient
 from .errors import (
     AuthenticationError,
     ConfigurationError,
@@ -28,7 +29,6 @@ from .errors import (
     RequestTimeout,
     ZmqcrossError,
 )
-from .client_fleet import FleetClient
 from .events import EventEmitter, Handler
 from .messages import IncomingMessage, IncomingRequest, serve_request
 from .planning import ShardData

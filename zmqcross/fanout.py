@@ -299,6 +299,27 @@ class FanOuts:
         self._open[fan_id] = fan
         return True
 
+    def launch(
+        self,
+        fan_id: int,
+        fan: FanOut,
+        *,
+        deadline: float,
+        now: float,
+        call_later: Callable[..., Any],
+        error: ZmqcrossError,
+    ) -> float | None:
+        """Open ``fan`` and arm its timer; the deadline to send on, or None if already answered.
+
+        The timer fires a little before the caller's ``deadline`` (:func:`hop_deadline`) and
+        fills the slots still missing with ``error``.
+        """
+        if not self.open(fan_id, fan):
+            return None
+        hop = hop_deadline(deadline, now)
+        fan.timer = call_later(max(hop - now, 0.0), self.expire, fan_id, error)
+        return hop
+
     def absorb(self, fan_id: int, route: Any, outcome: Message | ZmqcrossError) -> bool:
         """One route's answer; False if no such fan-out waits for that route (late, or forged)."""
         fan = self._open.get(fan_id)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import datetime
 import gc
-from operator import attrgetter
 from collections.abc import Callable
+from operator import attrgetter
 from typing import Any
 
 import discord

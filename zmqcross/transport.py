@@ -290,7 +290,7 @@ class OpenRequests:
     def _expire(self, request_id: int, timeout: float) -> None:
         entry = self._open.get(request_id)
         if entry is not None:
-            self.finish(request_id, RequestTimeout(f"{entry.what}: no answer within {timeout:g} s"))
+            self.finish(request_id, RequestTimeout(f"{entry.what}: no answer within {timeout:.3g} s"))
 
     def fail_peer(self, peer: bytes, error: ZmqcrossError) -> int:
         """End every request waiting on ``peer`` with ``error``; returns how many."""

@@ -28,7 +28,7 @@ from typing import Any
 
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
 from ..events import EventEmitter, Handler
-from ..fanout import FanOut, FanOuts, Gather, hop_deadline
+from ..fanout import FanOut, FanOuts, Gather
 from ..planning import ShardData, shard_for_guild
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -88,6 +88,7 @@ class _Cluster:
     restarts: int = 0
     recent: deque[float] = field(default_factory=deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    exited: asyncio.Event = field(default_factory=asyncio.Event)
     open: OpenRequests = field(default_factory=OpenRequests)
 
 
@@ -359,7 +360,7 @@ class ClusterManager:
         await asyncio.to_thread(process.start)  # spawning execs a new interpreter: keep the loop free
         child.close()
         c.process, c.stopping, c.exit_code, c.guilds = process, False, None, None
-        c.state, c.ready = "starting", asyncio.Event()
+        c.state, c.ready, c.exited = "starting", asyncio.Event(), asyncio.Event()
         c.started, c.started_at = time.monotonic(), time.time()
         c.last_beat, c.last_beat_at = c.started, None
         c.pipe = await open_pipe(
@@ -395,6 +396,7 @@ class ClusterManager:
         gone = ConnectionLost(f"cluster {c.id} exited (code {code}) before answering")
         c.open.fail_all(gone)
         self._fanouts.fail_route(c, gone)
+        c.exited.set()
         if c.pipe is not None:
             c.pipe.close()
         wanted = c.stopping
@@ -453,20 +455,22 @@ class ClusterManager:
 
     def _pipe_closed(self, c: _Cluster, exc: Exception | None) -> None:
         if c.open or self._fanouts:
-            task = asyncio.get_running_loop().create_task(self._fail_open(c, c.process))
+            task = asyncio.get_running_loop().create_task(self._fail_open(c, c.exited))
             self._respawns.add(task)
             task.add_done_callback(self._respawns.discard)
 
-    async def _fail_open(self, c: _Cluster, process: Any) -> None:
-        # The pipe usually closes because the process died: name its exit code if it has one.
-        await asyncio.to_thread(process.join, 1.0)
-        code = process.exitcode
-        if code is not None:
-            error = ConnectionLost(f"cluster {c.id} exited (code {code}) before answering")
-        else:
+    async def _fail_open(self, c: _Cluster, exited: asyncio.Event) -> None:
+        # The pipe usually closes because the process died; then the exit handler fails
+        # the open requests with the exit code. Only a pipe that closes on its own is
+        # reported as such. (Joining here too would race the exit handler's waitpid.)
+        try:
+            await asyncio.wait_for(exited.wait(), 1.0)
+        except TimeoutError:
+            if c.exited is not exited:  # a new process runs for this cluster now: not ours to fail
+                return
             error = ConnectionLost(f"the pipe to cluster {c.id} closed before it answered")
-        c.open.fail_all(error)
-        self._fanouts.fail_route(c, error)
+            c.open.fail_all(error)
+            self._fanouts.fail_route(c, error)
 
     # ------------------------------------------------------------------ messages from clusters
 
@@ -526,17 +530,16 @@ class ClusterManager:
             routes[c] = [cid]
         # One id, one timer and one encoding for all of this machine's clusters.
         fan_id = next(self._ids)
-        fan = FanOut(msg.id, gather, routes, respond)  # type: ignore[arg-type]
-        if not self._fanouts.open(fan_id, fan):
-            return
-        now = time.time()
-        deadline = hop_deadline(msg.deadline, now)
-        fan.timer = asyncio.get_running_loop().call_later(
-            max(deadline - now, 0.0),
-            self._fanouts.expire,
+        deadline = self._fanouts.launch(
             fan_id,
-            RequestTimeout("the cluster did not answer before the deadline"),
+            FanOut(msg.id, gather, routes, respond),  # type: ignore[arg-type]
+            deadline=msg.deadline,
+            now=time.time(),
+            call_later=asyncio.get_running_loop().call_later,
+            error=RequestTimeout("the cluster did not answer before the deadline"),
         )
+        if deadline is None:
+            return
         frames = encode(dataclasses.replace(msg, id=fan_id, deadline=deadline, clusters=None))
         for c in routes:
             assert c.pipe is not None

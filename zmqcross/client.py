@@ -314,8 +314,10 @@ class Client(FleetClient):
         """Register a handler (sync or async) for an event; usable as ``@client.on(name)``.
 
         Events: ``ready()`` after each (re-)registration, ``disconnect(reason)`` when the
-        bridge goes silent or leaves, ``bridge_message(message)`` (a machine also passes it to every cluster's ``message`` handlers), ``bridge_request(request)``
-        (answer with ``await request.reply(data)`` or by returning a value), ``error(exception)``.
+        bridge goes silent or leaves, ``bridge_message(message)`` (a machine also passes it to
+        every cluster's ``message`` handlers), ``bridge_request(request)`` (answer with
+        ``await request.reply(data)`` or by returning a value), ``assignment(shard_data, reason)``
+        when the bridge hands this machine clusters, ``error(exception)``.
         """
         return self._events.on(name, handler) if handler is not None else self._events.on(name)
 

@@ -13,6 +13,7 @@ import pytest
 
 import zmqcross
 from zmqcross import Bridge, Client, CurveClient, CurveServer, generate_keypair
+from zmqcross.gateway import GatewayServer
 
 TOKEN = "test-token"
 
@@ -106,6 +107,15 @@ async def make_client() -> AsyncIterator[ClientFactory]:
     yield make
     for client in clients:
         await client.close()
+
+
+@pytest.fixture
+async def gateway() -> AsyncIterator[GatewayServer]:
+    """The offline Discord with 64 guilds (the fleet tests' size)."""
+    server = GatewayServer(guilds=64)
+    await server.start()
+    yield server
+    await server.close()
 
 
 @pytest.fixture

@@ -10,6 +10,9 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
+
+from zmqcross import Client, ZmqcrossError
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "fleet-token"
@@ -108,3 +111,18 @@ def fleet_env(api_base: str, port: int, **extra: str) -> dict[str, str]:
     env.pop("ZMQCROSS_KEYS", None)
     env.update(extra)
     return env
+
+
+async def wait_clusters(client: Client, expected: list[int], timeout: float = 40.0) -> None:
+    """Wait until an eval over every cluster answers exactly ``expected`` (their ids)."""
+    end = time.monotonic() + timeout
+    results: list[Any] = []
+    while time.monotonic() < end:
+        try:
+            results = await client.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=3)
+        except ZmqcrossError as exc:
+            results = [exc]
+        if results == expected:
+            return
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"clusters {expected} not all answering after {timeout} s: {results}")

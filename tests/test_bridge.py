@@ -341,4 +341,9 @@ async def test_observer_sees_every_answer_with_its_outcome(make_bridge, make_cli
         await viewer.request(1)
     with pytest.raises(zmqcross.BroadcastEvalError):
         await client.broadcast_eval("1")  # no machine runs any cluster: every slot fails
-    assert seen == [("request", "ok"), ("request", "remote"), ("request", "permission_denied"), ("eval", "error")]
+    assert seen == [
+        ("request", "ok"),
+        ("request", "remote"),
+        ("request", "permission_denied"),
+        ("eval", "error"),
+    ]

@@ -14,22 +14,14 @@ from collections.abc import AsyncIterator
 
 import pytest
 from conftest import free_port
-from fleetkit import TOKEN, Processes, fleet_env
+from fleetkit import TOKEN, Processes, fleet_env, wait_clusters
 
-from zmqcross import Client, ConnectionLost, ZmqcrossError
+from zmqcross import Client, ConnectionLost
 from zmqcross.gateway import GatewayServer, guild_id
 
 pytestmark = pytest.mark.timeout(120)
 
 GUILDS = 64
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[GatewayServer]:
-    server = GatewayServer(guilds=GUILDS)
-    await server.start()
-    yield server
-    await server.close()
 
 
 @pytest.fixture
@@ -61,20 +53,6 @@ async def dashboard(make_client, procs: Processes) -> Client:
         machine_id="dashboard",
         connect_timeout=15,
     )
-
-
-async def wait_clusters(client: Client, expected: list[int], timeout: float = 40.0) -> None:
-    end = time.monotonic() + timeout
-    results: list = []
-    while time.monotonic() < end:
-        try:
-            results = await client.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=3)
-        except ZmqcrossError as exc:
-            results = [exc]
-        if results == expected:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"clusters {expected} not all answering after {timeout} s: {results}")
 
 
 async def pids(client: Client) -> list[int]:

@@ -13,13 +13,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable
-from typing import Any
+from collections.abc import Callable
 
 import aiohttp
 import pytest
 from conftest import free_port
-from fleetkit import ROOT, TOKEN, Proc, Processes, fleet_env
+from fleetkit import ROOT, TOKEN, Proc, Processes, fleet_env, wait_clusters
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -199,28 +198,6 @@ class Command(Proc):
             text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
-
-
-@pytest.fixture
-async def gateway() -> AsyncIterator[GatewayServer]:
-    server = GatewayServer(guilds=GUILDS)
-    await server.start()
-    yield server
-    await server.close()
-
-
-async def wait_clusters(client: Client, expected: list[int], timeout: float = 40.0) -> None:
-    end = time.monotonic() + timeout
-    results: list[Any] = []
-    while time.monotonic() < end:
-        try:
-            results = await client.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=3)
-        except ZmqcrossError as exc:
-            results = [exc]
-        if results == expected:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"clusters {expected} not all answering after {timeout} s: {results}")
 
 
 async def test_fleet_metrics_match_the_fleet(gateway: GatewayServer) -> None:

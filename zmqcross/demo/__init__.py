@@ -73,10 +73,11 @@ class Fleet:
         return self.api
 
     def stop(self) -> None:
-        for _, proc in reversed(self.procs):
+        # Newest first, each one gone before the next is asked: machines drain while the
+        # bridge is still there to hear them leave, and the bridge goes before the gateway.
+        for name, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        for name, proc in reversed(self.procs):
             try:
                 proc.wait(15)
             except subprocess.TimeoutExpired:

@@ -34,8 +34,6 @@ __all__ = [
     "ShippedFunction",
     "compile_script",
     "load_function",
-    "run_function",
-    "run_script",
     "ship_function",
     "start_script",
 ]
@@ -202,12 +200,6 @@ async def _exec_result(running: Any, namespace: dict[str, Any]) -> Any:
     return await result if inspect.isawaitable(result) else result
 
 
-async def run_script(script: CompiledScript, namespace: dict[str, Any]) -> Any:
-    """:func:`start_script`, awaited."""
-    result = start_script(script, namespace)
-    return await result if inspect.isawaitable(result) else result
-
-
 @functools.lru_cache(maxsize=_CACHE_SIZE)
 def _compiled_function(source: str, name: str | None) -> CodeType:
     try:
@@ -223,9 +215,3 @@ def load_function(source: str, name: str | None, namespace: dict[str, Any]) -> C
         return eval(code, namespace)  # type: ignore[no-any-return]  # noqa: S307
     exec(code, namespace)  # noqa: S102
     return namespace[name]  # type: ignore[no-any-return]
-
-
-async def run_function(fn: Callable[..., Any], bot: Any, context: Any) -> Any:
-    """Call a shipped function as ``fn(bot, context)``, awaiting it if it is async."""
-    result = fn(bot, context)
-    return await result if inspect.isawaitable(result) else result

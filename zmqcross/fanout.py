@@ -104,11 +104,6 @@ class Gather:
         """Whether every expected cluster has an outcome."""
         return len(self._outcomes) == len(self._expected)
 
-    @property
-    def missing(self) -> list[int]:
-        """Expected clusters still without an outcome, in id order."""
-        return sorted(self._expected.difference(self._outcomes))
-
     def add(self, reply: EvalReply) -> None:
         """Take the slots of a reply (ones not expected, or already filled, are ignored)."""
         for slot, frame in zip(reply.slots, reply.results, strict=True):

@@ -323,24 +323,6 @@ class ClusterManager:
         await asyncio.gather(*(self._stop_cluster(c, 10.0, "not in the new plan") for c in leftovers))
         log.info("rolling restart to plan %s done", data.plan_version)
 
-    async def restart(self, cluster_id: int) -> None:
-        """Kill one cluster and start it again (not counted against its restart policy)."""
-        c = self._cluster(cluster_id)
-        if c.process is not None and c.process.is_alive():
-            c.stopping = True
-            c.process.kill()
-            await asyncio.to_thread(c.process.join, 10)
-            self._reap(c)
-        await self._start(c)
-
-    def _cluster(self, cluster_id: int) -> _Cluster:
-        try:
-            return self._clusters[cluster_id]
-        except KeyError:
-            raise ClientNotFound(
-                f"cluster {cluster_id} is not on this machine (it runs {sorted(self._clusters)})"
-            ) from None
-
     async def _start(self, c: _Cluster) -> None:
         parent, child = self._mp.Pipe(duplex=True)
         data = ClusterData(
@@ -589,7 +571,3 @@ class ClusterManager:
             if c is not None and c.state == "ready" and c.pipe is not None and c.pipe.send(Send(data=data)):
                 sent += 1
         return sent
-
-    def hosts_shard(self, shard: int) -> bool:
-        """Whether one of this machine's clusters runs ``shard``."""
-        return any(shard in c.shards for c in self._clusters.values())

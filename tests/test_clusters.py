@@ -165,8 +165,14 @@ async def test_discord_objects_become_data(fleet: Fleet) -> None:
     gid = guild_id(5)
     (guild,) = [g for g in await fleet.dashboard.broadcast_eval(f"bot.get_guild({gid})") if g is not None]
     assert guild["id"] == gid and guild["name"] == "Guild 5"
-    assert [r["name"] for r in guild["roles"]][0] == "@everyone" and guild["roles"][0]["id"] == gid
-    assert sorted(c["type"] for c in guild["channels"]) == [0, 0, 2, 4]
+    assert guild["roles"][0] == gid and len(guild["roles"]) == 3  # ids, @everyone first
+    assert len(guild["channels"]) == 4 and all(isinstance(c, int) for c in guild["channels"])
+    roles, channels = [
+        r for r in await fleet.dashboard.broadcast_eval(f"g = bot.get_guild({gid})\ng and (g.roles, g.channels)") if r
+    ][0]
+    assert roles[0]["name"] == "@everyone" and roles[0]["id"] == gid and roles[0]["guild_id"] == gid
+    assert sorted(c["type"] for c in channels) == [0, 0, 2, 4]
+    assert sorted(c["id"] for c in channels) == sorted(guild["channels"])
     summary = await fleet.dashboard.broadcast_eval("bot", clusters=[0])  # the original never answers 'this'
     assert summary[0]["ready"] is True and summary[0]["shard_ids"] == [0, 1]
 

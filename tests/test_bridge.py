@@ -347,3 +347,23 @@ async def test_observer_sees_every_answer_with_its_outcome(make_bridge, make_cli
         ("request", "permission_denied"),
         ("eval", "error"),
     ]
+
+
+async def test_answers_to_a_burst_leave_batched_and_each_arrives(bridge, make_client) -> None:
+    bridge.on("client_request", lambda request, client: {"echo": request.data})
+    client = await make_client(bridge)
+    sends = 0
+    real_send = bridge._outbox._send
+
+    def counting(key: bytes, frames: list[bytes]) -> object:
+        nonlocal sends
+        sends += 1
+        return real_send(key, frames)
+
+    bridge._outbox._send = counting
+    before = bridge.statistics().messages_out
+    results = await asyncio.gather(*(client.request(i) for i in range(300)))
+    assert results == [{"echo": i} for i in range(300)]  # every answer, to its own request
+    assert bridge.statistics().messages_out - before == 300  # counted as messages, not sends
+    assert sends < 100  # but they left in batches
+    assert await client.request("after") == {"echo": "after"}

@@ -60,6 +60,7 @@ SAMPLES: list[p.Message] = [
         reason="failover",
     ),
     p.Leaving(reason="SIGTERM"),
+    p.Batch(sizes=(1, 2), frames=(b'{"type":"ping","sent_at":1.0}', b'{"type":"send"}', b"{}")),
 ]
 
 
@@ -142,6 +143,33 @@ def test_eval_reply_needs_a_frame_per_slot() -> None:
     header = orjson.dumps({"type": "eval_reply", "reply_to": 1, "slots": [{"cluster": 0, "ok": True}] * 2})
     with pytest.raises(ProtocolError, match="has 2 slots but 1 result frames"):
         p.decode([header, b"1"])
+
+
+def test_batches_pack_small_messages_in_order_and_send_big_ones_alone() -> None:
+    small = [p.encode(p.Reply(reply_to=i, data=b"1")) for i in range(p.BATCH_MESSAGES + 3)]
+    big = p.encode(p.Reply(reply_to=-1, data=b"x" * p.BATCH_BYTES))
+    sent = p.batches([small[0], big, *small[1:]])
+    assert sent[0] == small[0] and sent[1] is big  # a lone message is not wrapped
+    first, second = (p.decode(frames) for frames in sent[2:])
+    assert isinstance(first, p.Batch) and isinstance(second, p.Batch)
+    inner = [p.decode(frames) for batch in (first, second) for frames in batch.messages()]
+    assert [m.reply_to for m in inner] == list(range(1, p.BATCH_MESSAGES + 3))  # type: ignore[union-attr]
+    assert len(first.sizes) == p.BATCH_MESSAGES
+
+
+@pytest.mark.parametrize(
+    ("sizes", "frames", "needle"),
+    [
+        ([], [], "carries 1 to 256 messages, not 0"),
+        ([2], [b"{}"], "a 'batch' of 1 frames cannot hold messages of [2] frames"),
+        ([0, 1], [b"{}"], "cannot hold messages of [0, 1] frames"),
+        ([1] * 257, [b"{}"] * 257, "carries 1 to 256 messages, not 257"),
+    ],
+)
+def test_bad_batches_are_refused(sizes: list[int], frames: list[bytes], needle: str) -> None:
+    with pytest.raises(ProtocolError) as info:
+        p.decode([orjson.dumps({"type": "batch", "sizes": sizes}), *frames])
+    assert needle in str(info.value)
 
 
 def test_readdress_keeps_the_body_and_turns_errors_into_replies() -> None:

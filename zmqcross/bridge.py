@@ -40,6 +40,7 @@ from .protocol import (
     DEFAULT_TIMEOUT,
     RESHARD_SERVICE,
     STATUS_SERVICE,
+    Batch,
     Beacon,
     ErrorInfo,
     ErrorReply,
@@ -68,6 +69,7 @@ from .security import AccessPolicy, CurveServer, ZapHandler
 from .transport import (
     MonitorEvent,
     OpenRequests,
+    Outbox,
     Pump,
     closed_error,
     configure_socket,
@@ -218,6 +220,7 @@ class Bridge(FleetOps, Routing):
         self._pub: zmq.Socket[Any] | None = None
         self._pumps: list[Pump] = []
         self._router_pump: Pump | None = None
+        self._outbox = Outbox(self._send_now)  # answers and fan-outs, batched per peer under load
         self._sockets: list[zmq.Socket[Any]] = []
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._closed: asyncio.Event | None = None
@@ -363,6 +366,7 @@ class Bridge(FleetOps, Routing):
         log.info("bridge closed")
 
     def _close_sockets(self, linger_ms: int = 0) -> None:
+        self._outbox.flush()  # held messages (the goodbyes among them) leave before the sockets close
         for pump in self._pumps:
             pump.stop()
         self._pumps.clear()
@@ -503,11 +507,19 @@ class Bridge(FleetOps, Routing):
 
     def _on_router(self, routed: tuple[zmq.Frame, list[bytes]]) -> None:
         first, body = routed
-        routing_id = first.bytes
-        self._counters["in"] += 1
+        self._on_routed(first, first.bytes, body, nested=False)
+
+    def _on_routed(self, first: zmq.Frame, routing_id: bytes, body: list[bytes], *, nested: bool) -> None:
         try:
             msg = decode(body, self._limits)
+            if type(msg) is Batch:
+                if nested:
+                    raise ProtocolError("a batch inside a batch")
+                for inner in msg.messages():
+                    self._on_routed(first, routing_id, inner, nested=True)
+                return
         except ProtocolError as exc:
+            self._counters["in"] += 1
             self._counters["protocol_errors"] += 1
             peer = self._registry.get(routing_id)
             who = repr(peer.info.id) if peer else f"an unregistered peer at {_peer_address(first)}"
@@ -519,6 +531,7 @@ class Bridge(FleetOps, Routing):
                 ),
             )
             return
+        self._counters["in"] += 1
         peer = self._registry.get(routing_id)
         if peer is None:
             self._from_stranger(routing_id, first, msg)
@@ -605,12 +618,20 @@ class Bridge(FleetOps, Routing):
 
     # ------------------------------------------------------------------ sending
 
-    def _send(self, routing_id: bytes, msg: Message) -> bool:
+    def _send(self, routing_id: bytes, msg: Message) -> None:
+        """Send ``msg`` now, or batched with the others for that peer at the end of this burst."""
         frames = encode(msg)
         check_limits(frames, self._limits)
-        return self._send_frames(routing_id, frames)
+        self._counters["out"] += 1
+        self._outbox.put(routing_id, frames)
 
     def _send_frames(self, routing_id: bytes, frames: list[bytes]) -> bool:
+        """Send at once (after what is held for that peer); False if it could not be sent."""
+        self._outbox.flush_key(routing_id)
+        self._counters["out"] += 1
+        return self._send_now(routing_id, frames)
+
+    def _send_now(self, routing_id: bytes, frames: list[bytes]) -> bool:
         router = self._router
         if router is None or router.closed:
             return False
@@ -631,7 +652,6 @@ class Bridge(FleetOps, Routing):
         finally:
             if self._router_pump is not None:
                 self._router_pump.kick()
-        self._counters["out"] += 1
         return True
 
     def _publish_beacon(self) -> None:

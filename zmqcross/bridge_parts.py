@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .protocol import Limits, Message
     from .registry import ClientInfo, Peer, Registry
     from .security import AccessPolicy, CurveServer
-    from .transport import OpenRequests
+    from .transport import OpenRequests, Outbox
 
 __all__ = ["BridgeParts"]
 
@@ -28,6 +28,7 @@ class BridgeParts:
     _registry: Registry
     _placement: Placement | None
     _open: OpenRequests
+    _outbox: Outbox
     _fanouts: FanOuts
     _events: EventEmitter
     _limits: Limits
@@ -51,7 +52,7 @@ class BridgeParts:
         @property
         def plan(self) -> ShardPlan: ...
 
-        def _send(self, routing_id: bytes, msg: Message) -> bool: ...
+        def _send(self, routing_id: bytes, msg: Message) -> None: ...
 
         def _send_frames(self, routing_id: bytes, frames: list[bytes]) -> bool: ...
 

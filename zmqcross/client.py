@@ -38,6 +38,7 @@ from .protocol import (
     PROTOCOL_VERSION,
     STATUS_SERVICE,
     Assignment,
+    Batch,
     Beacon,
     ErrorReply,
     EvalReply,
@@ -67,6 +68,7 @@ from .security import CurveClient
 from .transport import (
     MonitorEvent,
     OpenRequests,
+    Outbox,
     Pump,
     closed_error,
     configure_socket,
@@ -183,6 +185,7 @@ class Client(FleetClient):
         self._ctx: zmq.Context[Any] | None = None
         self._dealer: zmq.Socket[Any] | None = None
         self._dealer_pump: Pump | None = None
+        self._outbox = Outbox(self._send_held)  # answers to the bridge, batched under load
         self._sockets: list[zmq.Socket[Any]] = []
         self._pumps: list[Pump] = []
         self._tasks: list[asyncio.Task[None]] = []
@@ -202,6 +205,7 @@ class Client(FleetClient):
             EvalReply: self._on_answer,
             Assignment: self._on_assignment,
             Beacon: lambda msg: None,  # the bridge probing whether this connection is still there
+            Batch: self._on_batch,
         }
 
     # ------------------------------------------------------------------ lifetime
@@ -460,7 +464,16 @@ class Client(FleetClient):
 
     def _answer(self, msg: Message) -> None:
         try:
-            self._send(msg)
+            frames = encode(msg)
+            check_limits(frames, self._limits)
+        except ZmqcrossError as exc:
+            log.warning("could not answer the bridge: %s", exc.message)
+            return
+        self._outbox.put(None, frames)
+
+    def _send_held(self, key: None, frames: list[bytes]) -> None:
+        try:
+            self._send_now(frames)
         except ZmqcrossError as exc:
             log.warning("could not answer the bridge: %s", exc.message)
 
@@ -550,9 +563,15 @@ class Client(FleetClient):
 
     # ------------------------------------------------------------------ receiving
 
-    def _on_dealer(self, frames: list[bytes]) -> None:
+    def _on_batch(self, batch: Batch) -> None:
+        for frames in batch.messages():
+            self._on_dealer(frames, nested=True)
+
+    def _on_dealer(self, frames: list[bytes], *, nested: bool = False) -> None:
         try:
             msg = decode(frames, self._limits)
+            if nested and type(msg) is Batch:
+                raise ProtocolError("a batch inside a batch")
         except ProtocolError as exc:
             log.warning("bad message from the bridge: %s", exc.message)
             self._events.emit("error", exc)
@@ -675,6 +694,10 @@ class Client(FleetClient):
         self._send_frames(frames)
 
     def _send_frames(self, frames: list[bytes]) -> None:
+        self._outbox.flush_key(None)  # held answers go first: messages keep their order
+        self._send_now(frames)
+
+    def _send_now(self, frames: list[bytes]) -> None:
         dealer = self._dealer
         if dealer is None:
             raise closed_error("the client")

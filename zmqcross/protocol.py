@@ -43,6 +43,8 @@ from .errors import (
 )
 
 __all__ = [
+    "BATCH_BYTES",
+    "BATCH_MESSAGES",
     "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
     "MAX_FRAMES",
@@ -53,6 +55,7 @@ __all__ = [
     "RESHARD_SERVICE",
     "STATUS_SERVICE",
     "Assignment",
+    "Batch",
     "Beacon",
     "ErrorInfo",
     "ErrorReply",
@@ -75,6 +78,7 @@ __all__ = [
     "ShardDataRequest",
     "Slot",
     "Welcome",
+    "batches",
     "check_limits",
     "decode",
     "dump",
@@ -98,6 +102,12 @@ MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 MAX_HEADER_BYTES = 64 * 1024
 """Bytes in the JSON header frame. Payloads belong in body frames."""
+
+BATCH_MESSAGES = 256
+"""Most messages one :class:`Batch` carries (a receiver refuses more)."""
+
+BATCH_BYTES = 1024 * 1024
+"""A batch is closed once it holds this many bytes; a message this large travels alone."""
 
 DEFAULT_TIMEOUT = 10.0
 """Seconds a request waits for its answer unless the caller says otherwise."""
@@ -432,6 +442,30 @@ class Assignment:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Batch:
+    """Several messages for one peer in one send: ``sizes[i]`` of ``frames`` belong to message ``i``.
+
+    Answers to a burst of work leave a process as one send instead of one per message;
+    the receiver handles the inner messages in order, exactly as if each had come alone.
+    Batches do not nest. Built by :func:`batches`; :meth:`messages` splits one.
+    """
+
+    type: Literal["batch"] = field(default="batch", init=False)
+    sizes: tuple[int, ...]
+    frames: tuple[bytes, ...]
+
+    def messages(self) -> list[list[bytes]]:
+        """The inner messages' frames, in order (sizes were checked by :func:`decode`)."""
+        out = []
+        start = 0
+        frames = self.frames
+        for size in self.sizes:
+            out.append(list(frames[start : start + size]))
+            start += size
+        return out
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Leaving:
     """Machine -> bridge: draining. Hand my clusters to a standby now; I finish what is in flight."""
 
@@ -458,6 +492,7 @@ Message = Union[
     Heartbeat,
     Assignment,
     Leaving,
+    Batch,
 ]
 """Every message the fabric can carry."""
 
@@ -571,7 +606,53 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError(
             f"an 'eval_reply' has {len(msg.slots)} slots but {len(msg.results)} result frames"
         )
+    if isinstance(msg, Batch):
+        _check_batch(msg)
     return msg  # type: ignore[no-any-return]
+
+
+def _check_batch(batch: Batch) -> None:
+    if not 1 <= len(batch.sizes) <= BATCH_MESSAGES:
+        raise ProtocolError(f"a 'batch' carries 1 to {BATCH_MESSAGES} messages, not {len(batch.sizes)}")
+    if any(size < 1 for size in batch.sizes) or sum(batch.sizes) != len(batch.frames):
+        raise ProtocolError(
+            f"a 'batch' of {len(batch.frames)} frames cannot hold messages of {list(batch.sizes)} frames"
+        )
+
+
+def batches(messages: Sequence[list[bytes]]) -> list[list[bytes]]:
+    """What to send for ``messages`` (each one message's frames), in order.
+
+    Consecutive small messages are packed into :class:`Batch` messages of at most
+    :data:`BATCH_MESSAGES` messages and about :data:`BATCH_BYTES`; a large message, or
+    one that ends up alone, is sent as it is.
+    """
+    out: list[list[bytes]] = []
+    group: list[list[bytes]] = []
+    size = 0
+
+    def close() -> None:
+        nonlocal size
+        if len(group) == 1:
+            out.append(group[0])
+        elif group:
+            frames = [frame for message in group for frame in message]
+            out.append(encode(Batch(sizes=tuple(len(m) for m in group), frames=tuple(frames))))
+        group.clear()
+        size = 0
+
+    for message in messages:
+        length = sum(len(frame) for frame in message)
+        if length >= BATCH_BYTES:
+            close()
+            out.append(message)
+            continue
+        if len(group) == BATCH_MESSAGES or size + length > BATCH_BYTES:
+            close()
+        group.append(message)
+        size += length
+    close()
+    return out
 
 
 def result_of(outcome: Message | ZmqcrossError) -> Any:

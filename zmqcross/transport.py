@@ -23,14 +23,17 @@ import zmq
 from zmq.utils.monitor import parse_monitor_message
 
 from .errors import ConnectionLost, RequestTimeout, ZmqcrossError
-from .protocol import Limits, Message
+from .protocol import Limits, Message, batches
 from .security import ZAP_DOMAIN, CurveClient, CurveServer
 
 __all__ = [
+    "CORK",
     "DRAIN_BATCH",
     "HIGH_WATER_MARK",
+    "Cork",
     "MonitorEvent",
     "OpenRequests",
+    "Outbox",
     "Pending",
     "Pump",
     "closed_error",
@@ -149,6 +152,10 @@ class Pump:
 
     def _drain(self) -> None:
         self._scheduled = False
+        with CORK:
+            self._drain_batch()
+
+    def _drain_batch(self) -> None:
         for _ in range(DRAIN_BATCH):
             if self._loop is None:
                 return
@@ -166,6 +173,111 @@ class Pump:
                 log.exception("%s: handler failed on a message", self._name)
         if self._loop is not None:
             self._schedule()
+
+
+class Cork:
+    """Holds writes back while one batch of input is handled, then flushes each writer once.
+
+    Under load a pump or pipe read hands over many messages at once, and handling them
+    writes many small answers. Each write is a syscall that wakes the reader's process
+    (measured here: about 25 us per pipe write and per ZeroMQ send, on top of the
+    reader's own wake-up), so answers to one batch leave as one write per destination.
+    Writes outside a batch (a task sending on its own) go out at once: nothing waits for
+    a later loop turn, so a lone eval is not slowed down.
+    """
+
+    __slots__ = ("_depth", "_writers")
+
+    def __init__(self) -> None:
+        self._depth = 0
+        self._writers: list[Callable[[], None]] = []
+
+    @property
+    def held(self) -> bool:
+        """Whether writes should be queued now (inside a batch)."""
+        return self._depth > 0
+
+    def defer(self, flush: Callable[[], None]) -> None:
+        """Call ``flush`` when the outermost batch ends (register once per writer and batch)."""
+        self._writers.append(flush)
+
+    def __enter__(self) -> Cork:
+        self._depth += 1
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._depth -= 1
+        if self._depth == 0:
+            while self._writers:
+                writers, self._writers = self._writers, []
+                for flush in writers:
+                    try:
+                        flush()
+                    except Exception:  # one writer's failure must not hold back the others
+                        log.exception("flushing held writes failed")
+
+
+CORK = Cork()
+"""The process's cork: every pump and pipe runs on the one event loop of its process."""
+
+
+class Outbox:
+    """Messages for one socket's peers, coalesced into :class:`~zmqcross.protocol.Batch` sends.
+
+    While the :data:`CORK` is held (handling a batch of input) everything is held and
+    leaves when it is released. Outside it, the first message to a peer in a loop turn
+    goes at once and the ones after it in the same turn (a burst of tasks each sending,
+    as under load) are held to the end of the turn. So a lone message is never delayed
+    and a burst costs one send per peer. ``send(key, frames)`` does the real sending and
+    handles its own errors. Anything else sent to a peer must call :meth:`flush_key`
+    first, so that messages keep their order.
+    """
+
+    __slots__ = ("_due", "_held", "_recent", "_send")
+
+    def __init__(self, send: Callable[[Any, list[bytes]], object]) -> None:
+        self._send = send
+        self._held: dict[Any, list[list[bytes]]] = {}
+        self._recent: set[Any] = set()  # peers sent to at once in this loop turn
+        self._due = False  # a flush is scheduled (end of the turn, or the cork's release)
+
+    def put(self, key: Any, frames: list[bytes]) -> None:
+        """Send ``frames`` to ``key`` now, or hold them for the next flush."""
+        if not CORK.held and key not in self._recent and key not in self._held:
+            self._recent.add(key)
+            self._schedule()
+            self._send(key, frames)
+            return
+        held = self._held.get(key)
+        if held is None:
+            self._held[key] = held = []
+        held.append(frames)
+        self._schedule()
+
+    def flush_key(self, key: Any) -> None:
+        """Send what is held for ``key`` now (before sending it anything else)."""
+        held = self._held.pop(key, None)
+        if held:
+            for frames in batches(held):
+                self._send(key, frames)
+
+    def flush(self) -> None:
+        """Send everything held, one batch (or a few) per peer."""
+        self._due = False
+        self._recent.clear()
+        held, self._held = self._held, {}
+        for key, messages in held.items():
+            for frames in batches(messages):
+                self._send(key, frames)
+
+    def _schedule(self) -> None:
+        if self._due:
+            return
+        self._due = True
+        if CORK.held:
+            CORK.defer(self.flush)
+        else:
+            asyncio.get_running_loop().call_soon(self.flush)
 
 
 @dataclass(frozen=True, slots=True)

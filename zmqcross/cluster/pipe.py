@@ -19,9 +19,11 @@ import socket
 import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
+from typing import cast
 
 from ..errors import ProtocolError
 from ..protocol import DEFAULT_LIMITS, Limits, Message, check_limits, decode, encode
+from ..transport import CORK
 
 __all__ = ["PipeEnd", "open_pipe", "pack", "unpack"]
 
@@ -87,6 +89,7 @@ class PipeEnd(asyncio.BufferedProtocol):
         self._start = 0  # first unparsed byte
         self._end = 0  # end of received bytes
         self._transport: asyncio.Transport | None = None
+        self._held: list[bytes] = []  # records written while the cork is held
         # A record's length is capped before reading it, so a broken peer cannot make
         # this side buffer without bound.
         self._max_record = limits.max_message_bytes + limits.max_frames * _OVERHEAD_PER_FRAME + 2 * _U32.size
@@ -94,8 +97,7 @@ class PipeEnd(asyncio.BufferedProtocol):
     # asyncio.BufferedProtocol --------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
 
     def get_buffer(self, sizehint: int) -> memoryview:
         free = len(self._buffer) - self._end
@@ -113,6 +115,10 @@ class PipeEnd(asyncio.BufferedProtocol):
 
     def buffer_updated(self, nbytes: int) -> None:
         self._end += nbytes
+        with CORK:  # answers to every record of this read leave together
+            self._read_records()
+
+    def _read_records(self) -> None:
         while True:
             size = self._record_size()
             if size is None:
@@ -173,11 +179,22 @@ class PipeEnd(asyncio.BufferedProtocol):
         """Queue already-encoded frames (forwarded untouched); False if the pipe is closed."""
         if self._transport is None or self._transport.is_closing():
             return False
-        self._transport.writelines(pack(frames))
+        if not CORK.held:
+            self._transport.writelines(pack(frames))
+            return True
+        if not self._held:
+            CORK.defer(self._flush)
+        self._held.extend(pack(frames))
         return True
 
+    def _flush(self) -> None:
+        held, self._held = self._held, []
+        if held and self._transport is not None and not self._transport.is_closing():
+            self._transport.writelines(held)
+
     def close(self) -> None:
-        """Close this end (the other side sees end of file)."""
+        """Close this end (the other side sees end of file) after what is already written."""
+        self._flush()
         if self._transport is not None:
             self._transport.close()
 

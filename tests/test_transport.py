@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+from pathlib import Path
+
+import pytest
+import zmq
 
 from zmqcross import protocol as p
-from zmqcross.transport import CORK, Outbox
+from zmqcross.transport import CORK, Outbox, new_context
 
 
 def reply(n: int) -> list[bytes]:
@@ -62,3 +67,23 @@ async def test_one_failing_writer_does_not_hold_back_the_others() -> None:
         second.put("y", reply(2))
     assert opened(sent) == [("y", [2])]
     assert not CORK.held
+
+
+@pytest.mark.skipif(not hasattr(os, "SCHED_BATCH"), reason="SCHED_BATCH is Linux's")
+def test_new_contexts_run_their_io_thread_under_sched_batch() -> None:
+    before = set(os.listdir("/proc/self/task"))  # other tests' contexts may have threads of their own
+    ctx = new_context()
+    sock = ctx.socket(zmq.DEALER)  # libzmq starts its threads with the first socket
+    try:
+        def policy(tid: str) -> int:
+            return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[38])
+
+        io_threads = [
+            tid for tid in set(os.listdir("/proc/self/task")) - before
+            if Path(f"/proc/self/task/{tid}/comm").read_text().startswith("ZMQbg/IO")
+        ]
+        assert io_threads and all(policy(tid) == os.SCHED_BATCH for tid in io_threads)
+        assert policy(str(os.getpid())) != os.SCHED_BATCH  # the caller's own thread is left alone
+    finally:
+        sock.close(0)
+        ctx.term()

@@ -73,6 +73,7 @@ from .transport import (
     Pump,
     closed_error,
     configure_socket,
+    new_context,
     receive_frames,
     send_frames,
     watch_monitor,
@@ -251,7 +252,7 @@ class Bridge(FleetOps, Routing):
             log.info('total_shards="auto": Discord recommends %d shards', shards)
         self._placement = Placement(self._plan)
         self._closed = asyncio.Event()
-        ctx: zmq.Context[Any] = zmq.Context()
+        ctx = new_context()
         self._ctx = ctx
         try:
             self._bind(ctx)

@@ -72,6 +72,7 @@ from .transport import (
     Pump,
     closed_error,
     configure_socket,
+    new_context,
     send_frames,
     watch_monitor,
 )
@@ -249,7 +250,7 @@ class Client(FleetClient):
             log.debug("no beacon yet from %s; continuing", self._pub_endpoint)
 
     def _open_sockets(self) -> None:
-        ctx: zmq.Context[Any] = zmq.Context()
+        ctx = new_context()
         self._ctx = ctx
         dealer = ctx.socket(zmq.DEALER)
         sub = ctx.socket(zmq.SUB)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ __all__ = [
     "Pump",
     "closed_error",
     "configure_socket",
+    "new_context",
     "receive_frames",
     "send_frames",
     "watch_monitor",
@@ -76,6 +78,25 @@ def receive_frames(sock: zmq.Socket[Any]) -> list[bytes]:
 
 COPY_THRESHOLD = 65536
 """Frames at least this large are handed to libzmq without a copy (big eval results)."""
+
+
+def new_context() -> zmq.Context[Any]:
+    """A ZeroMQ context whose I/O thread does not preempt this process's event loop.
+
+    Each send that wakes libzmq's sleeping I/O thread cost the sender 15 us at the
+    median and 44 us on average here: the woken thread often preempts the Python thread
+    on its core. Under ``SCHED_BATCH`` (Linux) a waking thread does not preempt; it runs
+    on a free core or when the loop next waits. Measured on the benchmark fleet, four
+    pairs of runs: serial evals 3-16 % and 32-in-flight throughput 8-21 % faster.
+    """
+    ctx: zmq.Context[Any] = zmq.Context()
+    batch = getattr(os, "SCHED_BATCH", None)
+    if batch is not None and hasattr(zmq, "THREAD_SCHED_POLICY"):
+        try:
+            ctx.set(zmq.THREAD_SCHED_POLICY, batch)  # applies to threads started after this
+        except zmq.ZMQError:
+            pass  # a libzmq without the option: the default scheduling works, a little slower
+    return ctx
 
 
 def configure_socket(

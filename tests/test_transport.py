@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -78,11 +79,17 @@ def test_new_contexts_run_their_io_thread_under_sched_batch() -> None:
         def policy(tid: str) -> int:
             return int(Path(f"/proc/self/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()[38])
 
-        io_threads = [
-            tid for tid in set(os.listdir("/proc/self/task")) - before
-            if Path(f"/proc/self/task/{tid}/comm").read_text().startswith("ZMQbg/IO")
-        ]
-        assert io_threads and all(policy(tid) == os.SCHED_BATCH for tid in io_threads)
+        def io_threads() -> list[str]:
+            return [
+                tid for tid in set(os.listdir("/proc/self/task")) - before
+                if Path(f"/proc/self/task/{tid}/comm").read_text().startswith("ZMQbg/IO")
+            ]
+
+        for _ in range(100):  # each thread names itself once it runs
+            if io_threads():
+                break
+            time.sleep(0.01)
+        assert io_threads() and all(policy(tid) == os.SCHED_BATCH for tid in io_threads())
         assert policy(str(os.getpid())) != os.SCHED_BATCH  # the caller's own thread is left alone
     finally:
         sock.close(0)

@@ -522,7 +522,18 @@ class ClusterManager:
         )
         if deadline is None:
             return
-        frames = encode(dataclasses.replace(msg, id=fan_id, deadline=deadline, clusters=None))
+        frames = encode(  # built directly (dataclasses.replace costs 3x as much); all fields but clusters
+            EvalRequest(
+                id=fan_id,
+                deadline=deadline,
+                script=msg.script,
+                function=msg.function,
+                function_name=msg.function_name,
+                context=msg.context,
+                shards=msg.shards,
+                guild_id=msg.guild_id,
+            )
+        )
         for c in routes:
             assert c.pipe is not None
             c.pipe.send_frames(frames)

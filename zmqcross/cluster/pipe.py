@@ -38,11 +38,10 @@ _OVERHEAD_PER_FRAME = _U32.size
 
 def pack(frames: list[bytes]) -> list[bytes]:
     """The pieces of one record (header, sizes and frames), ready for ``writelines``."""
-    sizes = b"".join(_U32.pack(len(f)) for f in frames)
-    body_length = _U32.size + len(sizes) + sum(len(f) for f in frames)
-    pieces = [_U32.pack(body_length) + _U32.pack(len(frames)) + sizes]
-    pieces.extend(frames)
-    return pieces
+    count = len(frames)
+    sizes = [len(f) for f in frames]
+    head = struct.pack(f">II{count}I", _U32.size * (1 + count) + sum(sizes), count, *sizes)
+    return [head, *frames]
 
 
 def unpack(record: memoryview) -> list[bytes]:
@@ -54,7 +53,7 @@ def unpack(record: memoryview) -> list[bytes]:
     sizes_end = offset + count * _U32.size
     if sizes_end > len(record):
         raise ProtocolError("pipe record's frame table runs past its end")
-    sizes = [_U32.unpack_from(record, offset + i * _U32.size)[0] for i in range(count)]
+    sizes = struct.unpack_from(f">{count}I", record, offset)
     frames = []
     position = sizes_end
     for size in sizes:

@@ -179,6 +179,10 @@ class PipeEnd(asyncio.BufferedProtocol):
         if self._transport is None or self._transport.is_closing():
             return False
         if not CORK.held:
+            # Held records go first. (Not reached today: a cork is released within the
+            # callback that took it, before anything else can write.)
+            if self._held:
+                self._flush()
             self._transport.writelines(pack(frames))
             return True
         if not self._held:

@@ -30,6 +30,7 @@ from .security import ZAP_DOMAIN, CurveClient, CurveServer
 __all__ = [
     "CORK",
     "DRAIN_BATCH",
+    "DRAIN_SECONDS",
     "HIGH_WATER_MARK",
     "Cork",
     "MonitorEvent",
@@ -49,6 +50,10 @@ log = logging.getLogger("zmqcross.transport")
 
 DRAIN_BATCH = 256
 """Messages a pump handles before yielding to the event loop, so one busy socket cannot starve the rest."""
+
+DRAIN_SECONDS = 0.005
+"""Seconds a pump may keep the loop before yielding, whatever the count: one received
+message may be a :class:`~zmqcross.protocol.Batch` of up to 256."""
 
 HIGH_WATER_MARK = 100_000
 """Messages queued per peer before libzmq refuses more (the default 1000 is small for eval fan-out)."""
@@ -177,6 +182,7 @@ class Pump:
             self._drain_batch()
 
     def _drain_batch(self) -> None:
+        until = time.monotonic() + DRAIN_SECONDS
         for _ in range(DRAIN_BATCH):
             if self._loop is None:
                 return
@@ -192,6 +198,8 @@ class Pump:
                 self._handle(message)
             except Exception:  # one bad message must not stop the pump
                 log.exception("%s: handler failed on a message", self._name)
+            if time.monotonic() > until:
+                break
         if self._loop is not None:
             self._schedule()
 

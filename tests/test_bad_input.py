@@ -178,12 +178,12 @@ async def test_bad_names_and_versions_are_refused(raw, witness) -> None:
     answer = await peer.receive()
     assert (
         isinstance(answer, p.ErrorReply)
-        and "client speaks protocol 99; this bridge speaks 1" in answer.error.message
+        and "client speaks protocol 99; this bridge speaks 2" in answer.error.message
     )
     await peer.send(
         p.encode(
             p.Register(
-                id=2, deadline=time.time() + 5, protocol=1, token=TOKEN, machine_id="a\x00b", agent="a"
+                id=2, deadline=time.time() + 5, protocol=p.PROTOCOL_VERSION, token=TOKEN, machine_id="a\x00b", agent="a"
             )
         )
     )

@@ -88,8 +88,10 @@ __all__ = [
     "result_of",
 ]
 
-PROTOCOL_VERSION = 1
-"""Sent in :class:`Register`; a bridge refuses a peer speaking another version."""
+PROTOCOL_VERSION = 2
+"""Sent in :class:`Register`; a bridge refuses a peer speaking another version.
+
+2: :class:`Batch` (a version-1 peer would drop the answers it carries)."""
 
 MAX_FRAMES = 4096
 """Frames in one message. A gathered eval result uses one frame per cluster."""

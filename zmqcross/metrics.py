@@ -67,6 +67,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 
 from .cache import CACHE_SERVICE, CacheServer
 from .errors import ConfigurationError, ZmqcrossError
+from .httpsite import HttpSite
 from .status import ClusterStatus, FleetStatus, MachineStatus
 
 if TYPE_CHECKING:
@@ -347,42 +348,32 @@ class _Exposition:
                 f"the metrics port must be a TCP port number (0 picks a free one), not {port!r}"
             )
         self._registry = registry
-        self._host = host
-        self._port = port
+        self._site = HttpSite(host, port)
         self._prepare = prepare
-        self._runner: web.AppRunner | None = None
 
     @property
     def port(self) -> int:
-        return self._port
+        return self._site.port
 
     @property
     def url(self) -> str:
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}{METRICS_PATH}"
+        return self._site.url(METRICS_PATH)
 
     async def start(self) -> None:
-        if self._runner is not None:
+        if self._site.started:
             raise RuntimeError("the metrics endpoint is already started")
         app = web.Application()
         app.router.add_get(METRICS_PATH, self._scrape)
-        runner = web.AppRunner(app, access_log=None)
-        await runner.setup()
         try:
-            await web.TCPSite(runner, self._host, self._port).start()
+            await self._site.start(app)
         except OSError as exc:
-            await runner.cleanup()
             raise ConfigurationError(
-                f"cannot serve metrics on {self._host} port {self._port}: {exc.strerror or exc}"
+                f"cannot serve metrics on {self._site.host} port {self._site.port}: {exc.strerror or exc}"
             ) from None
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
         log.info("metrics on %s", self.url)
 
     async def close(self) -> None:
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        await self._site.close()
 
     async def _scrape(self, request: web.Request) -> web.Response:
         if self._prepare is not None:

@@ -19,6 +19,7 @@ from aiohttp import web
 
 from ..client import Client
 from ..errors import ConnectionLost, RequestTimeout, ZmqcrossError
+from ..httpsite import HttpSite
 from ..metrics import summarize
 from ..status import FleetStatus
 from .latency import LatencyWindow
@@ -87,8 +88,7 @@ class Dashboard:
         if not interval > 0:
             raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
         self.client = client
-        self._host = host
-        self._port = port
+        self._site = HttpSite(host, port)
         self._interval = float(interval)
         self._timeout = float(timeout)
         self._lookup = lookup
@@ -97,20 +97,18 @@ class Dashboard:
         self._first = asyncio.Event()
         self._probes = 0
         self._task: asyncio.Task[None] | None = None
-        self._runner: web.AppRunner | None = None
 
     # ------------------------------------------------------------------ lifetime
 
     @property
     def port(self) -> int:
         """The HTTP port (the real one after :meth:`start`, also when 0 was asked for)."""
-        return self._port
+        return self._site.port
 
     @property
     def url(self) -> str:
         """The page's address, e.g. ``http://127.0.0.1:8080/``."""
-        host = f"[{self._host}]" if ":" in self._host else self._host
-        return f"http://{host}:{self._port}/"
+        return self._site.url()
 
     def app(self) -> web.Application:
         """The aiohttp application (to mount it in another app, or test it)."""
@@ -122,17 +120,9 @@ class Dashboard:
 
     async def start(self) -> None:
         """Start probing the fleet and serving the page."""
-        if self._runner is not None:
+        if self._site.started:
             raise RuntimeError("this dashboard is already started")
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self._host, self._port).start()
-        except OSError:
-            await runner.cleanup()
-            raise
-        self._runner = runner
-        self._port = int(runner.addresses[0][1])
+        await self._site.start(self.app())
         self._task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def close(self) -> None:
@@ -141,9 +131,7 @@ class Dashboard:
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
             self._task = None
-        runner, self._runner = self._runner, None
-        if runner is not None:
-            await runner.cleanup()
+        await self._site.close()
 
     async def __aenter__(self) -> Self:
         await self.start()

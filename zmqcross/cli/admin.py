@@ -21,11 +21,14 @@ __all__ = ["admin_client", "run_keygen", "run_reshard", "run_status"]
 Settings = dict[str, Any]
 
 
-def admin_client(settings: Settings) -> Client:
-    """A dashboard client from ``status``/``reshard`` settings (not connected yet)."""
+def admin_client(settings: Settings, *, role: str = "status") -> Client:
+    """A dashboard client from ``status``/``reshard``/``dashboard`` settings (not connected yet).
+
+    Its id is ``dashboard_id``, or ``<hostname>:<role>`` when that is not set.
+    """
     return Client(
         agent="dashboard",
-        machine_id=settings["dashboard_id"] or f"{socket.gethostname()}:status",
+        machine_id=settings["dashboard_id"] or f"{socket.gethostname()}:{role}",
         host=settings["bridge_host"],
         port=settings["bridge_port"],
         pub_port=settings["pub_port"],

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from typing import Any
 
-from ..cli.options import client_curve
+from ..cli.admin import admin_client
 from ..cli.serve import Stopped, printer, unless_stopped
-from ..client import Client
 from ..errors import ConfigurationError
 from .app import Dashboard
 
@@ -18,16 +16,7 @@ __all__ = ["run_dashboard"]
 async def run_dashboard(settings: dict[str, Any], stop: asyncio.Event) -> int:
     """Run the web dashboard with the merged ``dashboard`` settings; 0 once stopped."""
     say = printer("dashboard")
-    client = Client(
-        agent="dashboard",
-        machine_id=settings["dashboard_id"] or f"{socket.gethostname()}:dashboard",
-        host=settings["bridge_host"],
-        port=settings["bridge_port"],
-        pub_port=settings["pub_port"],
-        auth_token=settings["auth_token"],
-        curve=client_curve(settings["keys"], settings["dashboard_key"]),
-        connect_timeout=settings["connect_timeout"],
-    )
+    client = admin_client(settings, role="dashboard")
     dashboard = Dashboard(client, host=settings["dashboard_host"], port=settings["dashboard_port"])
     try:
         await unless_stopped(stop, client.connect())

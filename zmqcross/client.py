@@ -391,34 +391,6 @@ class Client(FleetClient):
             )
         self._send(Send(data=dump(data)))
 
-    async def request(self, data: Any, *, timeout: float | None = None) -> Any:
-        """Send a custom request to the bridge (its ``client_request`` event); return the answer."""
-        return await self._request(data, timeout=timeout, what="request to the bridge")
-
-    async def call_service(self, service: str, data: Any, *, timeout: float | None = None) -> Any:
-        """Call a bridge service (see :meth:`Bridge.add_service`), such as the cache; return its answer."""
-        return await self._request(data, timeout=timeout, what=f"{service} service call", service=service)
-
-    async def request_to_client(
-        self,
-        data: Any,
-        *,
-        client_id: str | None = None,
-        agent: str | None = None,
-        timeout: float | None = None,
-    ) -> Any:
-        """Send a custom request to another client through the bridge; return its answer.
-
-        Name the client by ``client_id``, or by ``agent`` when exactly one client has it.
-        Raises :class:`ClientNotFound` if no (or more than one) client matches.
-        """
-        if (client_id is None) == (agent is None):
-            raise ValueError("name the target with exactly one of client_id= or agent=")
-        target = f"client {client_id!r}" if client_id is not None else f"the client with agent {agent!r}"
-        return await self._request(
-            data, timeout=timeout, what=f"request to {target}", target=client_id, agent=agent
-        )
-
     async def request_shard_data(
         self, *, max_clusters: int | None = None, timeout: float | None = None
     ) -> ShardData:
@@ -429,23 +401,17 @@ class Client(FleetClient):
         """
         if max_clusters is not None and (type(max_clusters) is not int or max_clusters < 1):
             raise ConfigurationError(f"max_clusters must be a positive integer, not {max_clusters!r}")
-        timeout = self._request_timeout if timeout is None else float(timeout)
-        request_id = self._open.next_id()
+        timeout = self._timeout_or_default(timeout)
+        request_id = self._next_request_id()
         msg = ShardDataRequest(id=request_id, deadline=time.time() + timeout, max_clusters=max_clusters)
-        data = ShardData.from_json(await self._call(msg, request_id, timeout, "shard data request"))
+        data = ShardData.from_json(result_of(await self._exchange(msg, request_id, timeout, "shard data request")))
         self.set_hosting(data)
         return data
 
     # ------------------------------------------------------------------ requests
 
-    async def _request(self, data: Any, *, timeout: float | None, what: str, **route: str | None) -> Any:
-        timeout = self._request_timeout if timeout is None else float(timeout)
-        request_id = self._open.next_id()
-        msg = Request(id=request_id, deadline=time.time() + timeout, data=dump(data), **route)
-        return await self._call(msg, request_id, timeout, what)
-
-    async def _call(self, msg: Message, request_id: int, timeout: float, what: str) -> Any:
-        return result_of(await self._exchange(msg, request_id, timeout, what))
+    def _next_request_id(self) -> int:
+        return self._open.next_id()
 
     async def _exchange(
         self, msg: Message, request_id: int, timeout: float, what: str

@@ -11,12 +11,12 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from .calls import FleetCalls
 from .errors import ClientNotFound, ConnectionLost, ZmqcrossError
 from .events import EventEmitter
-from .fanout import eval_outcome, eval_request, guild_of
 from .planning import ShardData
 from .protocol import (
     RESHARD_SERVICE,
@@ -30,7 +30,6 @@ from .protocol import (
     Request,
     Send,
     Welcome,
-    dump,
     encode,
     readdress,
 )
@@ -47,7 +46,7 @@ log = logging.getLogger("zmqcross.client")
 _READY = "ready"  # the link state in which requests go straight out (see zmqcross.client)
 
 
-class FleetClient:
+class FleetClient(FleetCalls):
     """Evals, guild requests, fleet administration, and a machine's relaying."""
 
     # Provided by zmqcross.client.Client, which mixes this class in.
@@ -61,14 +60,6 @@ class FleetClient:
 
     if TYPE_CHECKING:
 
-        async def _exchange(
-            self, msg: Message, request_id: int, timeout: float, what: str
-        ) -> Message | ZmqcrossError: ...
-
-        async def _call(self, msg: Message, request_id: int, timeout: float, what: str) -> Any: ...
-
-        async def call_service(self, service: str, data: Any, *, timeout: float | None = None) -> Any: ...
-
         def _send(self, msg: Message) -> None: ...
 
         def _send_frames(self, frames: list[bytes]) -> None: ...
@@ -78,47 +69,6 @@ class FleetClient:
         def _register_message(self, request_id: int, lifetime: float) -> Register: ...
 
         def set_hosting(self, shard_data: ShardData | None) -> None: ...
-
-    async def broadcast_eval(
-        self,
-        script: str | Callable[..., Any],
-        *,
-        context: Any = None,
-        timeout: float | None = None,
-        clusters: Sequence[int] | None = None,
-        shards: Sequence[int] | None = None,
-        guild_id: int | None = None,
-        return_exceptions: bool = False,
-    ) -> list[Any]:
-        """Run ``script`` on every cluster of every machine; one result per cluster, in cluster id order.
-
-        See :meth:`zmqcross.Bridge.broadcast_eval`; raises :class:`BroadcastEvalError` if any
-        cluster failed, unless ``return_exceptions``.
-        """
-        timeout = self._request_timeout if timeout is None else float(timeout)
-        request_id = self._open.next_id()
-        msg = eval_request(
-            request_id,
-            script,
-            timeout=timeout,
-            context=context,
-            clusters=clusters,
-            shards=shards,
-            guild_id=guild_id,
-        )
-        outcome = await self._exchange(msg, request_id, timeout, "broadcast_eval")
-        return eval_outcome(outcome, return_exceptions=return_exceptions)
-
-    async def request_to_guild(
-        self, data: Any, *, guild_id: int | None = None, timeout: float | None = None
-    ) -> Any:
-        """Send a custom request to the cluster that owns ``guild_id`` (or ``data["guild_id"]``)."""
-        timeout = self._request_timeout if timeout is None else float(timeout)
-        request_id = self._open.next_id()
-        msg = GuildRequest(
-            id=request_id, deadline=time.time() + timeout, guild_id=guild_of(data, guild_id), data=dump(data)
-        )
-        return await self._call(msg, request_id, timeout, f"request to guild {msg.guild_id}")
 
     async def fleet_status(self, *, timeout: float | None = None) -> FleetStatus:
         """The bridge's view of the whole fleet (see :meth:`Bridge.status`)."""

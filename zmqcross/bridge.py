@@ -623,6 +623,10 @@ class Bridge(FleetOps, Routing):
         """Send ``msg`` now, or batched with the others for that peer at the end of this burst."""
         frames = encode(msg)
         check_limits(frames, self._limits)
+        self._queue_frames(routing_id, frames)
+
+    def _queue_frames(self, routing_id: bytes, frames: list[bytes]) -> None:
+        """Send encoded frames now, or batched with the others for that peer at the end of this burst."""
         self._counters["out"] += 1
         self._outbox.put(routing_id, frames)
 

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
     from .protocol import Limits, Message
     from .registry import ClientInfo, Peer, Registry
     from .security import AccessPolicy, CurveServer
-    from .transport import OpenRequests, Outbox
+    from .transport import OpenRequests
 
 __all__ = ["BridgeParts"]
 
@@ -28,7 +28,6 @@ class BridgeParts:
     _registry: Registry
     _placement: Placement | None
     _open: OpenRequests
-    _outbox: Outbox
     _fanouts: FanOuts
     _events: EventEmitter
     _limits: Limits
@@ -55,6 +54,8 @@ class BridgeParts:
         def _send(self, routing_id: bytes, msg: Message) -> None: ...
 
         def _send_frames(self, routing_id: bytes, frames: list[bytes]) -> bool: ...
+
+        def _queue_frames(self, routing_id: bytes, frames: list[bytes]) -> None: ...
 
         def _drop(self, peer: Peer, reason: str) -> None: ...
 

@@ -177,8 +177,7 @@ class Routing(BridgeParts):
         )
         check_limits(frames, self._limits)
         for route in list(by_machine):
-            self._counters["out"] += 1
-            self._outbox.put(route, frames)
+            self._queue_frames(route, frames)
 
     def _on_guild_request(self, peer: Peer, msg: GuildRequest) -> None:
         if not self._allowed(peer, "request", msg.id):

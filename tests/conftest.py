@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -21,11 +22,35 @@ TOKEN = "test-token"
 FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
 
 
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+_PORTS = random.Random()
+
+
 def free_port() -> int:
-    """A TCP port that was free a moment ago (for tests that restart a bridge on the same port)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port ``p`` that, with ``p + 1``, was free a moment ago.
+
+    A bridge's PUB socket takes ``port + 1`` unless told otherwise, so both must be free.
+    Ports come from below the kernel's ephemeral range: a port the kernel hands out
+    for some outgoing connection (zmq's, the gateway's) cannot take one from under a
+    test between this check and its bind, as happened with port 0's picks.
+    """
+    top = min(_ephemeral_low(), 65535) - 2
+    for _ in range(200):
+        port = _PORTS.randrange(max(top - 12000, 1024), top)
+        try:
+            for candidate in (port, port + 1):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", candidate))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair below the ephemeral range")
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:

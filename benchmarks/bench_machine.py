@@ -3,13 +3,12 @@ things from a machine's side (case 6b, the cache cases) and to read its memory."
 
 from __future__ import annotations
 
-import asyncio
 import os
 import sys
 import time
 from pathlib import Path
 
-from zmqcross import Client, CurveClient, Machine
+from zmqcross import Client, CurveClient, Machine, run
 
 HERE = Path(__file__).resolve().parent
 
@@ -79,4 +78,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(asyncio.run(main()))
+    sys.exit(run(main()))

@@ -329,7 +329,7 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer guilds and calls: under a minute")
     parser.add_argument("--compare", metavar="FILE", help="a result file of the original's harness (node-dch run.sh)")
     parser.add_argument("--output", metavar="FILE", help="where to write the results (default results/latest.json)")
-    return asyncio.run(run(parser.parse_args()))
+    return zmqcross.run(run(parser.parse_args()))  # the bridge side on uvloop, as `zmqcross bridge` runs
 
 
 if __name__ == "__main__":

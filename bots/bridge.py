@@ -10,7 +10,7 @@ import signal
 
 from settings import Settings, setup_logging
 
-from zmqcross import Bridge
+from zmqcross import Bridge, run
 
 
 async def main() -> None:
@@ -48,4 +48,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     setup_logging()
-    asyncio.run(main())
+    run(main())  # uvloop when installed (zmqcross.run)

@@ -7,13 +7,12 @@ cleanly on SIGTERM/SIGINT.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
 from settings import Settings, setup_logging
 
-from zmqcross import Client, Machine
+from zmqcross import Client, Machine, run
 
 BOT_FILE = os.environ.get("ZMQCROSS_BOT_FILE", str(Path(__file__).with_name("bot.py")))
 
@@ -50,4 +49,4 @@ async def main() -> None:
 
 if __name__ == "__main__":
     setup_logging()
-    asyncio.run(main())
+    run(main())  # uvloop when installed (zmqcross.run); the bots choose their own loop

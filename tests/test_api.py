@@ -53,6 +53,7 @@ PUBLIC = [
     "build_plan",
     "cluster_data",
     "generate_keypair",
+    "run",
     "shard_for_guild",
 ]
 

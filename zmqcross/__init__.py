@@ -8,6 +8,7 @@ from .bridge import Bridge, BridgeStatistics
 from .cache import CacheClient, CachePath, CacheServer, CacheStatistics
 from .client import Client, ClientStatistics
 from .cluster import ClusterClient, ClusterData, ClusterManager, RestartPolicy, cluster_data
+from .eventloop import run
 from .errors import (
     AuthenticationError,
     BroadcastEvalError,
@@ -84,5 +85,6 @@ __all__ = [
     "build_plan",
     "cluster_data",
     "generate_keypair",
+    "run",
     "shard_for_guild",
 ]

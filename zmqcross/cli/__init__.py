@@ -44,6 +44,7 @@ from ..config import (
     resolve,
 )
 from ..errors import ConfigurationError, ZmqcrossError
+from ..eventloop import run
 from .options import COMMANDS
 
 __all__ = ["Invocation", "build_parser", "configure", "main", "settle"]
@@ -299,7 +300,7 @@ def _run_async(work: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int
             loop.add_signal_handler(signum, stop.set)
         return await work(stop)
 
-    return asyncio.run(runner())
+    return run(runner())
 
 
 def _dispatch(inv: Invocation) -> int:

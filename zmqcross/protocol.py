@@ -599,18 +599,18 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError(
             f"a {kind!r} message carries {expected} body frame(s), not {len(body)}", request_id=request_id
         )
-    values = codec.fast_decode(header)
-    if values is None:  # something is wrong: let the careful decoder say what
+    msg = codec.fast_decode(header, body)
+    if msg is None:  # something is wrong: let the careful decoder say what
         try:
             values = codec.from_json(header, f"{kind!r} message")
         except ProtocolError as exc:
             exc.request_id = request_id
             raise
-    for name, frame in zip(codec.body, body[:fixed], strict=True):
-        values[name] = bytes(frame)
-    if codec.rest is not None:
-        values[codec.rest] = tuple(bytes(frame) for frame in body[fixed:])
-    msg = codec.cls(**values)
+        for name, frame in zip(codec.body, body[:fixed], strict=True):
+            values[name] = bytes(frame)
+        if codec.rest is not None:
+            values[codec.rest] = tuple(bytes(frame) for frame in body[fixed:])
+        msg = codec.cls(**values)
     if isinstance(msg, EvalReply) and len(msg.slots) != len(msg.results):
         raise ProtocolError(
             f"an 'eval_reply' has {len(msg.slots)} slots but {len(msg.results)} result frames"

@@ -42,7 +42,6 @@ from .protocol import (
     Beacon,
     ErrorReply,
     EvalReply,
-    EvalRequest,
     Goodbye,
     GuildRequest,
     Hosting,
@@ -59,11 +58,14 @@ from .protocol import (
     Welcome,
     check_limits,
     decode,
+    decode_header,
     dump,
     encode,
+    read_header,
     result_of,
 )
 from .registry import check_name
+from .relaying import eval_route
 from .security import CurveClient
 from .transport import (
     MonitorEvent,
@@ -201,7 +203,6 @@ class Client(FleetClient):
             Goodbye: self._on_goodbye,
             Send: self._on_send,
             Request: self._on_request,
-            EvalRequest: self._on_cluster_work,
             GuildRequest: self._on_cluster_work,
             EvalReply: self._on_answer,
             Assignment: self._on_assignment,
@@ -536,7 +537,13 @@ class Client(FleetClient):
 
     def _on_dealer(self, frames: list[bytes], *, nested: bool = False) -> None:
         try:
-            msg = decode(frames, self._limits)
+            header = read_header(frames, self._limits)
+            if header.get("type") == "eval":  # relayed from its header (zmqcross.relaying)
+                route = eval_route(header, frames)
+                self._last_heard = time.monotonic()
+                self._on_eval(route)
+                return
+            msg = decode_header(header, frames)
             if nested and type(msg) is Batch:
                 raise ProtocolError("a batch inside a batch")
         except ProtocolError as exc:

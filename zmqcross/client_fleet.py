@@ -33,6 +33,7 @@ from .protocol import (
     encode,
     readdress,
 )
+from .relaying import EvalRoute
 from .status import FleetStatus
 from .transport import OpenRequests
 
@@ -153,18 +154,24 @@ class FleetClient(FleetCalls):
         manager.upstream = self._upstream
         self.set_hosting(manager.shard_data)
 
-    def _on_cluster_work(self, msg: EvalRequest | GuildRequest) -> None:
+    def _on_eval(self, route: EvalRoute) -> None:
         if self._manager is None:
-            error = ClientNotFound(
-                f"client {self._machine_id!r} runs no clusters (no client.listen(manager))"
-            )
-            self._answer(readdress(error, msg.id))
+            self._answer(readdress(self._no_clusters(), route.id))
+        elif route.deadline < time.time():
+            log.debug("dropped eval %d: its deadline passed in transit", route.id)
+        else:
+            self._manager.dispatch_eval(route, self._answer)
+
+    def _on_cluster_work(self, msg: GuildRequest) -> None:
+        if self._manager is None:
+            self._answer(readdress(self._no_clusters(), msg.id))
         elif msg.deadline < time.time():
             log.debug("dropped %s %d: its deadline passed in transit", msg.type, msg.id)
-        elif isinstance(msg, EvalRequest):
-            self._manager.dispatch_eval(msg, self._answer)
         else:
             self._manager.dispatch_guild(msg, self._answer)
+
+    def _no_clusters(self) -> ClientNotFound:
+        return ClientNotFound(f"client {self._machine_id!r} runs no clusters (no client.listen(manager))")
 
     def _upstream(self, msg: Message, respond: Callable[[Message | ZmqcrossError], object]) -> None:
         # A bot's own request: sent to the bridge under this client's id, answered back down.

@@ -19,6 +19,7 @@ from .errors import BroadcastEvalError, ConfigurationError, ProtocolError, Zmqcr
 from .evaluation import compile_script, ship_function
 from .planning import ShardPlan, shard_for_guild
 from .protocol import ErrorInfo, ErrorReply, EvalReply, EvalRequest, Message, Slot, dump, load, result_of
+from .relaying import ReplySlots
 
 __all__ = [
     "FanOut",
@@ -104,11 +105,16 @@ class Gather:
         """Whether every expected cluster has an outcome."""
         return len(self._outcomes) == len(self._expected)
 
-    def add(self, reply: EvalReply) -> None:
+    def add(self, reply: EvalReply | ReplySlots) -> None:
         """Take the slots of a reply (ones not expected, or already filled, are ignored)."""
-        for slot, frame in zip(reply.slots, reply.results, strict=True):
-            if slot.cluster in self._expected and slot.cluster not in self._outcomes:
-                self._outcomes[slot.cluster] = (slot.ok, frame)
+        if isinstance(reply, EvalReply):
+            slots: Iterable[tuple[int, bool]] = ((slot.cluster, slot.ok) for slot in reply.slots)
+        else:
+            slots = reply.slots
+        expected, outcomes = self._expected, self._outcomes
+        for (cluster, ok), frame in zip(slots, reply.results, strict=True):
+            if cluster in expected and cluster not in outcomes:
+                outcomes[cluster] = (ok, frame)
 
     def put(self, cluster: int, ok: bool, frame: bytes) -> None:
         """Fill one cluster's slot, if it is expected and still empty."""
@@ -121,10 +127,10 @@ class Gather:
         for cluster in clusters:
             self.put(cluster, False, frame)
 
-    def absorb(self, outcome: Message | ZmqcrossError, clusters: Iterable[int]) -> None:
+    def absorb(self, outcome: Message | ReplySlots | ZmqcrossError, clusters: Iterable[int]) -> None:
         """Take one hop's outcome for ``clusters``: its slots, or its error for all of them."""
         clusters = list(clusters)
-        if isinstance(outcome, EvalReply):
+        if isinstance(outcome, (ReplySlots, EvalReply)):
             self.add(outcome)
         elif isinstance(outcome, ErrorReply):
             self.fail(clusters, outcome.error)
@@ -255,7 +261,7 @@ class FanOut:
     ``timer`` is the I/O layer's deadline handle (anything with ``cancel()``).
     """
 
-    __slots__ = ("reply_to", "gather", "routes", "respond", "timer")
+    __slots__ = ("gather", "reply_to", "respond", "routes", "timer")
 
     def __init__(
         self,
@@ -315,7 +321,7 @@ class FanOuts:
         fan.timer = call_later(max(hop - now, 0.0), self.expire, fan_id, error)
         return hop
 
-    def absorb(self, fan_id: int, route: Any, outcome: Message | ZmqcrossError) -> bool:
+    def absorb(self, fan_id: int, route: Any, outcome: Message | ReplySlots | ZmqcrossError) -> bool:
         """One route's answer; False if no such fan-out waits for that route (late, or forged)."""
         fan = self._open.get(fan_id)
         if fan is None or route not in fan.routes:

@@ -79,11 +79,14 @@ __all__ = [
     "Slot",
     "Welcome",
     "batches",
+    "check_header",
     "check_limits",
     "decode",
+    "decode_header",
     "dump",
     "encode",
     "load",
+    "read_header",
     "readdress",
     "result_of",
 ]
@@ -575,6 +578,15 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     When the header is readable enough to carry a request id, the error's
     ``request_id`` holds it, so the receiver can answer that request.
     """
+    return decode_header(read_header(frames, limits), frames)
+
+
+def read_header(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
+    """The first half of :func:`decode`: ``frames`` checked against ``limits``, their header parsed.
+
+    A relay reads the header's ``"type"`` and handles the kinds it only passes on
+    without building them (:mod:`zmqcross.relaying`); :func:`decode_header` does the rest.
+    """
     if not frames:
         raise ProtocolError("empty message")
     check_limits(frames, limits)
@@ -584,6 +596,11 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
         raise ProtocolError("header frame is not valid JSON") from None
     if type(header) is not dict:
         raise ProtocolError("header frame must be a JSON object")
+    return header  # type: ignore[no-any-return]
+
+
+def decode_header(header: dict[str, Any], frames: Sequence[bytes]) -> Message:
+    """The second half of :func:`decode`: the message of ``header`` (from :func:`read_header`) and ``frames``."""
     request_id = header.get("id")
     if type(request_id) is not int:
         request_id = None
@@ -618,6 +635,18 @@ def decode(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> Message:
     if isinstance(msg, Batch):
         _check_batch(msg)
     return msg  # type: ignore[no-any-return]
+
+
+def check_header(header: dict[str, Any], frames: Sequence[bytes]) -> None:
+    """Check ``header`` and ``frames`` as :func:`decode_header` would, without building the message."""
+    kind = header.get("type")
+    codec = _KINDS.get(kind) if type(kind) is str and kind != "batch" else None
+    if codec is not None and codec.fast_check(header):
+        extra = len(frames) - 1 - len(codec.body)  # frames past the fixed body ones
+        fits = extra == 0 or (extra > 0 and codec.rest is not None)
+        if fits and (kind != "eval_reply" or len(header["slots"]) == extra):
+            return
+    decode_header(header, frames)  # raises the ProtocolError that says what is wrong
 
 
 def _check_batch(batch: Batch) -> None:

@@ -19,10 +19,10 @@ import socket
 import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
-from typing import cast
+from typing import Any, cast
 
 from ..errors import ProtocolError
-from ..protocol import DEFAULT_LIMITS, Limits, Message, check_limits, decode, encode
+from ..protocol import DEFAULT_LIMITS, Limits, Message, check_limits, decode_header, encode, read_header
 from ..transport import CORK
 
 __all__ = ["PipeEnd", "open_pipe", "pack", "unpack"]
@@ -67,6 +67,10 @@ def unpack(record: memoryview) -> list[bytes]:
 class PipeEnd(asyncio.BufferedProtocol):
     """One end of a cluster pipe: decodes arriving records, encodes outgoing messages.
 
+    ``peek(header, frames)``, if given, sees each record's parsed header first and
+    returns True for one it has handled itself (the machine reads eval replies this way,
+    without building them); everything else is decoded and goes to ``on_message``.
+
     A buffered protocol: the transport reads straight into this end's own buffer
     (``recv_into``). The plain ``data_received`` path allocates a 256 KiB bytes object per
     read, which costs an mmap/mremap/munmap for every small message.
@@ -79,8 +83,10 @@ class PipeEnd(asyncio.BufferedProtocol):
         *,
         limits: Limits = DEFAULT_LIMITS,
         name: str,
+        peek: Callable[[dict[str, Any], list[bytes]], bool] | None = None,
     ) -> None:
         self._on_message = on_message
+        self._peek = peek
         self._on_closed = on_closed
         self._limits = limits
         self._name = name
@@ -148,9 +154,16 @@ class PipeEnd(asyncio.BufferedProtocol):
 
     def _dispatch(self, frames: list[bytes]) -> None:
         try:
-            msg = decode(frames, self._limits)
+            header = read_header(frames, self._limits)
+            # A relay handles some kinds from the header alone (zmqcross.relaying).
+            if self._peek is not None and self._peek(header, frames):
+                return
+            msg = decode_header(header, frames)
         except ProtocolError as exc:
             log.warning("%s: dropped a bad pipe message: %s", self._name, exc.message)
+            return
+        except Exception:  # one bad message must not kill the pipe
+            log.exception("%s: pipe message handler failed", self._name)
             return
         try:
             self._on_message(msg)

@@ -5,6 +5,10 @@ token (and CURVE key), keeps the link alive with heartbeats, and re-registers by
 when the bridge restarts, telling the new bridge what it hosts. Requests carry
 deadlines; one the bridge refused to run because it did not know us is sent again after
 re-registration if its deadline allows, and otherwise fails with a timeout.
+
+The link's life (registering, heartbeats, noticing a lost or restarted bridge) is in
+:mod:`zmqcross.client_link`; evals, guild requests and a machine's relaying in
+:mod:`zmqcross.client_fleet`.
 """
 
 from __future__ import annotations
@@ -21,12 +25,11 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from .client_fleet import FleetClient
+from .client_link import _CLOSED, _IDLE, _READY, _REGISTERING, BridgeLink
 from .errors import (
-    AuthenticationError,
     ConfigurationError,
     ConnectionLost,
     ProtocolError,
-    RequestTimeout,
     ZmqcrossError,
 )
 from .events import EventEmitter, Handler
@@ -35,7 +38,6 @@ from .planning import ShardData
 from .protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
-    PROTOCOL_VERSION,
     STATUS_SERVICE,
     Assignment,
     Batch,
@@ -47,9 +49,7 @@ from .protocol import (
     Hosting,
     Limits,
     Message,
-    Ping,
     Pong,
-    Register,
     Reply,
     Request,
     Reregister,
@@ -57,7 +57,6 @@ from .protocol import (
     ShardDataRequest,
     Welcome,
     check_limits,
-    decode,
     decode_header,
     dump,
     encode,
@@ -68,7 +67,6 @@ from .registry import check_name
 from .relaying import eval_route
 from .security import CurveClient
 from .transport import (
-    MonitorEvent,
     OpenRequests,
     Outbox,
     Pump,
@@ -89,14 +87,6 @@ log = logging.getLogger("zmqcross.client")
 CLIENT_EVENTS = ("assignment", "bridge_message", "bridge_request", "disconnect", "error", "ready")
 """Events a :class:`Client` emits; see :meth:`Client.on`."""
 
-HANDSHAKE_FAILURES = 3
-"""Consecutive failed handshakes, none succeeding, after which a CURVE mismatch is reported."""
-
-# Link states. "lost" means the bridge went silent or left; "registering" that it asked
-# us to register again (it restarted). In both we keep sending registrations.
-
-_IDLE, _REGISTERING, _READY, _LOST, _CLOSED = "idle", "registering", "ready", "lost", "closed"
-
 
 def default_machine_id(agent: str) -> str:
     """``"<host name>:<agent>"``: stable across restarts, distinct per agent on one host."""
@@ -115,7 +105,7 @@ class ClientStatistics:
     round_trip: float | None
 
 
-class Client(FleetClient):
+class Client(FleetClient, BridgeLink):
     """A connection to a zmqcross bridge.
 
     ::
@@ -445,90 +435,6 @@ class Client(FleetClient):
         except ZmqcrossError as exc:
             log.warning("could not answer the bridge: %s", exc.message)
 
-    # ------------------------------------------------------------------ registration
-
-    async def _register_loop(self) -> None:
-        window = self._retry_interval
-        while self._state in (_REGISTERING, _LOST):
-            request_id = self._open.next_id()
-            register = self._register_message(request_id, max(window, 1.0))
-            outcome = self._open.future(request_id=request_id, timeout=max(window, 1.0), what="registration")
-            try:
-                self._send(register)
-            except ConnectionLost as exc:
-                log.debug("registration not sent: %s", exc.message)
-            result = await outcome
-            if isinstance(result, Welcome):
-                self._welcomed(result)
-                return
-            if isinstance(result, ErrorReply):
-                self._registration_refused(result.error.to_exception())  # closes on a first connect
-            elif not isinstance(result, RequestTimeout):
-                log.debug("registration attempt ended with %r", result)
-            window = min(window * 2, self._max_retry_interval)
-
-    def _register_message(self, request_id: int, lifetime: float) -> Register:
-        return Register(
-            id=request_id,
-            deadline=time.time() + lifetime,
-            protocol=PROTOCOL_VERSION,
-            token=self._auth_token,
-            machine_id=self._machine_id,
-            agent=self._agent,
-            initial_data=self._initial_data,
-            hosting=self._hosting,
-        )
-
-    def _registration_refused(self, error: ZmqcrossError) -> None:
-        if self._connected is not None and not self._connected.done():
-            self._connected.set_exception(error)  # connect() raises it
-            self._state = _CLOSED
-            return
-        log.error("the bridge refused re-registration: %s", error.message)
-        self._events.emit("error", error)
-
-    def _welcomed(self, welcome: Welcome) -> None:
-        self._state = _READY
-        self._registrations += 1
-        self._epoch = welcome.epoch
-        self._heartbeat_interval = welcome.heartbeat_interval
-        self._heartbeat_timeout = welcome.heartbeat_timeout
-        self._permissions = frozenset(welcome.permissions)
-        self._last_heard = time.monotonic()
-        if welcome.notice:
-            log.warning("the bridge says: %s", welcome.notice)
-        now = time.time()
-        for entry in self._open.parked():
-            entry.parked = False
-            if entry.frames is not None and entry.deadline > now:
-                try:
-                    self._send_frames(
-                        entry.frames
-                    )  # the bridge refused it unrun; its deadline allows a retry
-                except ConnectionLost:
-                    pass
-        log.info(
-            "registered with the bridge at %s as %r (epoch %s)",
-            self._endpoint,
-            self._machine_id,
-            welcome.epoch,
-        )
-        if self._connected is not None and not self._connected.done():
-            self._connected.set_result(None)
-        self._events.emit("ready")
-
-    def _start_registering(self, state: str) -> None:
-        self._state = state
-        if self._register_task is None or self._register_task.done():
-            self._register_task = asyncio.get_running_loop().create_task(self._register_loop())
-
-    def _lost(self, reason: str) -> None:
-        if self._state != _READY:
-            return
-        log.warning("lost the bridge at %s: %s; reconnecting", self._endpoint, reason)
-        self._start_registering(_LOST)
-        self._events.emit("disconnect", reason)
-
     # ------------------------------------------------------------------ receiving
 
     def _on_batch(self, batch: Batch) -> None:
@@ -569,26 +475,6 @@ class Client(FleetClient):
     def _on_pong(self, msg: Pong) -> None:
         self._round_trip = max(time.time() - msg.sent_at, 0.0)
 
-    def _on_reregister(self, msg: Reregister) -> None:
-        if msg.reply_to is not None:
-            entry = self._open.get(msg.reply_to)
-            if entry is not None:
-                entry.parked = True
-        if self._state == _READY:
-            log.info("the bridge asks this client to register again: %s", msg.reason)
-            self._start_registering(_REGISTERING)
-
-    def _on_goodbye(self, msg: Goodbye) -> None:
-        if msg.retry:
-            self._lost(f"the bridge left: {msg.reason}")
-            return
-        error = ConnectionLost(f"the bridge dismissed this client: {msg.reason}")
-        log.error("%s", error.message)
-        self._state = _CLOSED
-        self._open.fail_all(error)
-        self._events.emit("disconnect", msg.reason)
-        self._events.emit("error", error)
-
     def _on_send(self, msg: Send) -> None:
         if self._manager is not None:  # a machine passes the bridge's messages on to its bots
             self._manager.send_to_clusters(msg.data)
@@ -614,52 +500,6 @@ class Client(FleetClient):
             missing=f"client {self._machine_id!r} has no 'bridge_request' handler",
         )
 
-    def _on_sub(self, frames: list[bytes]) -> None:
-        try:
-            msg = decode(frames, self._limits)
-        except ProtocolError as exc:
-            log.warning("bad broadcast from the bridge: %s", exc.message)
-            return
-        if isinstance(msg, Beacon):
-            if self._beacon_seen is not None:
-                self._beacon_seen.set()
-            if self._state == _READY and msg.epoch != self._epoch:
-                log.info("the bridge restarted (epoch %s -> %s); registering again", self._epoch, msg.epoch)
-                self._start_registering(_REGISTERING)
-
-    def _on_monitor(self, event: MonitorEvent) -> None:
-        if event.event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
-            self._handshake_failures = 0
-            return
-        if event.event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-            error: ZmqcrossError = AuthenticationError(
-                f"the bridge at {self._endpoint} refused this client's CURVE key (ZAP status {event.value}): "
-                "add this client's public key file to the bridge's allow-list"
-            )
-        elif event.event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            error = AuthenticationError(
-                f"security handshake with {self._endpoint} failed: one side uses CURVE and the other does not "
-                f"(this client has CURVE {'on' if self._curve else 'off'})"
-            )
-        elif event.event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            # A CURVE mismatch usually shows up as the bridge dropping the connection
-            # mid-handshake (EPIPE), not as a protocol error; a streak of them is the sign.
-            self._handshake_failures += 1
-            if self._handshake_failures != HANDSHAKE_FAILURES:
-                return
-            error = AuthenticationError(
-                f"the security handshake with {self._endpoint} failed {HANDSHAKE_FAILURES} times in a row: "
-                f"the bridge and this client disagree about CURVE (this client has CURVE "
-                f"{'on: check that server_key is the bridge public key' if self._curve else 'off'})"
-            )
-        else:
-            return
-        if self._connected is not None and not self._connected.done():
-            self._registration_refused(error)
-        else:
-            log.error("%s", error.message)
-            self._events.emit("error", error)
-
     # ------------------------------------------------------------------ sending
 
     def _send(self, msg: Message) -> None:
@@ -684,17 +524,3 @@ class Client(FleetClient):
         finally:
             if self._dealer_pump is not None:
                 self._dealer_pump.kick()
-
-    async def _heartbeat(self) -> None:
-        while True:
-            await asyncio.sleep(self._heartbeat_interval)
-            if self._state != _READY:
-                continue
-            silent = time.monotonic() - self._last_heard
-            if silent > self._heartbeat_timeout:
-                self._lost(f"no answer from the bridge for {silent:.1f} s")
-                continue
-            try:
-                self._send(Ping(sent_at=time.time()))
-            except ConnectionLost as exc:
-                self._lost(exc.message)

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .calls import FleetCalls
+from .client_link import _READY
 from .errors import ClientNotFound, ConnectionLost, ZmqcrossError
 from .events import EventEmitter
 from .planning import ShardData
@@ -43,8 +44,6 @@ if TYPE_CHECKING:
 __all__ = ["FleetClient"]
 
 log = logging.getLogger("zmqcross.client")
-
-_READY = "ready"  # the link state in which requests go straight out (see zmqcross.client)
 
 
 class FleetClient(FleetCalls):

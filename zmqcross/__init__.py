@@ -8,7 +8,6 @@ from .bridge import Bridge, BridgeStatistics
 from .cache import CacheClient, CachePath, CacheServer, CacheStatistics
 from .client import Client, ClientStatistics
 from .cluster import ClusterClient, ClusterData, ClusterManager, RestartPolicy, cluster_data
-from .eventloop import run
 from .errors import (
     AuthenticationError,
     BroadcastEvalError,
@@ -27,6 +26,7 @@ from .errors import (
     UnknownCachePath,
     ZmqcrossError,
 )
+from .eventloop import run
 from .machine import Machine
 from .messages import IncomingMessage, IncomingRequest
 from .planning import ShardData, ShardPlan, build_plan, shard_for_guild

@@ -5,6 +5,8 @@ allow-list through ZAP, then the auth token), keeps the registry of who is conne
 hands out the shard plan, answers and relays requests, and drops peers that go silent.
 All of its socket work happens in this module's loop; decisions live in
 :mod:`~zmqcross.registry`, :mod:`~zmqcross.planning` and :mod:`~zmqcross.security`.
+What it does with each message it receives is in :mod:`~zmqcross.bridge_inbox`, fleet
+work in :mod:`~zmqcross.bridge_fleet`, requests and evals in :mod:`~zmqcross.bridge_routing`.
 """
 
 from __future__ import annotations
@@ -19,30 +21,26 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 import zmq
 
-from .bridge_fleet import FleetOps, _peer_address, _user_id
+from .bridge_fleet import FleetOps
+from .bridge_inbox import Inbox, receive_routed
 from .bridge_routing import ClientFilter, Observer, Routing, Service
 from .discord_api import fetch_recommended_shards
 from .errors import (
     ClientNotFound,
     ConfigurationError,
     ConnectionLost,
-    PermissionDenied,
-    ProtocolError,
 )
 from .events import EventEmitter, Handler
 from .fanout import (
     FanOuts,
 )
-from .messages import IncomingMessage
 from .planning import ClusterListParser, Placement, ShardPlan, build_plan
 from .protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     RESHARD_SERVICE,
     STATUS_SERVICE,
-    Batch,
     Beacon,
-    ErrorInfo,
     ErrorReply,
     EvalReply,
     EvalRequest,
@@ -52,14 +50,12 @@ from .protocol import (
     Limits,
     Message,
     Ping,
-    Pong,
     Register,
     Reply,
     Request,
     Send,
     ShardDataRequest,
     check_limits,
-    decode,
     dump,
     encode,
     result_of,
@@ -67,14 +63,12 @@ from .protocol import (
 from .registry import ClientInfo, Peer, Registry
 from .security import AccessPolicy, CurveServer, ZapHandler
 from .transport import (
-    MonitorEvent,
     OpenRequests,
     Outbox,
     Pump,
     closed_error,
     configure_socket,
     new_context,
-    receive_frames,
     send_frames,
     watch_monitor,
 )
@@ -89,13 +83,6 @@ log = logging.getLogger("zmqcross.bridge")
 
 BRIDGE_EVENTS = ("client_message", "client_request", "connect", "disconnect", "error", "ready")
 """Events a :class:`Bridge` emits; see :meth:`Bridge.on`."""
-
-
-BEACON_BURST = (0.0, 0.02, 0.1, 0.3)
-
-PROBE_DELAYS = (0.05, 0.3)
-"""Seconds after a connection drops at which the bridge probes its peers to find which one left."""
-"""Seconds after a registration at which extra beacons go out, for the newcomer's SUB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +108,7 @@ def _is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
-class Bridge(FleetOps, Routing):
+class Bridge(Inbox, FleetOps, Routing):
     """The central process of a zmqcross fleet.
 
     ::
@@ -311,7 +298,7 @@ class Bridge(FleetOps, Routing):
         self._router, self._pub = router, pub
         self._port = _bound_port(router)
         self._pub_port = _bound_port(pub)
-        self._router_pump = self._pump(router, self._on_router, name="router", receive=_receive_routed)
+        self._router_pump = self._pump(router, self._on_router, name="router", receive=receive_routed)
         self._pump_monitor(router, "router")
 
     async def _start_metrics(self) -> None:
@@ -504,119 +491,6 @@ class Bridge(FleetOps, Routing):
         self._send_frames(peer.routing_id, frames)
         return result_of(await outcome)
 
-    # ------------------------------------------------------------------ receiving
-
-    def _on_router(self, routed: tuple[zmq.Frame, list[bytes]]) -> None:
-        first, body = routed
-        self._on_routed(first, first.bytes, body, nested=False)
-
-    def _on_routed(self, first: zmq.Frame, routing_id: bytes, body: list[bytes], *, nested: bool) -> None:
-        try:
-            msg = decode(body, self._limits)
-            if type(msg) is Batch:
-                if nested:
-                    raise ProtocolError("a batch inside a batch")
-                for inner in msg.messages():
-                    self._on_routed(first, routing_id, inner, nested=True)
-                return
-        except ProtocolError as exc:
-            self._counters["in"] += 1
-            self._counters["protocol_errors"] += 1
-            peer = self._registry.get(routing_id)
-            who = repr(peer.info.id) if peer else f"an unregistered peer at {_peer_address(first)}"
-            log.warning("bad message from %s: %s", who, exc.message)
-            self._send(
-                routing_id,
-                ErrorReply(
-                    reply_to=exc.request_id, error=ErrorInfo.from_exception(exc, with_traceback=False)
-                ),
-            )
-            return
-        self._counters["in"] += 1
-        peer = self._registry.get(routing_id)
-        if peer is None:
-            self._from_stranger(routing_id, first, msg)
-            return
-        if self._curve is not None and _user_id(first) != peer.user_id:
-            # Any allow-listed key can claim any routing id; the registration pinned this one to a key.
-            log.warning(
-                "dropped a message claiming client %r's routing id from another CURVE key", peer.info.id
-            )
-            return
-        peer.last_seen = time.monotonic()
-        handler = self._dispatch.get(type(msg))
-        if handler is None:
-            error = ProtocolError(f"the bridge does not accept {msg.type!r} messages")
-            self._send(
-                routing_id,
-                ErrorReply(
-                    reply_to=getattr(msg, "id", None),
-                    error=ErrorInfo.from_exception(error, with_traceback=False),
-                ),
-            )
-            return
-        handler(peer, msg)
-
-    def _on_ping(self, peer: Peer, msg: Ping) -> None:
-        self._send(peer.routing_id, Pong(sent_at=msg.sent_at))
-
-    def _on_goodbye(self, peer: Peer, msg: Goodbye) -> None:
-        self._drop(peer, f"left: {msg.reason}")
-
-    def _allowed(self, peer: Peer, action: str, request_id: int | None) -> bool:
-        if action in peer.info.permissions:
-            return True
-        error = PermissionDenied(
-            f"client {peer.info.id!r} (agent {peer.info.agent!r}, key {peer.info.key!r}) may not {action}; "
-            f"it may: {', '.join(sorted(peer.info.permissions)) or 'nothing'}"
-        )
-        log.warning("%s", error.message)
-        if self._observer is not None:
-            self._observer(action, error.code, 0.0)
-        self._send(
-            peer.routing_id,
-            ErrorReply(reply_to=request_id, error=ErrorInfo.from_exception(error, with_traceback=False)),
-        )
-        return False
-
-    def _on_send(self, peer: Peer, msg: Send) -> None:
-        if self._allowed(peer, "request", None):
-            self._events.emit("client_message", IncomingMessage(msg.data, client=peer.info), peer.info)
-
-    def _on_answer(self, peer: Peer, msg: Reply | ErrorReply | EvalReply) -> None:
-        entry = self._open.get(msg.reply_to) if msg.reply_to is not None else None
-        if (
-            entry is None
-            and msg.reply_to is not None
-            and self._fanouts.absorb(msg.reply_to, peer.routing_id, msg)
-        ):
-            return
-        if entry is None or entry.peer != peer.routing_id:
-            if isinstance(msg, ErrorReply) and msg.reply_to is None:
-                log.warning(
-                    "client %r reports a bad message from the bridge: %s", peer.info.id, msg.error.message
-                )
-            else:
-                log.debug("ignored a late or unknown answer from %r", peer.info.id)
-            return
-        self._open.finish(msg.reply_to, msg)
-
-    def _on_monitor(self, event: MonitorEvent) -> None:
-        if event.event == zmq.EVENT_DISCONNECTED:
-            loop = asyncio.get_running_loop()
-            for delay in PROBE_DELAYS:  # libzmq retires the pipe shortly after the event
-                loop.call_later(delay, self._probe_peers)
-            return
-        if event.event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
-            log.warning(
-                "a peer failed the ZMTP handshake (a client without CURVE, or with a wrong server key?)"
-            )
-        elif event.event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
-            log.warning(
-                "a peer's handshake failed (errno %d): often a CURVE client with a wrong server key",
-                event.value,
-            )
-
     # ------------------------------------------------------------------ sending
 
     def _send(self, routing_id: bytes, msg: Message) -> None:
@@ -706,15 +580,3 @@ class Bridge(FleetOps, Routing):
 
 def _bound_port(sock: zmq.Socket[Any]) -> int:
     return int(cast(bytes, sock.getsockopt(zmq.LAST_ENDPOINT)).decode().rsplit(":", 1)[1])
-
-
-_DONTWAIT = int(zmq.DONTWAIT)
-
-
-def _receive_routed(sock: zmq.Socket[Any]) -> tuple[zmq.Frame, list[bytes]]:
-    # The routing frame is kept as a zmq.Frame: its User-Id (the CURVE key ZAP admitted)
-    # and Peer-Address properties are read from it. The rest of a multipart message is
-    # already here once its first part is, so NOBLOCK cannot split it.
-    first = sock.recv(_DONTWAIT, copy=False)
-    body = receive_frames(sock) if first.more else []
-    return first, body

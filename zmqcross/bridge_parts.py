@@ -1,4 +1,4 @@
-"""What the bridge's mixins (:mod:`.bridge_fleet`, :mod:`.bridge_routing`) may use of the bridge.
+"""What the bridge's mixins (:mod:`.bridge_inbox`, :mod:`.bridge_fleet`, :mod:`.bridge_routing`) may use.
 
 Declared once here for the type checker; :class:`zmqcross.bridge.Bridge` provides it all.
 """

@@ -206,6 +206,15 @@ async def test_shard_data_for_machines_and_standby(make_bridge, make_client) -> 
     assert bridge.shard_map()["held"] == {"m1": [0, 1], "m2": [2, 3]}
 
 
+async def test_eval_reaching_a_machine_without_clusters_names_it(make_bridge, make_client) -> None:
+    bridge = await make_bridge(total_shards=4, shards_per_cluster=2, total_machines=1)
+    idle = await make_client(bridge, machine_id="idle")
+    await idle.request_shard_data()  # holds clusters 0 and 1, but no ClusterManager listens
+    results = await bridge.broadcast_eval("1", return_exceptions=True, timeout=5)
+    assert [type(r) for r in results] == [ClientNotFound, ClientNotFound]
+    assert "client 'idle' runs no clusters (no client.listen(manager))" in results[0].message
+
+
 async def test_shard_data_max_clusters(make_bridge, make_client) -> None:
     bridge = await make_bridge(total_shards=8, shards_per_cluster=1, total_machines=2)
     small = await make_client(bridge, machine_id="small")

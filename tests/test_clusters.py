@@ -25,6 +25,7 @@ from zmqcross import (
     Client,
     ConfigurationError,
     ConnectionLost,
+    MessageTooLarge,
     RemoteError,
     RequestTimeout,
     ScriptError,
@@ -266,6 +267,17 @@ async def test_eval_in_flight_when_its_cluster_dies(fleet: Fleet) -> None:
     assert [p for i, p in enumerate(new_pids) if i != victim] == [
         p for i, p in enumerate(pids) if i != victim
     ]
+
+
+async def test_a_result_over_the_frame_limit_fails_its_slot_saying_so(fleet: Fleet) -> None:
+    results = await fleet.dashboard.broadcast_eval(
+        "'x' * (65 << 20) if bot.cluster.id == 2 else bot.cluster.id", return_exceptions=True, timeout=30
+    )
+    assert results[:2] == [0, 1] and results[3] == 3
+    assert isinstance(results[2], MessageTooLarge)  # not a timeout: the cluster answered at once
+    assert "cluster 2's result is 68157442 bytes of JSON; the limit is 67108864 (max_frame_bytes)" in str(
+        results[2]
+    )
 
 
 async def test_sigkilled_cluster_is_respawned_and_answers_again(fleet: Fleet) -> None:

@@ -22,12 +22,13 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
-from ..errors import ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
+from ..errors import ConfigurationError, ConnectionLost, MessageTooLarge, RequestTimeout, ZmqcrossError
 from ..evaluation import compile_script, load_function, start_script
 from ..events import EventEmitter, Handler
 from ..fanout import error_frame
 from ..messages import IncomingMessage, IncomingRequest, serve_request
 from ..protocol import (
+    DEFAULT_LIMITS,
     ErrorReply,
     EvalReply,
     EvalRequest,
@@ -291,6 +292,11 @@ class ClusterClient:
         if ok:
             try:
                 frame = self._dump_result(value)  # encoded here, once; relays forward these bytes
+                if len(frame) > DEFAULT_LIMITS.max_frame_bytes:  # refused on the way: say so, not time out
+                    raise MessageTooLarge(
+                        f"cluster {self.id}'s result is {len(frame)} bytes of JSON; the limit is "
+                        f"{DEFAULT_LIMITS.max_frame_bytes} (max_frame_bytes): return less, or narrow the eval"
+                    )
             except ZmqcrossError as exc:
                 frame, ok = error_frame(exc), False
         else:

@@ -180,6 +180,21 @@ def test_readdress_keeps_the_body_and_turns_errors_into_replies() -> None:
     assert isinstance(failed, p.ErrorReply) and failed.reply_to == 7 and failed.error.message == "boom"
 
 
+def test_an_answer_over_the_limits_becomes_an_error_saying_so() -> None:
+    limits = p.Limits(max_frames=8, max_frame_bytes=1000, max_message_bytes=1500, max_header_bytes=1000)
+    slots = (p.Slot(cluster=0, ok=True), p.Slot(cluster=1, ok=True))
+    gathered = p.EvalReply(reply_to=5, slots=slots, results=(b"1" * 900, b"2" * 900))  # each part fits
+    answer = p.decode(p.answer_frames(gathered, limits))
+    assert isinstance(answer, p.ErrorReply) and answer.reply_to == 5
+    error = answer.error.to_exception()
+    assert isinstance(error, MessageTooLarge)
+    assert "the answer to request 5 is too large to send: message is" in error.message
+    small = p.Reply(reply_to=1, data=b"1")
+    assert p.answer_frames(small, limits) == p.encode(small)
+    with pytest.raises(MessageTooLarge, match="frame 1 is 2000 bytes"):  # not an answer: the sender hears it
+        p.answer_frames(p.Request(id=1, deadline=1.0, data=b"x" * 2000), limits)
+
+
 def test_limits_are_checked_before_parsing() -> None:
     limits = p.Limits(max_frames=3, max_frame_bytes=100, max_message_bytes=150, max_header_bytes=50)
     header = p.encode(p.Send(data=b"1"))[0]

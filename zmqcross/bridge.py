@@ -55,6 +55,7 @@ from .protocol import (
     Request,
     Send,
     ShardDataRequest,
+    answer_frames,
     check_limits,
     dump,
     encode,
@@ -495,9 +496,7 @@ class Bridge(Inbox, FleetOps, Routing):
 
     def _send(self, routing_id: bytes, msg: Message) -> None:
         """Send ``msg`` now, or batched with the others for that peer at the end of this burst."""
-        frames = encode(msg)
-        check_limits(frames, self._limits)
-        self._queue_frames(routing_id, frames)
+        self._queue_frames(routing_id, answer_frames(msg, self._limits))
 
     def _queue_frames(self, routing_id: bytes, frames: list[bytes]) -> None:
         """Send encoded frames now, or batched with the others for that peer at the end of this burst."""

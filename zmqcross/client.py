@@ -56,6 +56,7 @@ from .protocol import (
     Send,
     ShardDataRequest,
     Welcome,
+    answer_frames,
     check_limits,
     decode_header,
     dump,
@@ -422,8 +423,7 @@ class Client(FleetClient, BridgeLink):
 
     def _answer(self, msg: Message) -> None:
         try:
-            frames = encode(msg)
-            check_limits(frames, self._limits)
+            frames = answer_frames(msg, self._limits)
         except ZmqcrossError as exc:
             log.warning("could not answer the bridge: %s", exc.message)
             return

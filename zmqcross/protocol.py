@@ -78,6 +78,7 @@ __all__ = [
     "ShardDataRequest",
     "Slot",
     "Welcome",
+    "answer_frames",
     "batches",
     "check_header",
     "check_limits",
@@ -715,3 +716,20 @@ def readdress(outcome: Message | ZmqcrossError, reply_to: int) -> Message:
         return ErrorReply(reply_to=reply_to, error=ErrorInfo.from_exception(outcome, with_traceback=False))
     error = ProtocolError(f"a {outcome.type!r} message is not an answer")
     return ErrorReply(reply_to=reply_to, error=ErrorInfo.from_exception(error, with_traceback=False))
+
+
+def answer_frames(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes]:
+    """``msg`` encoded and checked against ``limits``. An answer over them (a gathered eval
+    of many big results) becomes an :class:`ErrorReply` saying so, so that its caller hears
+    why at once instead of waiting out its timeout; anything else over them raises."""
+    frames = encode(msg)
+    try:
+        check_limits(frames, limits)
+    except MessageTooLarge as exc:
+        reply_to = getattr(msg, "reply_to", None)
+        if reply_to is None:
+            raise
+        error = MessageTooLarge(f"the answer to request {reply_to} is too large to send: {exc.message}")
+        return encode(ErrorReply(reply_to=reply_to, error=ErrorInfo.from_exception(error, with_traceback=False)))
+    return frames
+

@@ -22,6 +22,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from cpu import CpuMeter, cpu_seconds, host_cpu_seconds  # noqa: E402
 from fleet import Fleet, fleet  # noqa: E402
 from floor import measure_floor  # noqa: E402
 from stats import compare, summarize, table  # noqa: E402
@@ -61,20 +62,6 @@ def rss_mb(pid: int | str = "self") -> float:
     except OSError:
         pass
     return 0.0
-
-
-def cpu_seconds(pid: int | str) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def host_cpu_seconds() -> float:
-    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
-    busy = sum(int(v) for i, v in enumerate(fields) if i not in (3, 4))  # all but idle and iowait
-    return busy / os.sysconf("SC_CLK_TCK")
 
 
 async def measure(
@@ -182,7 +169,11 @@ async def main_fleet(profile: Profile, results: dict[str, Any]) -> None:
         n, w = profile.n, profile.warmup
         print("measuring ...", file=sys.stderr, flush=True)
 
+        kinds = {"bridge (and caller)": [os.getpid()], "machines": [p.pid for p in f.machines.values()],
+                 "clusters": list(f.pids["clusters"])}
+        meter = CpuMeter(kinds)
         cases["1_math"] = await measure(lambda: bridge.broadcast_eval("1+1"), lambda r: r == [2] * 8, n=n, warmup=w)
+        cases["1_math"]["cpu_us_per_call"] = meter.per_call(n + w)
         cases["2_guilds_cache_size"] = await measure(
             lambda: bridge.broadcast_eval("len(bot.guilds)"), lambda r: sum(r) == profile.guilds, n=n, warmup=w
         )
@@ -199,7 +190,9 @@ async def main_fleet(profile: Profile, results: dict[str, Any]) -> None:
         samples = await bridge.request({"op": "time_requests", "n": n, "warmup": w}, client="machine-1", timeout=120)
         cases["6b_machine_request_to_bridge"] = {**summarize(samples), "warmup": w, "failures": 0,
                                                  "note": "timed in machine-1"}
-        cases["7_throughput_math"] = await throughput(bridge, profile.throughput_seconds)
+        meter = CpuMeter(kinds)
+        cases["7_throughput_math"] = tp = await throughput(bridge, profile.throughput_seconds)
+        tp["cpu_us_per_call"] = meter.per_call(tp["completed"] + tp["failures"])
         cases["8_send_all_shards"] = await send_all_shards(f, n, w)
         if f.cache is not None:
             timed = await bridge.request({"op": "time_cache", "n": n, "warmup": w}, client="machine-1", timeout=120)
@@ -281,6 +274,11 @@ def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
         results["overhead_over_floor_1_math_p50"] = round(ratio, 2)
         print(f"{'floor: bare pyzmq + pipes':34} {floor['n']:>5} {floor['min']:>9.2f} {floor['p50']:>9.2f} "
               f"{floor['p90']:>9.2f} {floor['p99']:>9.2f} {floor['max']:>9.2f}   1_math/floor p50 = {ratio:.2f}x")
+    for case in ("1_math", "7_throughput_math"):
+        cpu = results["cases"][case].get("cpu_us_per_call")
+        if cpu:
+            parts = ", ".join(f"{kind} {us:.0f}" for kind, us in cpu.items() if kind != "total")
+            print(f"CPU per eval in {case} (us, all threads): {parts}; total {cpu['total']:.0f}")
     print()
     for name, row in results.get("scale_sweep", {}).items():
         print(f"scale sweep {name:>3} clusters: 1_math p50 {row['1_math']['p50']:.2f} ms, p99 {row['1_math']['p99']:.2f} ms")

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from zmqcross import protocol as p
 from zmqcross.errors import ProtocolError
-from zmqcross.relaying import eval_route, forward_eval, reply_slots
+from zmqcross.relaying import eval_reply_frames, eval_route, forward_eval, reply_slots
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,6 +47,14 @@ def test_reply_slots_pass_the_result_frames_untouched() -> None:
     reply = reply_slots(read(frames), frames)
     assert (reply.reply_to, reply.slots) == (9, [(4, True), (5, False)])
     assert all(a is b for a, b in zip(reply.results, results, strict=True))
+
+
+def test_a_clusters_answer_is_the_eval_reply_decode_reads() -> None:
+    frames = eval_reply_frames(12, 3, False, b'{"code":"x"}')
+    assert p.decode(frames) == p.EvalReply(
+        reply_to=12, slots=(p.Slot(cluster=3, ok=False),), results=(b'{"code":"x"}',)
+    )
+    assert reply_slots(read(frames), frames).slots == [(3, False)]
 
 
 @pytest.mark.parametrize(

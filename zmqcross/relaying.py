@@ -1,11 +1,12 @@
-"""Evals as a relay sees them: the few fields it reads, the frames it writes. Pure.
+"""Evals on their way down and back: the few fields each hop reads, the frames it writes. Pure.
 
 A machine stands between the bridge and its clusters. Of an ``eval`` it needs the id,
 the deadline and the target clusters; of each cluster's ``eval_reply``, the slots. The
 script, the context and the result frames pass through as the bytes they came as.
 Building the full messages for that was over a third of a machine's Python time per
 eval (measured warm in the benchmark's shape, two clusters per machine: decoding the
-eval 11 us and each reply 9 us, of about 70 us per eval).
+eval 11 us and each reply 9 us, of about 70 us per eval). A cluster, too, runs an eval
+from its checked header and writes its one-slot answer directly.
 
 Both readers check the header exactly as :func:`~zmqcross.protocol.decode` would, so a
 malformed message still gets its precise :class:`~zmqcross.errors.ProtocolError`.
@@ -21,7 +22,7 @@ import orjson
 from .errors import ProtocolError
 from .protocol import check_header
 
-__all__ = ["EvalRoute", "ReplySlots", "eval_route", "forward_eval", "reply_slots"]
+__all__ = ["EvalRoute", "ReplySlots", "eval_reply_frames", "eval_route", "forward_eval", "reply_slots"]
 
 
 class EvalRoute(NamedTuple):
@@ -74,3 +75,9 @@ def reply_slots(header: dict[str, Any], frames: Sequence[bytes]) -> ReplySlots:
     check_header(header, frames)
     slots = [(slot["cluster"], slot["ok"]) for slot in header["slots"]]
     return ReplySlots(header["reply_to"], slots, frames[1:])
+
+
+def eval_reply_frames(reply_to: int, cluster: int, ok: bool, result: bytes) -> list[bytes]:
+    """One cluster's answer to an eval (its slot and its result frame), without building an ``EvalReply``."""
+    header = {"type": "eval_reply", "reply_to": reply_to, "slots": [{"cluster": cluster, "ok": ok}]}
+    return [orjson.dumps(header), result]

@@ -8,6 +8,9 @@ Each :class:`Codec` is built once from a dataclass's type hints. It has two deco
 * a *careful* one that walks the same checks through small functions and says exactly
   which field is wrong. It runs only when the fast one refuses a header, so malformed
   input still gets a precise :class:`ProtocolError` while good input pays the least.
+
+The fast checks are also generated without the building, as ``fast_check``, for the
+hops that read an eval's header as it is (:mod:`zmqcross.relaying`).
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ A bridge or machine process spends most of its time waking up for one small mess
 and going back to sleep. asyncio's own loop runs its select, event dispatch and transport
 reads in Python on every wake-up; uvloop runs them in C. Measured on the benchmark fleet
 (4 machines, 8 clusters; bridge and machines on uvloop, clusters unchanged; six
-interleaved pairs of runs): serial broadcast evals 13 % faster and 32-in-flight
-throughput 9 % higher on average, with the machines' CPU per eval down by about a fifth.
+interleaved pairs of runs): serial broadcast evals about 12 % faster and 32-in-flight
+throughput about 13 % higher on average (single pairs ranged from -7 % to +36 %).
 
 Cluster processes are left alone: they run the user's bot on whatever loop the bot
 chooses. ``ZMQCROSS_LOOP=asyncio`` (or ``loop="asyncio"``) keeps asyncio's loop.

@@ -15,8 +15,9 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal, cast
 
 import zmq
@@ -336,6 +337,14 @@ class Bridge(Inbox, FleetOps, Routing):
         if self._metrics is not None:
             await self._metrics.close()
             self._metrics = None
+        # Services first: a persisted cache refuses calls from here on and saves what was
+        # acknowledged, before any goodbye lets a client believe the bridge is gone.
+        for service in self._services.values():
+            if service.owner is not None:
+                try:
+                    await service.owner.close()
+                except Exception:
+                    log.exception("closing the owner of a bridge service failed")
         for peer in self._registry:
             self._send(peer.routing_id, Goodbye(reason="the bridge is shutting down", retry=True))
         if self._heartbeat_task is not None:
@@ -431,6 +440,11 @@ class Bridge(Inbox, FleetOps, Routing):
     def clients(self) -> tuple[ClientInfo, ...]:
         """The connected clients, in registration order."""
         return tuple(peer.info for peer in self._registry)
+
+    @property
+    def services(self) -> Mapping[str, Service]:
+        """The bridge's services by name (read-only): handler, permission and owner of each."""
+        return MappingProxyType(self._services)
 
     def shard_map(self) -> dict[str, object]:
         """Which machine holds which clusters (held, orphaned and free chunks)."""

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from .bridge_parts import BridgeParts
 from .errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
@@ -46,7 +46,7 @@ from .protocol import (
 from .registry import ClientInfo, Peer
 from .security import ACTIONS
 
-__all__ = ["ClientFilter", "Observer", "Routing", "Service", "ServiceHandler", "outcome_of"]
+__all__ = ["ClientFilter", "Observer", "Routing", "Service", "ServiceHandler", "ServiceOwner", "outcome_of"]
 
 log = logging.getLogger("zmqcross.bridge")
 
@@ -55,12 +55,23 @@ ServiceHandler = Callable[[IncomingRequest, ClientInfo], Any]
 Observer = Callable[[str, str, float], object]
 
 
+class ServiceOwner(Protocol):
+    """What owns a service (a :class:`~zmqcross.CacheServer`): closed when its bridge closes."""
+
+    async def close(self) -> None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class Service:
-    """A named bridge service: its handler and the permission a caller needs."""
+    """A named bridge service: its handler, the permission a caller needs, and its owner.
+
+    The owner, when given, is closed by :meth:`Bridge.close` before the sockets go, so a
+    clean bridge shutdown also ends (and saves) what serves through it.
+    """
 
     handler: ServiceHandler
     action: str
+    owner: ServiceOwner | None = None
 
 
 def _settle(answer: asyncio.Future[Message], outcome: Message) -> None:
@@ -252,17 +263,25 @@ class Routing(BridgeParts):
             )
         serve_request(request, handlers, (request, peer.info), self._events, event, missing=missing)
 
-    def add_service(self, name: str, handler: ServiceHandler, *, action: str = "request") -> None:
+    def add_service(
+        self,
+        name: str,
+        handler: ServiceHandler,
+        *,
+        action: str = "request",
+        owner: ServiceOwner | None = None,
+    ) -> None:
         """Answer requests addressed to service ``name`` with ``handler(request, client)``.
 
         This is how bridge plugins (the cache) receive their calls: clients reach them with
-        ``call_service(name, data)``. ``action`` is the permission a caller needs.
+        ``call_service(name, data)``. ``action`` is the permission a caller needs. ``owner``
+        (an object with ``async close()``) is closed when the bridge closes.
         """
         if name in self._services:
             raise ConfigurationError(f"the bridge already has a {name!r} service")
         if action not in ACTIONS:
             raise ConfigurationError(f"unknown action {action!r}; actions are {sorted(ACTIONS)}")
-        self._services[name] = Service(handler, action)
+        self._services[name] = Service(handler, action, owner)
 
     def _relay(self, origin: Peer, msg: Request) -> None:
         try:

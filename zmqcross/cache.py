@@ -372,7 +372,7 @@ class CacheServer:
                     "does not exist"
                 )
             self._load(self._persist_path)
-        bridge.add_service(service, self._serve, action="cache")
+        bridge.add_service(service, self._serve, action="cache", owner=self)
         try:
             asyncio.get_running_loop()
         except RuntimeError:

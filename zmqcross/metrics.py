@@ -453,10 +453,8 @@ class BridgeMetrics:
         """The cache whose numbers are exported: the one given, or the bridge's ``"cache"`` service."""
         if self._cache is not None:
             return self._cache
-        # The bridge keeps no public list of its services; a CacheServer registers its bound
-        # method there, so its owner is found without the caller having to pass it along.
-        service = getattr(self.bridge, "_services", {}).get(CACHE_SERVICE)
-        owner = getattr(getattr(service, "handler", None), "__self__", None)
+        service = self.bridge.services.get(CACHE_SERVICE)
+        owner = service.owner if service is not None else None
         return owner if isinstance(owner, CacheServer) else None
 
     @property

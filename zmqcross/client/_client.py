@@ -24,18 +24,16 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from .client_fleet import FleetClient
-from .client_link import _CLOSED, _IDLE, _READY, _REGISTERING, BridgeLink
-from .errors import (
+from ..errors import (
     ConfigurationError,
     ConnectionLost,
     ProtocolError,
     ZmqcrossError,
 )
-from .events import EventEmitter, Handler
-from .messages import IncomingMessage, IncomingRequest, serve_request
-from .planning import ShardData
-from .protocol import (
+from ..events import EventEmitter, Handler
+from ..messages import IncomingMessage, IncomingRequest, serve_request
+from ..planning import ShardData
+from ..protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     STATUS_SERVICE,
@@ -64,10 +62,10 @@ from .protocol import (
     read_header,
     result_of,
 )
-from .registry import check_name
-from .relaying import eval_route
-from .security import CurveClient
-from .transport import (
+from ..registry import check_name
+from ..relaying import eval_route
+from ..security import CurveClient
+from ..transport import (
     OpenRequests,
     Outbox,
     Pump,
@@ -77,9 +75,11 @@ from .transport import (
     send_frames,
     watch_monitor,
 )
+from ._link import _CLOSED, _IDLE, _READY, _REGISTERING, BridgeLink
+from ._relay import FleetClient
 
 if TYPE_CHECKING:
-    from .cluster.manager import ClusterManager
+    from ..cluster.manager import ClusterManager
 
 __all__ = ["CLIENT_EVENTS", "Client", "ClientStatistics", "default_machine_id"]
 

@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 
 import zmq
 
-from .errors import AuthenticationError, ConnectionLost, ProtocolError, RequestTimeout, ZmqcrossError
-from .events import EventEmitter
-from .protocol import (
+from ..errors import AuthenticationError, ConnectionLost, ProtocolError, RequestTimeout, ZmqcrossError
+from ..events import EventEmitter
+from ..protocol import (
     PROTOCOL_VERSION,
     Beacon,
     ErrorReply,
@@ -35,7 +35,7 @@ from .protocol import (
     Welcome,
     decode,
 )
-from .transport import MonitorEvent, OpenRequests
+from ..transport import MonitorEvent, OpenRequests
 
 __all__ = ["HANDSHAKE_FAILURES", "BridgeLink"]
 

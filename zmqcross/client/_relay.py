@@ -14,12 +14,11 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from .calls import FleetCalls
-from .client_link import _READY
-from .errors import ClientNotFound, ConnectionLost, ZmqcrossError
-from .events import EventEmitter
-from .planning import ShardData
-from .protocol import (
+from ..calls import FleetCalls
+from ..errors import ClientNotFound, ConnectionLost, ZmqcrossError
+from ..events import EventEmitter
+from ..planning import ShardData
+from ..protocol import (
     RESHARD_SERVICE,
     STATUS_SERVICE,
     Assignment,
@@ -34,12 +33,13 @@ from .protocol import (
     encode,
     readdress,
 )
-from .relaying import EvalRoute
-from .status import FleetStatus
-from .transport import OpenRequests
+from ..relaying import EvalRoute
+from ..status import FleetStatus
+from ..transport import OpenRequests
+from ._link import _READY
 
 if TYPE_CHECKING:
-    from .cluster.manager import ClusterManager
+    from ..cluster.manager import ClusterManager
 
 __all__ = ["FleetClient"]
 

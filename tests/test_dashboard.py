@@ -30,8 +30,7 @@ from fleetkit import ROOT, TOKEN, Proc, Processes, fleet_env
 from zmqcross import AccessPolicy, Bridge, Client
 from zmqcross.dashboard import Dashboard, LatencyWindow, percentile
 from zmqcross.gateway import GatewayServer, guild_id, shard_of
-from zmqcross.metrics import summarize
-from zmqcross.status import ClusterStatus, FleetStatus, MachineStatus
+from zmqcross.status import ClusterStatus, FleetStatus, MachineStatus, summarize
 
 pytestmark = pytest.mark.timeout(120)
 # One event loop for the module: the fleet fixture outlives each test.

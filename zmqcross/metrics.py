@@ -57,7 +57,6 @@ import math
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
@@ -68,7 +67,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_late
 from .cache import CACHE_SERVICE, CacheServer
 from .errors import ConfigurationError, ZmqcrossError
 from .httpsite import HttpSite
-from .status import ClusterStatus, FleetStatus, MachineStatus
+from .status import ClusterStatus, FleetStatus, summarize
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -80,10 +79,7 @@ __all__ = [
     "LATENCY_BUCKETS",
     "METRICS_PATH",
     "BridgeMetrics",
-    "FleetSummary",
     "MachineMetrics",
-    "is_machine",
-    "summarize",
 ]
 
 log = logging.getLogger("zmqcross.metrics")
@@ -97,83 +93,8 @@ DEFAULT_MAX_AGE = 1.0
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Histogram buckets (seconds): a broadcast_eval over loopback takes about a millisecond."""
 
-SERVING = ("starting", "ready")
-"""Cluster states whose shards count as hosted."""
 
-
-# --------------------------------------------------------------------------- the fleet in numbers (pure)
-
-
-def is_machine(machine: MachineStatus) -> bool:
-    """Whether a client runs clusters or waits for them (a machine agent), not a dashboard or service."""
-    return (
-        machine.agent == "bot"
-        or bool(machine.clusters)
-        or machine.standby
-        or machine.plan_version is not None
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class FleetSummary:
-    """The totals an operator looks at first, computed from one :class:`FleetStatus`.
-
-    ``clusters`` counts current clusters (a rolling restart's retiring ones are left out so
-    nothing counts twice); ``down`` lists the plan's clusters that are not ready on any
-    machine, with ``unassigned`` the subset that no machine runs at all.
-    """
-
-    machines: int
-    standby: int
-    stale: int
-    unanswered: int
-    clusters: int
-    ready: int
-    states: dict[str, int]
-    shards: int
-    guilds: int
-    restarts: int
-    down: tuple[int, ...]
-    unassigned: tuple[int, ...]
-
-    def to_json(self) -> dict[str, Any]:
-        """The summary as JSON data."""
-        return {
-            "machines": self.machines,
-            "standby": self.standby,
-            "stale": self.stale,
-            "unanswered": self.unanswered,
-            "clusters": self.clusters,
-            "ready": self.ready,
-            "states": dict(self.states),
-            "shards": self.shards,
-            "guilds": self.guilds,
-            "restarts": self.restarts,
-            "down": list(self.down),
-            "unassigned": list(self.unassigned),
-        }
-
-
-def summarize(status: FleetStatus) -> FleetSummary:
-    """Totals of ``status``: machines, clusters by state, shards hosted, guilds, restarts, what is down."""
-    machines = [m for m in status.machines if is_machine(m)]
-    current = [c for m in machines for c in m.clusters if c.state != "retiring"]
-    every = [c for m in machines for c in m.clusters]
-    ready_ids = {c.id for c in every if c.ready}
-    return FleetSummary(
-        machines=len(machines),
-        standby=sum(m.standby for m in machines),
-        stale=sum(m.stale for m in machines),
-        unanswered=sum(m.error is not None for m in machines),
-        clusters=len(current),
-        ready=sum(c.ready for c in current),
-        states=dict(Tally(c.state for c in every)),
-        shards=len({s for c in every if c.state in SERVING for s in c.shards}),
-        guilds=sum(c.guilds or 0 for c in current),
-        restarts=sum(c.restarts for c in current),
-        down=tuple(sorted(set(range(status.total_clusters)) - ready_ids)),
-        unassigned=tuple(status.unassigned),
-    )
+# --------------------------------------------------------------------------- metric families
 
 
 def _cluster_families(rows: Iterable[tuple[str, ClusterStatus]], now: float) -> Iterator[Metric]:

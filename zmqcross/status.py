@@ -1,16 +1,27 @@
 """Plain, immutable records describing the fleet, as ``Bridge.status()`` returns them.
 
 They travel as JSON (a dashboard asks the bridge, the bridge asks each machine), so each
-has ``to_json`` and ``from_json``.
+has ``to_json`` and ``from_json``. :func:`summarize` reduces a :class:`FleetStatus` to the
+totals an operator looks at first (:class:`FleetSummary`), for the dashboard and the
+Prometheus metrics alike. Pure: no I/O, nothing imported beyond the standard library.
 """
 
 from __future__ import annotations
 
 import dataclasses
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ClusterStatus", "FleetStatus", "MachineStatus"]
+__all__ = [
+    "SERVING",
+    "ClusterStatus",
+    "FleetStatus",
+    "FleetSummary",
+    "MachineStatus",
+    "is_machine",
+    "summarize",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +129,79 @@ class FleetStatus:
                 if cluster.state in ("starting", "ready", "retiring"):
                     hosts.setdefault(cluster.id, []).append(machine.id)
         return hosts
+
+
+SERVING = ("starting", "ready")
+"""Cluster states whose shards count as hosted."""
+
+
+def is_machine(machine: MachineStatus) -> bool:
+    """Whether a client runs clusters or waits for them (a machine agent), not a dashboard or service."""
+    return (
+        machine.agent == "bot"
+        or bool(machine.clusters)
+        or machine.standby
+        or machine.plan_version is not None
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FleetSummary:
+    """The totals an operator looks at first, computed from one :class:`FleetStatus`.
+
+    ``clusters`` counts current clusters (a rolling restart's retiring ones are left out so
+    nothing counts twice); ``down`` lists the plan's clusters that are not ready on any
+    machine, with ``unassigned`` the subset that no machine runs at all.
+    """
+
+    machines: int
+    standby: int
+    stale: int
+    unanswered: int
+    clusters: int
+    ready: int
+    states: dict[str, int]
+    shards: int
+    guilds: int
+    restarts: int
+    down: tuple[int, ...]
+    unassigned: tuple[int, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        """The summary as JSON data."""
+        return {
+            "machines": self.machines,
+            "standby": self.standby,
+            "stale": self.stale,
+            "unanswered": self.unanswered,
+            "clusters": self.clusters,
+            "ready": self.ready,
+            "states": dict(self.states),
+            "shards": self.shards,
+            "guilds": self.guilds,
+            "restarts": self.restarts,
+            "down": list(self.down),
+            "unassigned": list(self.unassigned),
+        }
+
+
+def summarize(status: FleetStatus) -> FleetSummary:
+    """Totals of ``status``: machines, clusters by state, shards hosted, guilds, restarts, what is down."""
+    machines = [m for m in status.machines if is_machine(m)]
+    current = [c for m in machines for c in m.clusters if c.state != "retiring"]
+    every = [c for m in machines for c in m.clusters]
+    ready_ids = {c.id for c in every if c.ready}
+    return FleetSummary(
+        machines=len(machines),
+        standby=sum(m.standby for m in machines),
+        stale=sum(m.stale for m in machines),
+        unanswered=sum(m.error is not None for m in machines),
+        clusters=len(current),
+        ready=sum(c.ready for c in current),
+        states=dict(Counter(c.state for c in every)),
+        shards=len({s for c in every if c.state in SERVING for s in c.shards}),
+        guilds=sum(c.guilds or 0 for c in current),
+        restarts=sum(c.restarts for c in current),
+        down=tuple(sorted(set(range(status.total_clusters)) - ready_ids)),
+        unassigned=tuple(status.unassigned),
+    )

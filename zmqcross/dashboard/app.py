@@ -20,8 +20,7 @@ from aiohttp import web
 from ..client import Client
 from ..errors import ConnectionLost, RequestTimeout, ZmqcrossError
 from ..httpsite import HttpSite
-from ..metrics import summarize
-from ..status import FleetStatus
+from ..status import FleetStatus, summarize
 from .latency import LatencyWindow
 from .page import PAGE
 

@@ -57,7 +57,7 @@ import math
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Self
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -71,6 +71,7 @@ from .status import ClusterStatus, FleetStatus, summarize
 
 if TYPE_CHECKING:
     from .bridge import Bridge
+    from .client import Client
     from .cluster.manager import ClusterManager
     from .machine import Machine
 
@@ -458,7 +459,7 @@ class MachineMetrics:
         machine_id: str | None = None,
     ) -> None:
         self.target = target
-        client = getattr(target, "client", None)
+        client = self.client
         self.machine_id = machine_id or (client.id if client is not None else "local")
         self.registry = CollectorRegistry(auto_describe=False)
         """This machine's registry (a dedicated one, not the global)."""
@@ -466,9 +467,11 @@ class MachineMetrics:
         self._server = _Exposition(self.registry, host=host, port=port, prepare=None)
 
     @property
-    def client(self) -> Any:
+    def client(self) -> Client | None:
         """The machine's :class:`Client`, or ``None`` for a bare manager."""
-        return getattr(self.target, "client", None)
+        from .cluster.manager import ClusterManager
+
+        return None if isinstance(self.target, ClusterManager) else self.target.client
 
     @property
     def manager(self) -> ClusterManager | None:

@@ -2,35 +2,40 @@
 
 A machine's :class:`~zmqcross.Client` sends them on its DEALER socket; a bot's
 :class:`~zmqcross.Shard` sends them up its cluster's pipe, and its machine forwards
-them. Both build the same messages here; each says only how a message leaves and how
-its answer comes back (:meth:`FleetCalls._next_request_id`, :meth:`FleetCalls._exchange`).
+them. Both hold a :class:`FleetCalls` that builds the same messages; each gives it only
+how a request id is drawn and how a message leaves and its answer comes back
+(``next_id`` and ``exchange``), and delegates its public calls to it.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from .errors import ZmqcrossError
 from .fanout import eval_outcome, eval_request, guild_of
 from .protocol import GuildRequest, Message, Request, dump, result_of
 
-__all__ = ["FleetCalls"]
+__all__ = ["Exchange", "FleetCalls"]
+
+Exchange = Callable[[Message, int, float, str], Awaitable[Message | ZmqcrossError]]
+"""Send ``message`` (its request id, its timeout, what it is for errors); its answer or error."""
 
 
 class FleetCalls:
-    """broadcast_eval, requests to the bridge, its services, other clients and guilds."""
+    """broadcast_eval, requests to the bridge, its services, other clients and guilds.
 
-    _request_timeout: float
+    ``next_id`` draws a request id and ``exchange`` carries a request and returns its
+    outcome; ``request_timeout`` applies to calls that do not give their own.
+    """
 
-    def _next_request_id(self) -> int:
-        raise NotImplementedError
+    __slots__ = ("_exchange", "_next_request_id", "request_timeout")
 
-    async def _exchange(
-        self, msg: Message, request_id: int, timeout: float, what: str
-    ) -> Message | ZmqcrossError:
-        raise NotImplementedError
+    def __init__(self, *, next_id: Callable[[], int], exchange: Exchange, request_timeout: float) -> None:
+        self._next_request_id = next_id
+        self._exchange = exchange
+        self.request_timeout = float(request_timeout)
 
     async def broadcast_eval(
         self,
@@ -48,7 +53,7 @@ class FleetCalls:
         See :meth:`zmqcross.Bridge.broadcast_eval`; raises :class:`BroadcastEvalError` if any
         cluster failed, unless ``return_exceptions``.
         """
-        timeout = self._timeout_or_default(timeout)
+        timeout = self.timeout_or_default(timeout)
         request_id = self._next_request_id()
         msg = eval_request(
             request_id,
@@ -94,7 +99,7 @@ class FleetCalls:
         self, data: Any, *, guild_id: int | None = None, timeout: float | None = None
     ) -> Any:
         """Send a custom request to the cluster that owns ``guild_id`` (or ``data["guild_id"]``)."""
-        timeout = self._timeout_or_default(timeout)
+        timeout = self.timeout_or_default(timeout)
         request_id = self._next_request_id()
         msg = GuildRequest(
             id=request_id, deadline=time.time() + timeout, guild_id=guild_of(data, guild_id), data=dump(data)
@@ -102,10 +107,11 @@ class FleetCalls:
         return result_of(await self._exchange(msg, request_id, timeout, f"request to guild {msg.guild_id}"))
 
     async def _request(self, data: Any, *, timeout: float | None, what: str, **route: str | None) -> Any:
-        timeout = self._timeout_or_default(timeout)
+        timeout = self.timeout_or_default(timeout)
         request_id = self._next_request_id()
         msg = Request(id=request_id, deadline=time.time() + timeout, data=dump(data), **route)
         return result_of(await self._exchange(msg, request_id, timeout, what))
 
-    def _timeout_or_default(self, timeout: float | None) -> float:
-        return self._request_timeout if timeout is None else float(timeout)
+    def timeout_or_default(self, timeout: float | None) -> float:
+        """``timeout`` as a float, or the default request timeout for None."""
+        return self.request_timeout if timeout is None else float(timeout)

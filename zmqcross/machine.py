@@ -17,7 +17,7 @@ import signal
 from collections.abc import Mapping
 from typing import Any
 
-from .client import Client
+from .client import Client, LinkState
 from .cluster.manager import ClusterManager
 from .planning import ShardData
 
@@ -64,7 +64,7 @@ class Machine:
 
         Returns once the first share is spawned (or at once for a standby).
         """
-        if self.client.statistics().state == "idle":
+        if self.client.state is LinkState.IDLE:
             await self.client.connect()
         share = await self.client.request_shard_data()
         if share.standby:

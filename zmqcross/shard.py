@@ -7,6 +7,7 @@ payload full of quotes and backslashes arrives as it was sent.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from .calls import FleetCalls
@@ -17,7 +18,7 @@ from .protocol import DEFAULT_TIMEOUT, Message, Send, dump
 __all__ = ["Shard"]
 
 
-class Shard(FleetCalls):
+class Shard:
     """Cross-machine calls from inside a bot, through its :class:`ClusterClient`.
 
     The calls (``broadcast_eval``, ``request``, ``call_service``, ``request_to_client``,
@@ -26,13 +27,60 @@ class Shard(FleetCalls):
 
     def __init__(self, cluster: ClusterClient, *, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.cluster = cluster
-        self._request_timeout = float(timeout)
+        self._calls = FleetCalls(next_id=self._next_id, exchange=self._exchange, request_timeout=timeout)
 
     async def send(self, data: Any) -> None:
         """Send a custom message to the bridge (its ``client_message`` event)."""
         await self.cluster.send(Send(data=dump(data)))
 
-    def _next_request_id(self) -> int:
+    async def broadcast_eval(
+        self,
+        script: str | Callable[..., Any],
+        *,
+        context: Any = None,
+        timeout: float | None = None,
+        clusters: Sequence[int] | None = None,
+        shards: Sequence[int] | None = None,
+        guild_id: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run ``script`` on every cluster of every machine; see :meth:`zmqcross.Client.broadcast_eval`."""
+        return await self._calls.broadcast_eval(
+            script,
+            context=context,
+            timeout=timeout,
+            clusters=clusters,
+            shards=shards,
+            guild_id=guild_id,
+            return_exceptions=return_exceptions,
+        )
+
+    async def request(self, data: Any, *, timeout: float | None = None) -> Any:
+        """Send a custom request to the bridge (its ``client_request`` event); return the answer."""
+        return await self._calls.request(data, timeout=timeout)
+
+    async def call_service(self, service: str, data: Any, *, timeout: float | None = None) -> Any:
+        """Call a bridge service (see :meth:`Bridge.add_service`), such as the cache; return its answer."""
+        return await self._calls.call_service(service, data, timeout=timeout)
+
+    async def request_to_client(
+        self,
+        data: Any,
+        *,
+        client_id: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send a custom request to another client through the bridge; see :meth:`zmqcross.Client.request_to_client`."""
+        return await self._calls.request_to_client(data, client_id=client_id, agent=agent, timeout=timeout)
+
+    async def request_to_guild(
+        self, data: Any, *, guild_id: int | None = None, timeout: float | None = None
+    ) -> Any:
+        """Send a custom request to the cluster that owns ``guild_id`` (or ``data["guild_id"]``)."""
+        return await self._calls.request_to_guild(data, guild_id=guild_id, timeout=timeout)
+
+    def _next_id(self) -> int:
         return self.cluster.next_id()
 
     async def _exchange(

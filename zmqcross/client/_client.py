@@ -6,36 +6,32 @@ when the bridge restarts, telling the new bridge what it hosts. Requests carry
 deadlines; one the bridge refused to run because it did not know us is sent again after
 re-registration if its deadline allows, and otherwise fails with a timeout.
 
-The link's life (registering, heartbeats, noticing a lost or restarted bridge) is in
-:mod:`zmqcross.client_link`; evals, guild requests and a machine's relaying in
-:mod:`zmqcross.client_fleet`.
+:class:`Client` is the whole public surface, and receives what the bridge sends. Its
+parts are objects it builds and hands what they need: the sockets
+(:class:`~._channel.Channel`), the link's life and states (:class:`~._link.Link`), and a
+machine's relaying to its clusters (:class:`~._relay.MachineRelay`). The fleet calls it
+shares with :class:`~zmqcross.Shard` are built by :class:`~zmqcross.calls.FleetCalls`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import secrets
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import zmq
-
-from ..errors import (
-    ConfigurationError,
-    ConnectionLost,
-    ProtocolError,
-    ZmqcrossError,
-)
+from ..calls import FleetCalls
+from ..errors import ConfigurationError, ConnectionLost, ProtocolError, ZmqcrossError
 from ..events import EventEmitter, Handler
 from ..messages import IncomingMessage, IncomingRequest, serve_request
 from ..planning import ShardData
 from ..protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
+    RESHARD_SERVICE,
     STATUS_SERVICE,
     Assignment,
     Batch,
@@ -45,6 +41,7 @@ from ..protocol import (
     Goodbye,
     GuildRequest,
     Hosting,
+    Leaving,
     Limits,
     Message,
     Pong,
@@ -54,7 +51,6 @@ from ..protocol import (
     Send,
     ShardDataRequest,
     Welcome,
-    answer_frames,
     check_limits,
     decode_header,
     dump,
@@ -65,18 +61,11 @@ from ..protocol import (
 from ..registry import check_name
 from ..relaying import eval_route
 from ..security import CurveClient
-from ..transport import (
-    OpenRequests,
-    Outbox,
-    Pump,
-    closed_error,
-    configure_socket,
-    new_context,
-    send_frames,
-    watch_monitor,
-)
-from ._link import _CLOSED, _IDLE, _READY, _REGISTERING, BridgeLink
-from ._relay import FleetClient
+from ..status import FleetStatus
+from ..transport import OpenRequests, closed_error
+from ._channel import Channel
+from ._link import Link, LinkState
+from ._relay import MachineRelay
 
 if TYPE_CHECKING:
     from ..cluster.manager import ClusterManager
@@ -106,7 +95,7 @@ class ClientStatistics:
     round_trip: float | None
 
 
-class Client(FleetClient, BridgeLink):
+class Client:
     """A connection to a zmqcross bridge.
 
     ::
@@ -146,55 +135,52 @@ class Client(FleetClient, BridgeLink):
                 raise ConfigurationError(problem)
         if not 0 < retry_interval <= max_retry_interval:
             raise ConfigurationError("retry_interval must be positive and at most max_retry_interval")
-        where = f"[{host}]" if ":" in host else host
-        self._endpoint = f"tcp://{where}:{port}"
-        self._pub_endpoint = f"tcp://{where}:{pub_port if pub_port is not None else port + 1}"
-        self._ipv6 = ":" in host
-        self._auth_token = auth_token
         self._agent = agent
         self._machine_id = machine_id
         self.rolling_restarts = rolling_restarts
         self._curve = curve
         self._limits = limits
-        self._request_timeout = float(request_timeout)
         self._connect_timeout = float(connect_timeout)
-        self._retry_interval = float(retry_interval)
-        self._max_retry_interval = float(max_retry_interval)
 
         self._events = EventEmitter(CLIENT_EVENTS, log)
         self._open = OpenRequests()
-        self._state = _IDLE
-        self._initial_data: Any = None
-        self._hosting: Hosting | None = None
-        self._epoch: str | None = None
-        self._permissions: frozenset[str] = frozenset()
-        self._heartbeat_interval = 1.0
-        self._heartbeat_timeout = 4.0
-        self._last_heard = 0.0
-        self._round_trip: float | None = None
-        self._handshake_failures = 0
-        self._registrations = 0
-        self._connected: asyncio.Future[None] | None = None
-        self._beacon_seen: asyncio.Event | None = None
-        self._ctx: zmq.Context[Any] | None = None
-        self._dealer: zmq.Socket[Any] | None = None
-        self._dealer_pump: Pump | None = None
-        self._outbox = Outbox(self._send_held)  # answers to the bridge, batched under load
-        self._sockets: list[zmq.Socket[Any]] = []
-        self._pumps: list[Pump] = []
+        self._channel = Channel(
+            host=host,
+            port=port,
+            pub_port=pub_port if pub_port is not None else port + 1,
+            machine_id=machine_id,
+            curve=curve,
+            limits=limits,
+        )
+        self._link = Link(
+            self._channel,
+            open_requests=self._open,
+            events=self._events,
+            limits=limits,
+            auth_token=auth_token,
+            machine_id=machine_id,
+            agent=agent,
+            curve=curve is not None,
+            retry_interval=float(retry_interval),
+            max_retry_interval=float(max_retry_interval),
+        )
+        self._relay = MachineRelay(self._channel, self._link, open_requests=self._open, machine_id=machine_id)
+        self._calls = FleetCalls(
+            next_id=self._open.next_id, exchange=self._exchange, request_timeout=request_timeout
+        )
         self._tasks: list[asyncio.Task[None]] = []
-        self._register_task: asyncio.Task[None] | None = None
-        self._manager: ClusterManager | None = None
+        # Bound once: an eval is relayed straight from the receive callback (the hot path).
+        self._on_eval = self._relay.on_eval
         self._dispatch: dict[type, Callable[[Any], None]] = {
             Welcome: self._on_answer,
             Reply: self._on_answer,
             ErrorReply: self._on_answer,
-            Pong: self._on_pong,
-            Reregister: self._on_reregister,
-            Goodbye: self._on_goodbye,
+            Pong: self._link.on_pong,
+            Reregister: self._link.on_reregister,
+            Goodbye: self._link.on_goodbye,
             Send: self._on_send,
             Request: self._on_request,
-            GuildRequest: self._on_cluster_work,
+            GuildRequest: self._relay.on_guild,
             EvalReply: self._on_answer,
             Assignment: self._on_assignment,
             Beacon: lambda msg: None,  # the bridge probing whether this connection is still there
@@ -210,92 +196,49 @@ class Client(FleetClient, BridgeLink):
         :class:`ConnectionLost` if no bridge answers within ``timeout`` (default
         ``connect_timeout``). ``initial_data`` (JSON) reaches the bridge's ``connect`` event.
         """
-        if self._state != _IDLE:
-            raise RuntimeError(f"this client is {self._state}; create a new Client to connect again")
+        link = self._link
+        if link.state is not LinkState.IDLE:
+            raise RuntimeError(f"this client is {link.state.value}; create a new Client to connect again")
         dump(initial_data)  # a SerializationError now, not inside the registration loop
-        self._initial_data = initial_data
-        loop = asyncio.get_running_loop()
-        self._connected = loop.create_future()
-        self._beacon_seen = asyncio.Event()
-        self._open_sockets()
-        self._state = _REGISTERING
-        self._register_task = loop.create_task(self._register_loop())
+        self._channel.open(on_dealer=self._on_dealer, on_sub=link.on_sub, on_monitor=link.on_monitor)
+        connected = link.start(initial_data)
         timeout = self._connect_timeout if timeout is None else float(timeout)
         try:
-            await asyncio.wait_for(asyncio.shield(self._connected), timeout)
+            await asyncio.wait_for(asyncio.shield(connected), timeout)
         except TimeoutError:
             await self.close()
             hint = " and that server_key is the bridge's public key" if self._curve else ""
             raise ConnectionLost(
-                f"no answer from the bridge at {self._endpoint} within {timeout:g} s: "
+                f"no answer from the bridge at {self._channel.endpoint} within {timeout:g} s: "
                 f"check that it is running and reachable{hint}"
             ) from None
         except BaseException:
             await self.close()
             raise
-        self._tasks.append(loop.create_task(self._heartbeat()))
-        # PUB/SUB joins late: give the subscription one beacon interval to come up, so
-        # the first bridge restart is noticed through the beacon's epoch.
-        try:
-            await asyncio.wait_for(self._beacon_seen.wait(), self._heartbeat_interval * 1.5)
-        except TimeoutError:
-            log.debug("no beacon yet from %s; continuing", self._pub_endpoint)
-
-    def _open_sockets(self) -> None:
-        ctx = new_context()
-        self._ctx = ctx
-        dealer = ctx.socket(zmq.DEALER)
-        sub = ctx.socket(zmq.SUB)
-        self._sockets += [dealer, sub]
-        # A routing id unique to this process: a new process never inherits the old
-        # one's half-closed connection, and the bridge pins it to our key on register.
-        dealer.setsockopt(zmq.ROUTING_ID, f"{self._machine_id}/{secrets.token_hex(4)}".encode())
-        for sock in (dealer, sub):
-            configure_socket(sock, self._limits, curve_client=self._curve)
-            sock.setsockopt(zmq.RECONNECT_IVL, 100)
-            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
-            if self._ipv6:
-                sock.setsockopt(zmq.IPV6, 1)
-        sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._dealer_pump = Pump(dealer, self._on_dealer, name="dealer")
-        monitor = watch_monitor(dealer, self._on_monitor, name="dealer-monitor")
-        self._sockets.append(monitor.sock)
-        self._pumps += [self._dealer_pump, Pump(sub, self._on_sub, name="sub"), monitor]
-        for pump in self._pumps:
-            pump.start()
-        dealer.connect(self._endpoint)
-        sub.connect(self._pub_endpoint)
-        self._dealer = dealer
+        self._tasks.append(link.start_heartbeats())
+        if not await link.wait_beacon():
+            log.debug("no beacon yet from %s; continuing", self._channel.pub_endpoint)
 
     async def close(self, reason: str = "closing") -> None:
         """Leave the bridge (it releases this client's clusters at once) and close the sockets."""
-        if self._ctx is None:
-            self._state = _CLOSED
+        link = self._link
+        if not self._channel.opened:
+            link.close()
             return
-        if self._state == _READY:
+        if link.connected:
             try:
-                self._send(Goodbye(reason=reason))
+                self._channel.send(Goodbye(reason=reason))
             except ZmqcrossError:
                 pass
-        self._state = _CLOSED
+        registering = link.close()
         current = asyncio.current_task()
-        tasks = [t for t in (*self._tasks, self._register_task) if t is not None and t is not current]
+        tasks = [t for t in (*self._tasks, registering) if t is not None and t is not current]
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
         self._open.fail_all(ConnectionLost("the client was closed"))
-        if self._connected is not None and not self._connected.done():
-            self._connected.set_exception(ConnectionLost("the client was closed while connecting"))
-            self._connected.exception()  # retrieved: nobody else may be waiting
-        for pump in self._pumps:
-            pump.stop()
-        for sock in self._sockets:
-            sock.close(linger=200 if sock is self._dealer else 0)  # let the goodbye leave
-        self._sockets.clear()
-        self._dealer = None
-        ctx, self._ctx = self._ctx, None
-        if ctx is not None:
-            await asyncio.to_thread(ctx.term)
+        link.abandon_connect()
+        await self._channel.close()
         await self._events.aclose()
 
     async def __aenter__(self) -> Client:
@@ -334,26 +277,31 @@ class Client(FleetClient, BridgeLink):
         return self._agent
 
     @property
+    def state(self) -> LinkState:
+        """Where the link to the bridge is: idle, registering, ready, lost or closed."""
+        return self._link.state
+
+    @property
     def connected(self) -> bool:
         """Whether the bridge currently has this client registered."""
-        return self._state == _READY
+        return self._link.connected
 
     @property
     def permissions(self) -> frozenset[str]:
         """What the bridge allows this client to do (from the last registration)."""
-        return self._permissions
+        return self._link.permissions
 
     @property
     def hosting(self) -> Hosting | None:
         """What this machine runs, as told to the bridge on every (re-)registration."""
-        return self._hosting
+        return self._link.hosting
 
     def set_hosting(self, shard_data: ShardData | None) -> None:
         """Record the clusters this machine runs (None: nothing) for future registrations."""
         if shard_data is None or shard_data.standby:
-            self._hosting = None
+            self._link.hosting = None
             return
-        self._hosting = Hosting(
+        self._link.hosting = Hosting(
             plan_version=shard_data.plan_version,
             total_shards=shard_data.total_shards,
             cluster_list=shard_data.cluster_list,
@@ -362,13 +310,14 @@ class Client(FleetClient, BridgeLink):
 
     def statistics(self) -> ClientStatistics:
         """The link's state and counters."""
+        link = self._link
         return ClientStatistics(
-            state=self._state,
+            state=link.state.value,
             machine_id=self._machine_id,
-            epoch=self._epoch,
-            registrations=self._registrations,
+            epoch=link.epoch,
+            registrations=link.registrations,
             open_requests=len(self._open),
-            round_trip=self._round_trip,
+            round_trip=link.round_trip,
         )
 
     async def send(self, data: Any) -> None:
@@ -377,11 +326,66 @@ class Client(FleetClient, BridgeLink):
         At most once: raises :class:`ConnectionLost` while the link is down. Use
         :meth:`request` when the sender must know it arrived.
         """
-        if self._state != _READY:
+        if not self._link.connected:
             raise ConnectionLost(
-                f"not connected to the bridge (link is {self._state}); the message was not sent"
+                f"not connected to the bridge (link is {self._link.state.value}); the message was not sent"
             )
-        self._send(Send(data=dump(data)))
+        self._channel.send(Send(data=dump(data)))
+
+    async def broadcast_eval(
+        self,
+        script: str | Callable[..., Any],
+        *,
+        context: Any = None,
+        timeout: float | None = None,
+        clusters: Sequence[int] | None = None,
+        shards: Sequence[int] | None = None,
+        guild_id: int | None = None,
+        return_exceptions: bool = False,
+    ) -> list[Any]:
+        """Run ``script`` on every cluster of every machine; one result per cluster, in cluster id order.
+
+        See :meth:`zmqcross.Bridge.broadcast_eval`; raises :class:`BroadcastEvalError` if any
+        cluster failed, unless ``return_exceptions``.
+        """
+        return await self._calls.broadcast_eval(
+            script,
+            context=context,
+            timeout=timeout,
+            clusters=clusters,
+            shards=shards,
+            guild_id=guild_id,
+            return_exceptions=return_exceptions,
+        )
+
+    async def request(self, data: Any, *, timeout: float | None = None) -> Any:
+        """Send a custom request to the bridge (its ``client_request`` event); return the answer."""
+        return await self._calls.request(data, timeout=timeout)
+
+    async def call_service(self, service: str, data: Any, *, timeout: float | None = None) -> Any:
+        """Call a bridge service (see :meth:`Bridge.add_service`), such as the cache; return its answer."""
+        return await self._calls.call_service(service, data, timeout=timeout)
+
+    async def request_to_client(
+        self,
+        data: Any,
+        *,
+        client_id: str | None = None,
+        agent: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
+        """Send a custom request to another client through the bridge; return its answer.
+
+        Name the client by ``client_id``, or by ``agent`` when exactly one client has it.
+        Raises :class:`ClientNotFound` if no (or more than one) client matches.
+        """
+        return await self._calls.request_to_client(data, client_id=client_id, agent=agent, timeout=timeout)
+
+    async def request_to_guild(
+        self, data: Any, *, guild_id: int | None = None, timeout: float | None = None
+    ) -> Any:
+        """Send a custom request to the cluster that owns ``guild_id`` (or ``data["guild_id"]``)."""
+        return await self._calls.request_to_guild(data, guild_id=guild_id, timeout=timeout)
 
     async def request_shard_data(
         self, *, max_clusters: int | None = None, timeout: float | None = None
@@ -393,60 +397,102 @@ class Client(FleetClient, BridgeLink):
         """
         if max_clusters is not None and (type(max_clusters) is not int or max_clusters < 1):
             raise ConfigurationError(f"max_clusters must be a positive integer, not {max_clusters!r}")
-        timeout = self._timeout_or_default(timeout)
-        request_id = self._next_request_id()
+        timeout = self._calls.timeout_or_default(timeout)
+        request_id = self._open.next_id()
         msg = ShardDataRequest(id=request_id, deadline=time.time() + timeout, max_clusters=max_clusters)
         data = ShardData.from_json(result_of(await self._exchange(msg, request_id, timeout, "shard data request")))
         self.set_hosting(data)
         return data
 
-    # ------------------------------------------------------------------ requests
+    async def fleet_status(self, *, timeout: float | None = None) -> FleetStatus:
+        """The bridge's view of the whole fleet (see :meth:`Bridge.status`)."""
+        return FleetStatus.from_json(await self.call_service(STATUS_SERVICE, None, timeout=timeout))
 
-    def _next_request_id(self) -> int:
-        return self._open.next_id()
+    async def reshard(
+        self,
+        *,
+        total_shards: int | None = None,
+        shards_per_cluster: int | None = None,
+        total_machines: int | None = None,
+        timeout: float | None = None,
+    ) -> dict[str, Any]:
+        """Ask the bridge to switch the fleet to a new plan (see :meth:`Bridge.reshard`); needs ``admin``."""
+        options = {
+            name: value
+            for name, value in (
+                ("total_shards", total_shards),
+                ("shards_per_cluster", shards_per_cluster),
+                ("total_machines", total_machines),
+            )
+            if value is not None
+        }
+        return await self.call_service(RESHARD_SERVICE, options, timeout=timeout)  # type: ignore[no-any-return]
+
+    async def leave(self, reason: str = "draining") -> None:
+        """Tell the bridge this machine is draining: its clusters go to a standby now.
+
+        The client stays connected so that work already in flight can still be answered;
+        :meth:`close` ends it.
+        """
+        if self._link.connected:
+            self._channel.send(Leaving(reason=reason))
+
+    def listen(self, manager: ClusterManager) -> None:
+        """Make this client the agent of ``manager``'s clusters.
+
+        Evals and guild requests from the bridge go to the clusters; requests made inside
+        the bots (``Shard``) go to the bridge; re-registrations report the clusters run here.
+        """
+        self._relay.listen(manager)
+        self.set_hosting(manager.shard_data)
+
+    def update_hosting(self, shard_data: ShardData | None) -> None:
+        """Record what this machine now runs and tell the bridge at once (after a rolling restart)."""
+        self.set_hosting(shard_data)
+        if self._link.connected:
+            self._tasks.append(asyncio.get_running_loop().create_task(self._refresh_registration()))
+
+    # ------------------------------------------------------------------ requests
 
     async def _exchange(
         self, msg: Message, request_id: int, timeout: float, what: str
     ) -> Message | ZmqcrossError:
-        if self._state in (_IDLE, _CLOSED):
+        if self._link.state in (LinkState.IDLE, LinkState.CLOSED):
             raise closed_error("the client")
         frames = encode(msg)
         check_limits(frames, self._limits)
         outcome = self._open.future(request_id=request_id, timeout=timeout, what=what, frames=frames)
         try:
-            self._send_frames(frames)
+            self._channel.send_frames(frames)
         except ConnectionLost as exc:
             self._open.finish(request_id, exc)
         return await outcome
 
-    # ------------------------------------------------------------------ clusters
-
-    def _answer(self, msg: Message) -> None:
+    async def _refresh_registration(self) -> None:
+        # Registering again from the same connection updates what the bridge knows of us
+        # without dropping the link: sends keep working meanwhile.
+        timeout = self._calls.request_timeout
+        request_id = self._open.next_id()
+        outcome = self._open.future(request_id=request_id, timeout=timeout, what="registration update")
         try:
-            frames = answer_frames(msg, self._limits)
+            self._channel.send(self._link.register_message(request_id, timeout))
         except ZmqcrossError as exc:
-            log.warning("could not answer the bridge: %s", exc.message)
-            return
-        self._outbox.put(None, frames)
-
-    def _send_held(self, key: None, frames: list[bytes]) -> None:
-        try:
-            self._send_now(frames)
-        except ZmqcrossError as exc:
-            log.warning("could not answer the bridge: %s", exc.message)
+            self._open.finish(request_id, exc)
+        result = await outcome
+        if isinstance(result, Welcome):
+            if result.notice:
+                log.warning("the bridge says: %s", result.notice)
+        else:
+            log.warning("could not update the bridge on what this machine runs: %s", result)
 
     # ------------------------------------------------------------------ receiving
-
-    def _on_batch(self, batch: Batch) -> None:
-        for frames in batch.messages():
-            self._on_dealer(frames, nested=True)
 
     def _on_dealer(self, frames: list[bytes], *, nested: bool = False) -> None:
         try:
             header = read_header(frames, self._limits)
             if header.get("type") == "eval":  # relayed from its header (zmqcross.relaying)
                 route = eval_route(header, frames)
-                self._last_heard = time.monotonic()
+                self._link.last_heard = time.monotonic()
                 self._on_eval(route)
                 return
             msg = decode_header(header, frames)
@@ -456,12 +502,16 @@ class Client(FleetClient, BridgeLink):
             log.warning("bad message from the bridge: %s", exc.message)
             self._events.emit("error", exc)
             return
-        self._last_heard = time.monotonic()
+        self._link.last_heard = time.monotonic()
         handler = self._dispatch.get(type(msg))
         if handler is None:
             log.warning("ignored a %r message, which bridges do not send", msg.type)
             return
         handler(msg)
+
+    def _on_batch(self, batch: Batch) -> None:
+        for frames in batch.messages():
+            self._on_dealer(frames, nested=True)
 
     def _on_answer(self, msg: Welcome | Reply | ErrorReply) -> None:
         if isinstance(msg, ErrorReply) and msg.reply_to is None:
@@ -472,12 +522,8 @@ class Client(FleetClient, BridgeLink):
         if not self._open.finish(msg.reply_to, msg):
             log.debug("ignored a late answer to request %s", msg.reply_to)
 
-    def _on_pong(self, msg: Pong) -> None:
-        self._round_trip = max(time.time() - msg.sent_at, 0.0)
-
     def _on_send(self, msg: Send) -> None:
-        if self._manager is not None:  # a machine passes the bridge's messages on to its bots
-            self._manager.send_to_clusters(msg.data)
+        self._relay.send_to_clusters(msg.data)  # a machine passes the bridge's messages on to its bots
         self._events.emit("bridge_message", IncomingMessage(msg.data))
 
     def _on_request(self, msg: Request) -> None:
@@ -485,11 +531,11 @@ class Client(FleetClient, BridgeLink):
             log.debug("dropped request %d: its deadline passed in transit", msg.id)
             return
         if msg.service == STATUS_SERVICE:  # the bridge collecting the fleet's status
-            statuses = self._manager.statuses() if self._manager is not None else []
-            self._answer(Reply(reply_to=msg.id, data=dump([c.to_json() for c in statuses])))
+            statuses = self._relay.statuses()
+            self._channel.answer(Reply(reply_to=msg.id, data=dump([c.to_json() for c in statuses])))
             return
         request = IncomingRequest(
-            msg.data, request_id=msg.id, deadline=msg.deadline, respond=self._send, origin=msg.origin
+            msg.data, request_id=msg.id, deadline=msg.deadline, respond=self._channel.send, origin=msg.origin
         )
         serve_request(
             request,
@@ -500,27 +546,18 @@ class Client(FleetClient, BridgeLink):
             missing=f"client {self._machine_id!r} has no 'bridge_request' handler",
         )
 
-    # ------------------------------------------------------------------ sending
-
-    def _send(self, msg: Message) -> None:
-        frames = encode(msg)
-        check_limits(frames, self._limits)
-        self._send_frames(frames)
-
-    def _send_frames(self, frames: list[bytes]) -> None:
-        self._outbox.flush_key(None)  # held answers go first: messages keep their order
-        self._send_now(frames)
-
-    def _send_now(self, frames: list[bytes]) -> None:
-        dealer = self._dealer
-        if dealer is None:
-            raise closed_error("the client")
-        try:
-            send_frames(dealer, frames)
-        except zmq.Again:
-            raise ConnectionLost(
-                f"the queue to the bridge at {self._endpoint} is full: the bridge is unreachable or not reading"
-            ) from None
-        finally:
-            if self._dealer_pump is not None:
-                self._dealer_pump.kick()
+    def _on_assignment(self, msg: Assignment) -> None:
+        data = ShardData(
+            total_shards=msg.total_shards,
+            shard_list=msg.shard_list,
+            cluster_list=msg.cluster_list,
+            total_clusters=msg.total_clusters,
+            plan_version=msg.plan_version,
+        )
+        log.info(
+            "the bridge assigns clusters %s of plan %s: %s",
+            list(data.cluster_list),
+            data.plan_version,
+            msg.reason,
+        )
+        self._events.emit("assignment", data, msg.reason)

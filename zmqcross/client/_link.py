@@ -6,19 +6,22 @@ silent bridge (heartbeats), a bridge that left or restarted (goodbye, a new epoc
 beacons, "register again"), and failed security handshakes (a refused CURVE key, or
 CURVE on one side only), and registers again or reports the error.
 
-Mixed into :class:`zmqcross.Client`; the sockets and the messages themselves stay in
-:mod:`zmqcross.client`.
+The link's states and every move between them are in :data:`LINK_TRANSITIONS`; the link
+changes state only through :meth:`Link.move`. It sends through the client's
+:class:`~zmqcross.client._channel.Channel` and owns no sockets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import enum
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import zmq
 
+from .._transitions import Transitions
 from ..errors import AuthenticationError, ConnectionLost, ProtocolError, RequestTimeout, ZmqcrossError
 from ..events import EventEmitter
 from ..protocol import (
@@ -28,73 +31,195 @@ from ..protocol import (
     Goodbye,
     Hosting,
     Limits,
-    Message,
     Ping,
+    Pong,
     Register,
     Reregister,
     Welcome,
     decode,
 )
 from ..transport import MonitorEvent, OpenRequests
+from ._channel import Channel
 
-__all__ = ["HANDSHAKE_FAILURES", "BridgeLink"]
+__all__ = ["HANDSHAKE_FAILURES", "LINK_TRANSITIONS", "Link", "LinkState"]
 
 log = logging.getLogger("zmqcross.client")
 
 HANDSHAKE_FAILURES = 3
 """Consecutive failed handshakes, none succeeding, after which a CURVE mismatch is reported."""
 
-# Link states. "lost" means the bridge went silent or left; "registering" that it asked
-# us to register again (it restarted). In both we keep sending registrations.
 
-_IDLE, _REGISTERING, _READY, _LOST, _CLOSED = "idle", "registering", "ready", "lost", "closed"
+class LinkState(enum.Enum):
+    """Where a client's link to the bridge is; the values are what statistics and errors show."""
+
+    IDLE = "idle"
+    """Created, not connected yet."""
+    REGISTERING = "registering"
+    """Sending registrations: connecting, or the bridge restarted and asked us to register again."""
+    READY = "ready"
+    """Registered: the bridge knows this client."""
+    LOST = "lost"
+    """The bridge went silent or left; sending registrations until it answers again."""
+    CLOSED = "closed"
+    """Closed by the user, refused on the first connect, or dismissed by the bridge. Final."""
 
 
-class BridgeLink:
-    """Registration and the link's health; see the module docstring."""
+LINK_TRANSITIONS = Transitions(
+    "the link to the bridge",
+    {
+        LinkState.IDLE: {LinkState.REGISTERING, LinkState.CLOSED},
+        # A refusal of the first registration (wrong token, refused key) closes the client.
+        LinkState.REGISTERING: {LinkState.READY, LinkState.CLOSED},
+        LinkState.READY: {LinkState.LOST, LinkState.REGISTERING, LinkState.CLOSED},
+        LinkState.LOST: {LinkState.READY, LinkState.CLOSED},
+        LinkState.CLOSED: set(),
+    },
+)
+"""Every move the link may make; :meth:`Link.move` raises :class:`IllegalTransition` for any other."""
 
-    # Provided by zmqcross.client.Client, which mixes this class in.
-    _state: str
-    _open: OpenRequests
-    _events: EventEmitter
-    _limits: Limits
-    _endpoint: str
-    _auth_token: str
-    _machine_id: str
-    _agent: str
-    _curve: Any
-    _initial_data: Any
-    _hosting: Hosting | None
-    _epoch: str | None
-    _permissions: frozenset[str]
-    _registrations: int
-    _retry_interval: float
-    _max_retry_interval: float
-    _heartbeat_interval: float
-    _heartbeat_timeout: float
-    _last_heard: float
-    _handshake_failures: int
-    _connected: asyncio.Future[None] | None
-    _beacon_seen: asyncio.Event | None
-    _register_task: asyncio.Task[None] | None
 
-    if TYPE_CHECKING:
+class Link:
+    """Registration and the link's health; see the module docstring.
 
-        def _send(self, msg: Message) -> None: ...
+    ``open_requests`` are the client's requests (registrations are requests too, and a
+    request the bridge refused unrun is sent again after the next registration);
+    ``events`` receives ``ready``, ``disconnect`` and ``error``.
+    """
 
-        def _send_frames(self, frames: list[bytes]) -> None: ...
+    def __init__(
+        self,
+        channel: Channel,
+        *,
+        open_requests: OpenRequests,
+        events: EventEmitter,
+        limits: Limits,
+        auth_token: str,
+        machine_id: str,
+        agent: str,
+        curve: bool,
+        retry_interval: float,
+        max_retry_interval: float,
+    ) -> None:
+        self._channel = channel
+        self._open = open_requests
+        self._events = events
+        self._limits = limits
+        self._auth_token = auth_token
+        self._machine_id = machine_id
+        self._agent = agent
+        self._curve = curve
+        self._retry_interval = retry_interval
+        self._max_retry_interval = max_retry_interval
+        self._state = LinkState.IDLE
+        self._initial_data: Any = None
+        self.hosting: Hosting | None = None
+        """What this machine runs, told to the bridge on every registration (set by the client)."""
+        self.last_heard = 0.0
+        """Monotonic time anything last arrived from the bridge; the client's receiver sets it."""
+        self.epoch: str | None = None
+        """The bridge's epoch at the last registration."""
+        self.permissions: frozenset[str] = frozenset()
+        """What the bridge allows this client to do (from the last registration)."""
+        self.registrations = 0
+        """Registrations the bridge accepted."""
+        self.round_trip: float | None = None
+        """Seconds the last heartbeat took there and back."""
+        self._heartbeat_interval = 1.0
+        self._heartbeat_timeout = 4.0
+        self._handshake_failures = 0
+        self._connected: asyncio.Future[None] | None = None
+        self._beacon_seen: asyncio.Event | None = None
+        self._register_task: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ state
+
+    @property
+    def state(self) -> LinkState:
+        """The link's current state."""
+        return self._state
+
+    @property
+    def connected(self) -> bool:
+        """Whether the bridge currently has this client registered."""
+        return self._state is LinkState.READY
+
+    def move(self, new: LinkState) -> None:
+        """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""
+        LINK_TRANSITIONS.check(self._state, new)
+        self._state = new
+
+    # ------------------------------------------------------------------ lifetime
+
+    def start(self, initial_data: Any) -> asyncio.Future[None]:
+        """Start registering; the future is done when the bridge first accepts (or refuses) us."""
+        self._initial_data = initial_data
+        loop = asyncio.get_running_loop()
+        self._connected = loop.create_future()
+        self._beacon_seen = asyncio.Event()
+        self.move(LinkState.REGISTERING)
+        self._register_task = loop.create_task(self._register_loop())
+        return self._connected
+
+    def start_heartbeats(self) -> asyncio.Task[None]:
+        """Ping the bridge every heartbeat interval and notice when it goes silent.
+
+        The caller owns the task and cancels it when the client closes.
+        """
+        return asyncio.get_running_loop().create_task(self._heartbeat())
+
+    async def wait_beacon(self) -> bool:
+        """Wait up to one and a half beacon intervals for the first beacon; whether it came.
+
+        PUB/SUB joins late: a client that saw one beacon notices the bridge's next
+        restart through the beacon's epoch.
+        """
+        assert self._beacon_seen is not None, "start() comes first"
+        try:
+            await asyncio.wait_for(self._beacon_seen.wait(), self._heartbeat_interval * 1.5)
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> asyncio.Task[None] | None:
+        """Move to closed; the registration task, if any, for the caller to cancel and await."""
+        if self._state is not LinkState.CLOSED:
+            self.move(LinkState.CLOSED)
+        return self._register_task
+
+    def abandon_connect(self) -> None:
+        """Fail a ``connect()`` still waiting for its first registration (the client was closed)."""
+        if self._connected is not None and not self._connected.done():
+            self._connected.set_exception(ConnectionLost("the client was closed while connecting"))
+            self._connected.exception()  # retrieved: nobody else may be waiting
+
+    # ------------------------------------------------------------------ registering
+
+    def register_message(self, request_id: int, lifetime: float) -> Register:
+        """A registration telling the bridge who we are and what we run."""
+        return Register(
+            id=request_id,
+            deadline=time.time() + lifetime,
+            protocol=PROTOCOL_VERSION,
+            token=self._auth_token,
+            machine_id=self._machine_id,
+            agent=self._agent,
+            initial_data=self._initial_data,
+            hosting=self.hosting,
+        )
 
     async def _register_loop(self) -> None:
         window = self._retry_interval
-        while self._state in (_REGISTERING, _LOST):
+        while self._state in (LinkState.REGISTERING, LinkState.LOST):
             request_id = self._open.next_id()
-            register = self._register_message(request_id, max(window, 1.0))
+            register = self.register_message(request_id, max(window, 1.0))
             outcome = self._open.future(request_id=request_id, timeout=max(window, 1.0), what="registration")
             try:
-                self._send(register)
+                self._channel.send(register)
             except ConnectionLost as exc:
                 log.debug("registration not sent: %s", exc.message)
             result = await outcome
+            if self._state not in (LinkState.REGISTERING, LinkState.LOST):
+                return  # refused, dismissed or closed while we waited
             if isinstance(result, Welcome):
                 self._welcomed(result)
                 return
@@ -104,34 +229,22 @@ class BridgeLink:
                 log.debug("registration attempt ended with %r", result)
             window = min(window * 2, self._max_retry_interval)
 
-    def _register_message(self, request_id: int, lifetime: float) -> Register:
-        return Register(
-            id=request_id,
-            deadline=time.time() + lifetime,
-            protocol=PROTOCOL_VERSION,
-            token=self._auth_token,
-            machine_id=self._machine_id,
-            agent=self._agent,
-            initial_data=self._initial_data,
-            hosting=self._hosting,
-        )
-
     def _registration_refused(self, error: ZmqcrossError) -> None:
         if self._connected is not None and not self._connected.done():
             self._connected.set_exception(error)  # connect() raises it
-            self._state = _CLOSED
+            self.move(LinkState.CLOSED)
             return
         log.error("the bridge refused re-registration: %s", error.message)
         self._events.emit("error", error)
 
     def _welcomed(self, welcome: Welcome) -> None:
-        self._state = _READY
-        self._registrations += 1
-        self._epoch = welcome.epoch
+        self.move(LinkState.READY)
+        self.registrations += 1
+        self.epoch = welcome.epoch
         self._heartbeat_interval = welcome.heartbeat_interval
         self._heartbeat_timeout = welcome.heartbeat_timeout
-        self._permissions = frozenset(welcome.permissions)
-        self._last_heard = time.monotonic()
+        self.permissions = frozenset(welcome.permissions)
+        self.last_heard = time.monotonic()
         if welcome.notice:
             log.warning("the bridge says: %s", welcome.notice)
         now = time.time()
@@ -139,14 +252,13 @@ class BridgeLink:
             entry.parked = False
             if entry.frames is not None and entry.deadline > now:
                 try:
-                    self._send_frames(
-                        entry.frames
-                    )  # the bridge refused it unrun; its deadline allows a retry
+                    # The bridge refused it unrun; its deadline allows a retry.
+                    self._channel.send_frames(entry.frames)
                 except ConnectionLost:
                     pass
         log.info(
             "registered with the bridge at %s as %r (epoch %s)",
-            self._endpoint,
+            self._channel.endpoint,
             self._machine_id,
             welcome.epoch,
         )
@@ -154,39 +266,49 @@ class BridgeLink:
             self._connected.set_result(None)
         self._events.emit("ready")
 
-    def _start_registering(self, state: str) -> None:
-        self._state = state
+    def _start_registering(self, state: LinkState) -> None:
+        self.move(state)
         if self._register_task is None or self._register_task.done():
             self._register_task = asyncio.get_running_loop().create_task(self._register_loop())
 
     def _lost(self, reason: str) -> None:
-        if self._state != _READY:
+        if self._state is not LinkState.READY:
             return
-        log.warning("lost the bridge at %s: %s; reconnecting", self._endpoint, reason)
-        self._start_registering(_LOST)
+        log.warning("lost the bridge at %s: %s; reconnecting", self._channel.endpoint, reason)
+        self._start_registering(LinkState.LOST)
         self._events.emit("disconnect", reason)
 
-    def _on_reregister(self, msg: Reregister) -> None:
+    # ------------------------------------------------------------------ what the bridge says
+
+    def on_pong(self, msg: Pong) -> None:
+        """A heartbeat came back."""
+        self.round_trip = max(time.time() - msg.sent_at, 0.0)
+
+    def on_reregister(self, msg: Reregister) -> None:
+        """The bridge does not know us (it restarted): park the refused request, register again."""
         if msg.reply_to is not None:
             entry = self._open.get(msg.reply_to)
             if entry is not None:
                 entry.parked = True
-        if self._state == _READY:
+        if self._state is LinkState.READY:
             log.info("the bridge asks this client to register again: %s", msg.reason)
-            self._start_registering(_REGISTERING)
+            self._start_registering(LinkState.REGISTERING)
 
-    def _on_goodbye(self, msg: Goodbye) -> None:
+    def on_goodbye(self, msg: Goodbye) -> None:
+        """The bridge is leaving (we register again) or dismisses this client (we close)."""
         if msg.retry:
             self._lost(f"the bridge left: {msg.reason}")
             return
         error = ConnectionLost(f"the bridge dismissed this client: {msg.reason}")
         log.error("%s", error.message)
-        self._state = _CLOSED
+        if self._state is not LinkState.CLOSED:
+            self.move(LinkState.CLOSED)
         self._open.fail_all(error)
         self._events.emit("disconnect", msg.reason)
         self._events.emit("error", error)
 
-    def _on_sub(self, frames: list[bytes]) -> None:
+    def on_sub(self, frames: list[bytes]) -> None:
+        """A broadcast from the bridge's PUB: a beacon with a new epoch means it restarted."""
         try:
             msg = decode(frames, self._limits)
         except ProtocolError as exc:
@@ -195,22 +317,24 @@ class BridgeLink:
         if isinstance(msg, Beacon):
             if self._beacon_seen is not None:
                 self._beacon_seen.set()
-            if self._state == _READY and msg.epoch != self._epoch:
-                log.info("the bridge restarted (epoch %s -> %s); registering again", self._epoch, msg.epoch)
-                self._start_registering(_REGISTERING)
+            if self._state is LinkState.READY and msg.epoch != self.epoch:
+                log.info("the bridge restarted (epoch %s -> %s); registering again", self.epoch, msg.epoch)
+                self._start_registering(LinkState.REGISTERING)
 
-    def _on_monitor(self, event: MonitorEvent) -> None:
+    def on_monitor(self, event: MonitorEvent) -> None:
+        """A DEALER socket event: failed security handshakes become errors."""
+        endpoint = self._channel.endpoint
         if event.event == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             self._handshake_failures = 0
             return
         if event.event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
             error: ZmqcrossError = AuthenticationError(
-                f"the bridge at {self._endpoint} refused this client's CURVE key (ZAP status {event.value}): "
+                f"the bridge at {endpoint} refused this client's CURVE key (ZAP status {event.value}): "
                 "add this client's public key file to the bridge's allow-list"
             )
         elif event.event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
             error = AuthenticationError(
-                f"security handshake with {self._endpoint} failed: one side uses CURVE and the other does not "
+                f"security handshake with {endpoint} failed: one side uses CURVE and the other does not "
                 f"(this client has CURVE {'on' if self._curve else 'off'})"
             )
         elif event.event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
@@ -220,7 +344,7 @@ class BridgeLink:
             if self._handshake_failures != HANDSHAKE_FAILURES:
                 return
             error = AuthenticationError(
-                f"the security handshake with {self._endpoint} failed {HANDSHAKE_FAILURES} times in a row: "
+                f"the security handshake with {endpoint} failed {HANDSHAKE_FAILURES} times in a row: "
                 f"the bridge and this client disagree about CURVE (this client has CURVE "
                 f"{'on: check that server_key is the bridge public key' if self._curve else 'off'})"
             )
@@ -235,13 +359,13 @@ class BridgeLink:
     async def _heartbeat(self) -> None:
         while True:
             await asyncio.sleep(self._heartbeat_interval)
-            if self._state != _READY:
+            if self._state is not LinkState.READY:
                 continue
-            silent = time.monotonic() - self._last_heard
+            silent = time.monotonic() - self.last_heard
             if silent > self._heartbeat_timeout:
                 self._lost(f"no answer from the bridge for {silent:.1f} s")
                 continue
             try:
-                self._send(Ping(sent_at=time.time()))
+                self._channel.send(Ping(sent_at=time.time()))
             except ConnectionLost as exc:
                 self._lost(exc.message)

@@ -1,0 +1,158 @@
+"""A client's sockets: the one I/O boundary of a :class:`~zmqcross.Client`.
+
+A DEALER to the bridge's ROUTER (requests, answers, registration), a SUB to its PUB
+(beacons), and the DEALER's monitor (security handshakes). The channel only moves bytes:
+what arrives goes to the callbacks given to :meth:`Channel.open`, and what the link, the
+relay and the client send leaves through :meth:`Channel.send`, :meth:`Channel.send_frames`
+and :meth:`Channel.answer`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+import zmq
+
+from ..errors import ConnectionLost, ZmqcrossError
+from ..protocol import Limits, Message, answer_frames, check_limits, encode
+from ..security import CurveClient
+from ..transport import (
+    MonitorEvent,
+    Outbox,
+    Pump,
+    closed_error,
+    configure_socket,
+    new_context,
+    send_frames,
+    watch_monitor,
+)
+
+__all__ = ["Channel"]
+
+log = logging.getLogger("zmqcross.client")
+
+
+class Channel:
+    """The DEALER, SUB and monitor sockets to one bridge, and the outbox of held answers."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        pub_port: int,
+        machine_id: str,
+        curve: CurveClient | None,
+        limits: Limits,
+    ) -> None:
+        where = f"[{host}]" if ":" in host else host
+        self.endpoint = f"tcp://{where}:{port}"
+        """The bridge's ROUTER, as this client connects to it."""
+        self.pub_endpoint = f"tcp://{where}:{pub_port}"
+        """The bridge's PUB, as this client subscribes to it."""
+        self._ipv6 = ":" in host
+        self._machine_id = machine_id
+        self._curve = curve
+        self._limits = limits
+        self._ctx: zmq.Context[Any] | None = None
+        self._dealer: zmq.Socket[Any] | None = None
+        self._dealer_pump: Pump | None = None
+        self._sockets: list[zmq.Socket[Any]] = []
+        self._pumps: list[Pump] = []
+        self._outbox = Outbox(self._send_held)  # answers to the bridge, batched under load
+
+    @property
+    def opened(self) -> bool:
+        """Whether the sockets are open (between :meth:`open` and :meth:`close`)."""
+        return self._ctx is not None
+
+    def open(
+        self,
+        *,
+        on_dealer: Callable[[list[bytes]], None],
+        on_sub: Callable[[list[bytes]], None],
+        on_monitor: Callable[[MonitorEvent], None],
+    ) -> None:
+        """Open and connect the sockets; what arrives on each goes to its callback."""
+        ctx = new_context()
+        self._ctx = ctx
+        dealer = ctx.socket(zmq.DEALER)
+        sub = ctx.socket(zmq.SUB)
+        self._sockets += [dealer, sub]
+        # A routing id unique to this process: a new process never inherits the old
+        # one's half-closed connection, and the bridge pins it to our key on register.
+        dealer.setsockopt(zmq.ROUTING_ID, f"{self._machine_id}/{secrets.token_hex(4)}".encode())
+        for sock in (dealer, sub):
+            configure_socket(sock, self._limits, curve_client=self._curve)
+            sock.setsockopt(zmq.RECONNECT_IVL, 100)
+            sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+            if self._ipv6:
+                sock.setsockopt(zmq.IPV6, 1)
+        sub.setsockopt(zmq.SUBSCRIBE, b"")
+        self._dealer_pump = Pump(dealer, on_dealer, name="dealer")
+        monitor = watch_monitor(dealer, on_monitor, name="dealer-monitor")
+        self._sockets.append(monitor.sock)
+        self._pumps += [self._dealer_pump, Pump(sub, on_sub, name="sub"), monitor]
+        for pump in self._pumps:
+            pump.start()
+        dealer.connect(self.endpoint)
+        sub.connect(self.pub_endpoint)
+        self._dealer = dealer
+
+    async def close(self) -> None:
+        """Stop the pumps and close the sockets, letting a last goodbye leave."""
+        for pump in self._pumps:
+            pump.stop()
+        for sock in self._sockets:
+            sock.close(linger=200 if sock is self._dealer else 0)  # let the goodbye leave
+        self._sockets.clear()
+        self._dealer = None
+        ctx, self._ctx = self._ctx, None
+        if ctx is not None:
+            await asyncio.to_thread(ctx.term)
+
+    # ------------------------------------------------------------------ sending
+
+    def send(self, msg: Message) -> None:
+        """Encode and send one message now; raises :class:`ConnectionLost` if the queue is full."""
+        frames = encode(msg)
+        check_limits(frames, self._limits)
+        self.send_frames(frames)
+
+    def send_frames(self, frames: list[bytes]) -> None:
+        """Send an encoded message now, after any held answers (messages keep their order)."""
+        self._outbox.flush_key(None)
+        self._send_now(frames)
+
+    def answer(self, msg: Message) -> None:
+        """Queue an answer to the bridge; under load answers leave together in a batch."""
+        try:
+            frames = answer_frames(msg, self._limits)
+        except ZmqcrossError as exc:
+            log.warning("could not answer the bridge: %s", exc.message)
+            return
+        self._outbox.put(None, frames)
+
+    def _send_held(self, key: None, frames: list[bytes]) -> None:
+        try:
+            self._send_now(frames)
+        except ZmqcrossError as exc:
+            log.warning("could not answer the bridge: %s", exc.message)
+
+    def _send_now(self, frames: list[bytes]) -> None:
+        dealer = self._dealer
+        if dealer is None:
+            raise closed_error("the client")
+        try:
+            send_frames(dealer, frames)
+        except zmq.Again:
+            raise ConnectionLost(
+                f"the queue to the bridge at {self.endpoint} is full: the bridge is unreachable or not reading"
+            ) from None
+        finally:
+            if self._dealer_pump is not None:
+                self._dealer_pump.kick()

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar, overload
 
 __all__ = ["EventEmitter", "Handler"]
@@ -70,7 +70,7 @@ class EventEmitter:
             if inspect.isawaitable(result):
                 self.track(result, name)
 
-    def track(self, awaitable: Any, name: str) -> asyncio.Future[Any]:
+    def track(self, awaitable: Awaitable[Any], name: str) -> asyncio.Future[Any]:
         """Run ``awaitable`` as a task whose failure is reported like a handler's."""
         task = asyncio.ensure_future(awaitable)
         self._tasks.add(task)

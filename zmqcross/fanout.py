@@ -226,7 +226,7 @@ def eval_request(
         clusters=tuple(clusters) if clusters is not None else None,
         shards=tuple(shards) if shards is not None else None,
         guild_id=int(guild_id) if guild_id is not None else None,
-        **source,  # type: ignore[arg-type]
+        **source,
     )
 
 

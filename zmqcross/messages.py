@@ -25,7 +25,7 @@ class IncomingMessage:
     from (None when the bridge itself sent it).
     """
 
-    __slots__ = ("_raw", "_data", "_decoded", "client", "origin")
+    __slots__ = ("_data", "_decoded", "_raw", "client", "origin")
 
     def __init__(self, raw: bytes, *, client: ClientInfo | None = None, origin: str | None = None) -> None:
         self._raw = raw
@@ -59,7 +59,7 @@ class IncomingRequest(IncomingMessage):
     (with this side's traceback) raised as :class:`~zmqcross.RemoteError`.
     """
 
-    __slots__ = ("deadline", "_respond", "_request_id", "_replied")
+    __slots__ = ("_replied", "_request_id", "_respond", "deadline")
 
     def __init__(
         self,

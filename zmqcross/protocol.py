@@ -27,7 +27,7 @@ import traceback as _traceback
 import typing
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal
 
 import orjson
 
@@ -479,27 +479,27 @@ class Leaving:
     reason: str
 
 
-Message = Union[
-    Register,
-    Welcome,
-    Ping,
-    Pong,
-    Reregister,
-    Goodbye,
-    Beacon,
-    Send,
-    Request,
-    ShardDataRequest,
-    Reply,
-    ErrorReply,
-    EvalRequest,
-    EvalReply,
-    GuildRequest,
-    Heartbeat,
-    Assignment,
-    Leaving,
-    Batch,
-]
+Message = (
+    Register
+    | Welcome
+    | Ping
+    | Pong
+    | Reregister
+    | Goodbye
+    | Beacon
+    | Send
+    | Request
+    | ShardDataRequest
+    | Reply
+    | ErrorReply
+    | EvalRequest
+    | EvalReply
+    | GuildRequest
+    | Heartbeat
+    | Assignment
+    | Leaving
+    | Batch
+)
 """Every message the fabric can carry."""
 
 
@@ -597,7 +597,7 @@ def read_header(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> dic
         raise ProtocolError("header frame is not valid JSON") from None
     if type(header) is not dict:
         raise ProtocolError("header frame must be a JSON object")
-    return header  # type: ignore[no-any-return]
+    return header
 
 
 def decode_header(header: dict[str, Any], frames: Sequence[bytes]) -> Message:
@@ -730,6 +730,7 @@ def answer_frames(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes]:
         if reply_to is None:
             raise
         error = MessageTooLarge(f"the answer to request {reply_to} is too large to send: {exc.message}")
-        return encode(ErrorReply(reply_to=reply_to, error=ErrorInfo.from_exception(error, with_traceback=False)))
+        return encode(
+            ErrorReply(reply_to=reply_to, error=ErrorInfo.from_exception(error, with_traceback=False))
+        )
     return frames
-

@@ -148,7 +148,7 @@ _CONVERTERS: dict[type, Callable[[Any], Any]] = {
     discord.User: _user,
     discord.Role: _role,
     discord.Thread: _thread,
-    discord.abc.GuildChannel: _channel,  # type: ignore[type-abstract]
+    discord.abc.GuildChannel: _channel,
     discord.Emoji: _emoji,
     discord.Message: _message,
     discord.Permissions: lambda p: p.value,
@@ -161,8 +161,8 @@ _CONVERTERS: dict[type, Callable[[Any], Any]] = {
     # guild.roles, guild.channels and friends are read-only views (SequenceProxy) in
     # discord.py 2; dict views come from bot._connection and user code.
     discord.utils.SequenceProxy: list,
-    collections.abc.KeysView: list,  # type: ignore[type-abstract]
-    collections.abc.ValuesView: list,  # type: ignore[type-abstract]
+    collections.abc.KeysView: list,
+    collections.abc.ValuesView: list,
 }
 _RESOLVED: dict[type, Callable[[Any], Any] | None] = {}
 

@@ -121,7 +121,7 @@ def bootstrap(bot_file: str, data: ClusterData, conn: Connection) -> None:
 
 
 def _as_dict(data: ClusterData) -> dict[str, Any]:
-    return {name: getattr(data, name) for name in ClusterData.__slots__}  # type: ignore[attr-defined]
+    return {name: getattr(data, name) for name in ClusterData.__slots__}
 
 
 def _go_offline(api: str) -> None:

@@ -151,7 +151,8 @@ class PipeEnd(asyncio.BufferedProtocol):
     def _record_size(self) -> int | None:
         if self._end - self._start < _U32.size:
             return None
-        return _U32.size + _U32.unpack_from(self._buffer, self._start)[0]
+        size: int = _U32.unpack_from(self._buffer, self._start)[0]  # annotated: struct returns Any
+        return _U32.size + size
 
     def _dispatch(self, frames: list[bytes]) -> None:
         try:

@@ -1,6 +1,10 @@
 """The bridge of a zmqcross fleet (the seed's Server.js): plans shards, connects machines.
 
-ZMQCROSS_AUTH_TOKEN=secret ZMQCROSS_TOTAL_SHARDS=16 python bots/bridge.py
+    ZMQCROSS_AUTH_TOKEN=secret python bots/bridge.py --total-shards 16 --shards-per-cluster 2
+
+It reads the settings of `zmqcross bridge` (bots/settings.py), the shared cache
+included (--cache-paths, --cache-persist-path: closing the bridge saves it), and adds
+what the command does not: an answer to clients' requests.
 """
 
 from __future__ import annotations
@@ -8,22 +12,14 @@ from __future__ import annotations
 import asyncio
 import signal
 
-from settings import Settings, setup_logging
+from settings import Settings, main
 
-from zmqcross import Bridge, run
+from zmqcross.cli.serve import build_bridge, describe_cache, serve_cache
 
 
-async def main() -> None:
-    settings = Settings()
-    bridge = Bridge(
-        auth_token=settings.auth_token,
-        host=settings.listen_host,
-        port=settings.bridge_port,
-        total_shards=settings.total_shards,
-        shards_per_cluster=settings.shards_per_cluster,
-        total_machines=settings.total_machines,
-        curve=settings.server_curve(),
-    )
+async def serve(settings: Settings) -> None:
+    bridge = build_bridge(settings)
+    serve_cache(bridge, settings)  # None unless cache_paths are set; saved when the bridge closes
 
     @bridge.on("connect")
     def connected(client, initial_data):
@@ -43,9 +39,13 @@ async def main() -> None:
         loop.add_signal_handler(sig, stop.set)
     async with bridge:
         print(f"[bridge] listening on {bridge.endpoint}, plan {bridge.plan.version}", flush=True)
+        if bridge.metrics is not None:
+            print(f"[bridge] metrics on {bridge.metrics.url}", flush=True)
+        cache = describe_cache(settings)
+        if cache is not None:
+            print(f"[bridge] {cache}", flush=True)
         await stop.wait()
 
 
 if __name__ == "__main__":
-    setup_logging()
-    run(main())  # uvloop when installed (zmqcross.run)
+    main("bridge", serve)

@@ -1,55 +1,42 @@
-"""Settings shared by the example processes, read from ZMQCROSS_* environment variables.
+"""How the example scripts get their settings: exactly as the `zmqcross` commands do.
 
-Every example reads its settings here, so a fleet is configured the same way whether it
-runs from `make demo`, docker compose, or by hand on several machines.
+Each script resolves the settings of the command it stands in for (bridge.py those of
+`zmqcross bridge`, cluster.py of `zmqcross machine`, dashboard.py of `zmqcross dashboard`)
+with zmqcross's own code: a TOML file (--config or $ZMQCROSS_CONFIG), then ZMQCROSS_*
+variables, then flags; the same defaults and the same errors. `python bots/bridge.py
+--help` lists every setting with its variable. There is no default auth token: set
+ZMQCROSS_AUTH_TOKEN (or auth_token in the file).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from dataclasses import dataclass
+import sys
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any
 
-from zmqcross import CurveClient, CurveServer
+from zmqcross import ConfigurationError, ZmqcrossError, run
+from zmqcross.cli import settings_for
 
-
-@dataclass(frozen=True)
-class Settings:
-    """Where the bridge is, how to authenticate, and where the CURVE keys live."""
-
-    bridge_host: str = os.environ.get("ZMQCROSS_BRIDGE_HOST", "127.0.0.1")
-    bridge_port: int = int(os.environ.get("ZMQCROSS_BRIDGE_PORT", "4444"))
-    listen_host: str = os.environ.get("ZMQCROSS_LISTEN_HOST", "127.0.0.1")
-    auth_token: str = os.environ.get("ZMQCROSS_AUTH_TOKEN", "change-me")
-    keys: str | None = os.environ.get("ZMQCROSS_KEYS")  # folder made by `zmqcross keygen`; unset: no CURVE
-    key_name: str | None = os.environ.get("ZMQCROSS_KEY_NAME")
-    machine_id: str | None = os.environ.get("ZMQCROSS_MACHINE_ID")
-    total_shards: int = int(os.environ.get("ZMQCROSS_TOTAL_SHARDS", "8"))
-    shards_per_cluster: int = int(os.environ.get("ZMQCROSS_SHARDS_PER_CLUSTER", "2"))
-    total_machines: int = int(os.environ.get("ZMQCROSS_TOTAL_MACHINES", "2"))
-    spawn_delay: float = float(os.environ.get("ZMQCROSS_SPAWN_DELAY", "5"))
-    rolling_restarts: bool = os.environ.get("ZMQCROSS_ROLLING_RESTARTS", "1") not in ("0", "false", "no", "")
-    # A cluster silent this long (its event loop is stuck) is killed and restarted.
-    cluster_heartbeat_timeout: float = float(os.environ.get("ZMQCROSS_CLUSTER_HEARTBEAT_TIMEOUT", "15"))
-
-    def server_curve(self) -> CurveServer | None:
-        """The bridge's CURVE settings: keys/bridge.key_secret and the keys/allowed folder."""
-        if not self.keys:
-            return None
-        return CurveServer.from_files(f"{self.keys}/bridge.key_secret", allow=f"{self.keys}/allowed")
-
-    def client_curve(self) -> CurveClient | None:
-        """A client's CURVE settings: keys/allowed/<key name>.key_secret and the bridge's public key."""
-        if not self.keys:
-            return None
-        name = self.key_name or self.machine_id
-        return CurveClient.from_files(
-            f"{self.keys}/allowed/{name}.key_secret", server_key=f"{self.keys}/bridge.key"
-        )
+Settings = dict[str, Any]
 
 
-def setup_logging() -> None:
-    """One log format for every example process."""
-    logging.basicConfig(
-        level=os.environ.get("ZMQCROSS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s"
-    )
+def load(command: str, argv: Sequence[str] | None = None, env: Mapping[str, str] | None = None) -> Settings:
+    """The settings of `zmqcross COMMAND`, from the config file, the environment and ``argv`` (the flags)."""
+    return settings_for(command, argv, env, prog=os.path.basename(sys.argv[0]))
+
+
+def main(command: str, serve: Callable[[Settings], Coroutine[Any, Any, None]]) -> None:
+    """Resolve ``command``'s settings and run ``serve`` with them; a bad setting is one line and exit 2."""
+    script = os.path.basename(sys.argv[0])
+    try:
+        settings = load(command)
+        logging.basicConfig(level=settings["log_level"], format="%(asctime)s %(name)s: %(message)s")
+        run(serve(settings))  # uvloop when installed (zmqcross.run)
+    except ConfigurationError as exc:
+        print(f"{script}: {exc.message}", file=sys.stderr)
+        sys.exit(2)
+    except (ZmqcrossError, OSError) as exc:
+        print(f"{script}: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -526,6 +526,34 @@ async def test_acknowledged_writes_survive_a_clean_bridge_restart(make_client, t
         await server.close()
 
 
+async def test_leaving_async_with_bridge_saves_the_cache_for_the_next_bridge(
+    make_client, tmp_path: Path
+) -> None:
+    # Nothing but the bridge's own lifetime: no server.close(), as a new user would write it.
+    port, pub_port = free_port(), free_port()
+    persist = tmp_path / "cache.json"
+    written = {f"guild-{n}": {"prefix": "!" * (n % 3 + 1), "n": n} for n in range(50)}
+
+    bridge = Bridge(auth_token=TOKEN, port=port, pub_port=pub_port, **FAST)
+    server = CacheServer(bridge, paths=PATHS[2:], persist_path=persist, save_interval=3600)
+    async with bridge:
+        cache = CacheClient(await make_client(port=port, pub_port=pub_port, machine_id="m")).cache
+        for key, value in written.items():
+            await cache["counters"].set(key, value)  # returns once the bridge applied it
+        assert await cache["counters"].incr("hits", 41) == 41
+        assert not persist.exists()  # save_interval is an hour: only the close can have saved it
+    assert server.statistics().saves == 1
+    with pytest.raises(CacheError, match="the cache is closed"):
+        server.cache["counters"].get("hits")
+
+    bridge = Bridge(auth_token=TOKEN, port=port, pub_port=pub_port, **FAST)
+    CacheServer(bridge, paths=PATHS[2:], persist_path=persist, save_interval=3600)
+    async with bridge:
+        cache = CacheClient(await make_client(port=port, pub_port=pub_port, machine_id="m2")).cache
+        assert await cache["counters"].get_many(list(written)) == written
+        assert await cache["counters"].incr("hits") == 42
+
+
 async def test_a_corrupt_persist_file_is_moved_aside_and_the_cache_starts_empty(
     bridge, make_client, make_cache, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import re
@@ -10,18 +11,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
+from typing import Any
 
 import pytest
 import zmq.auth
 from conftest import free_port
 from netkit import ROOT, Service, clean_env
 
-from zmqcross import ConfigurationError, FleetStatus
+from zmqcross import CacheClient, Client, ConfigurationError, FleetStatus
+from zmqcross.cachestore import DEFAULT_MAX_SIZE, CachePath, decode_snapshot
 from zmqcross.cli import configure
-from zmqcross.cli.options import COMMANDS
+from zmqcross.cli.options import COMMANDS, cache_options
 from zmqcross.cli.table import render_status, shard_ranges
 from zmqcross.status import ClusterStatus, MachineStatus
 
+BOTS = ROOT / "bots"
 COMMAND_NAMES = ["bridge", "machine", "gateway", "status", "reshard", "keygen", "demo", "dashboard"]
 
 
@@ -82,15 +87,24 @@ def test_unknown_command_fails_with_usage() -> None:
 # --------------------------------------------------------------------------- settings
 
 
-def test_settings_use_the_environment_names_of_bots_settings() -> None:
-    names = set(re.findall(r"ZMQCROSS_[A-Z_]+", (ROOT / "bots" / "settings.py").read_text()))
-    read = {s.env for settings in COMMANDS.values() for s in settings}
-    assert names - {"ZMQCROSS_"} <= read
+def test_settings_names_follow_one_rule_and_no_script_reads_its_own() -> None:
+    read = {s.env for settings in COMMANDS.values() for s in settings} | {"ZMQCROSS_CONFIG"}
     for settings in COMMANDS.values():
         for s in settings:
             assert s.env is not None
             # the TOML key is the variable's name without ZMQCROSS_, in lower case
             assert s.name == s.env.removeprefix("ZMQCROSS_").lower()
+    # bots/ and the compose file name no variable the commands do not read: no second path
+    for path in [*BOTS.glob("*.py"), BOTS / "docker-compose.yml"]:
+        names = set(re.findall(r"ZMQCROSS_[A-Z_]*[A-Z]", path.read_text()))
+        assert names <= read, (path.name, names - read)
+
+
+def test_no_auth_token_is_built_in_anywhere() -> None:
+    shipped = [*BOTS.iterdir(), *(ROOT / "zmqcross").rglob("*.py")]
+    for path in shipped:
+        if path.is_file():
+            assert "change-me" not in path.read_text(), path
 
 
 def test_flags_override_environment_override_file_override_defaults(tmp_path: Path) -> None:
@@ -172,6 +186,201 @@ def test_bad_flag_is_a_usage_error() -> None:
     result = run("bridge", "--total-shards", "many", env=clean_env(ZMQCROSS_AUTH_TOKEN="t"))
     assert result.returncode == 2
     assert "argument --total-shards: 'many' is neither a positive integer nor \"auto\"" in result.stderr
+
+
+# --------------------------------------------------------------------------- one path for bots/ and the CLI
+
+
+def bots_settings() -> ModuleType:
+    """bots/settings.py, loaded the way the scripts beside it import it."""
+    spec = importlib.util.spec_from_file_location("bots_settings", BOTS / "settings.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("command", ["bridge", "machine", "dashboard"])
+def test_bots_scripts_and_the_cli_resolve_the_same_settings(command: str, tmp_path: Path) -> None:
+    load = bots_settings().load
+    env = {"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_BOT_FILE": "bot.py"}
+    defaults = load(command, argv=[], env=env)
+    assert defaults == configure([command], env).settings
+    if command == "bridge":  # the old bots/settings.py said 8 shards in clusters of 2 for 2 machines
+        assert (defaults["total_shards"], defaults["shards_per_cluster"], defaults["total_machines"]) == (
+            1,
+            1,
+            1,
+        )
+        assert defaults["cache_paths"] is None  # no cache unless asked for
+    config = tmp_path / "fleet.toml"
+    config.write_text('bridge_port = 5000\nlog_level = "debug"\n')
+    env = {**env, "ZMQCROSS_CONFIG": str(config), "ZMQCROSS_PUB_PORT": "6001"}
+    argv = ["--keys", "/keys"]
+    merged = load(command, argv=argv, env=env)
+    assert merged == configure([command, *argv], env).settings
+    assert (merged["bridge_port"], merged["pub_port"], merged["keys"], merged["log_level"]) == (
+        5000, 6001, "/keys", "DEBUG"
+    )  # fmt: skip
+
+
+def test_a_missing_token_in_a_bots_script_names_the_variable() -> None:
+    with pytest.raises(
+        ConfigurationError, match=r"no auth token given: set --auth-token, \$ZMQCROSS_AUTH_TOKEN"
+    ):
+        bots_settings().load("bridge", argv=[], env={})
+
+
+@pytest.mark.parametrize("script", ["bridge.py", "cluster.py", "dashboard.py"])
+def test_bots_scripts_refuse_to_start_without_a_token(script: str) -> None:
+    result = subprocess.run(
+        [sys.executable, str(BOTS / script), "--bot", "bots/bot.py"] if script == "cluster.py"
+        else [sys.executable, str(BOTS / script)],
+        capture_output=True, text=True, timeout=30, env=clean_env(), cwd=ROOT, check=False,
+    )  # fmt: skip
+    assert_one_line(
+        result,
+        2,
+        f"{script}: no auth token given: set --auth-token, $ZMQCROSS_AUTH_TOKEN or auth_token in the config file",
+    )
+
+
+def test_the_cli_refuses_to_start_without_a_token() -> None:
+    result = run("bridge", env=clean_env())
+    assert_one_line(
+        result,
+        2,
+        "zmqcross bridge: no auth token given: set --auth-token, $ZMQCROSS_AUTH_TOKEN or auth_token in the config file",
+    )
+
+
+# --------------------------------------------------------------------------- the bridge's cache
+
+
+def test_cache_settings_from_file_environment_and_flags(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        'auth_token = "t"\n[bridge]\ncache_persist_path = "/data/cache.json"\ncache_save_interval = 5\n'
+        'cache_paths = [{ path = "guilds", max_size = 100 }, { path = "cooldowns", ttl = 60 }]\n'
+    )
+    values = configure(["bridge", "--config", str(config)], {}).settings
+    assert values["cache_paths"] == (CachePath("guilds", 100), CachePath("cooldowns", DEFAULT_MAX_SIZE, 60.0))
+    assert cache_options(values) == {
+        "paths": values["cache_paths"],
+        "persist_path": "/data/cache.json",
+        "save_interval": 5.0,
+    }
+    # the same paths as text, in a variable or a flag: NAME[,max_size=N][,ttl=SECONDS], space-separated
+    env = {"ZMQCROSS_CACHE_PATHS": "guilds,max_size=100 cooldowns,ttl=60"}
+    assert (
+        configure(["bridge", "--config", str(config)], env).settings["cache_paths"] == values["cache_paths"]
+    )
+    flagged = configure(
+        [
+            "bridge",
+            "--config",
+            str(config),
+            "--cache-paths",
+            "all,max_size=none",
+            "--cache-save-interval",
+            "1",
+        ],
+        env,
+    ).settings
+    assert flagged["cache_paths"] == (CachePath("all", None),) and flagged["cache_save_interval"] == 1.0
+    # without paths there is no cache
+    assert cache_options(configure(["bridge"], {"ZMQCROSS_AUTH_TOKEN": "t"}).settings) is None
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "message"),
+    [
+        ("", {"ZMQCROSS_CACHE_PATHS": "guilds,max_sise=1"},
+         "$ZMQCROSS_CACHE_PATHS: cache path 'guilds': unknown setting 'max_sise'; a path takes max_size and ttl"),
+        ('[bridge]\ncache_paths = [{ path = "g", max_sise = 1 }]\n', {},
+         "fleet.toml [bridge] cache_paths: cache path 'g': unknown setting 'max_sise'; a path takes max_size and ttl"),
+        ("[bridge]\ncache_paths = [{ max_size = 1 }]\n", {}, "cache_paths: a cache path without a 'path' (its name)"),
+        ("", {"ZMQCROSS_CACHE_PATHS": "guilds,max_size=ten"}, "cache path 'guilds': max_size: 'ten' is not an integer"),
+        ("", {"ZMQCROSS_CACHE_PATHS": "guilds,ttl=-1"}, "cache path 'guilds': ttl: '-1' is not a positive number"),
+        ("", {"ZMQCROSS_CACHE_PATHS": "guilds guilds"}, "cache path 'guilds' is declared twice"),
+        ("[bridge]\ncache_paths = []\n", {}, "cache_paths: no cache path given"),
+        ("[bridge.cache_paths]\nguilds = {}\n", {}, 'cache_paths: a list of paths like [{ path = "guilds"'),
+        ("[bridge]\ncache_save_interval = 0\n", {}, "cache_save_interval: '0' is not a positive number"),
+        ("[machine]\ncache_paths = \"g\"\n", {}, "[machine] has unknown key 'cache_paths'"),
+    ],
+)  # fmt: skip
+def test_bad_cache_settings_say_what_and_where(
+    tmp_path: Path, file: str, env: dict[str, str], message: str
+) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(file)
+    with pytest.raises(ConfigurationError) as caught:
+        configure(["bridge", "--config", str(config), "--auth-token", "t"], env)
+    assert message in str(caught.value)
+
+
+def test_cache_files_without_cache_paths_are_refused() -> None:
+    settings = configure(
+        ["bridge", "--cache-persist-path", "/data/cache.json"], {"ZMQCROSS_AUTH_TOKEN": "t"}
+    ).settings
+    with pytest.raises(
+        ConfigurationError,
+        match=r"cache_persist_path is set but no cache path is: set --cache-paths, \$ZMQCROSS_CACHE_PATHS or "
+        "cache_paths in the config file",
+    ):
+        cache_options(settings)
+    result = run("bridge", "--cache-persist-path", "/data/cache.json", env=clean_env(ZMQCROSS_AUTH_TOKEN="t"))
+    assert_one_line(result, 2, "zmqcross bridge: cache_persist_path is set but no cache path is")
+
+
+@pytest.mark.parametrize("how", ["zmqcross bridge --config", "bots/bridge.py with variables"])
+async def test_the_bridge_serves_a_cache_from_its_settings(how: str, tmp_path: Path) -> None:
+    port, pub_port = free_port(), free_port()
+    persist = tmp_path / "cache.json"
+    if how.startswith("zmqcross"):
+        config = tmp_path / "bridge.toml"
+        config.write_text(
+            f'auth_token = "from-the-file"\nbridge_port = {port}\npub_port = {pub_port}\n'
+            f'[bridge]\ncache_persist_path = "{persist}"\ncache_save_interval = 3600\n'
+            '[[bridge.cache_paths]]\npath = "guilds"\nmax_size = 2\n'
+            '[[bridge.cache_paths]]\npath = "cooldowns"\nttl = 60\n'
+        )
+        bridge = Service("bridge", ["-m", "zmqcross", "bridge", "--config", str(config)], env=clean_env())
+    else:
+        env = clean_env(
+            ZMQCROSS_AUTH_TOKEN="from-the-file",
+            ZMQCROSS_BRIDGE_PORT=str(port),
+            ZMQCROSS_PUB_PORT=str(pub_port),
+            ZMQCROSS_CACHE_PATHS="guilds,max_size=2 cooldowns,ttl=60",
+            ZMQCROSS_CACHE_PERSIST_PATH=str(persist),
+            ZMQCROSS_CACHE_SAVE_INTERVAL="3600",
+        )
+        bridge = Service("bridge", [str(BOTS / "bridge.py")], env=env)
+    try:
+        bridge.wait_line(
+            rf"cache: paths guilds \(max_size 2\), cooldowns \(max_size {DEFAULT_MAX_SIZE}, ttl 60 s\); "
+            rf"saved to {re.escape(str(persist))} every 3600 s"
+        )
+        bridge.wait_line("listening on")
+        client = Client(auth_token="from-the-file", port=port, pub_port=pub_port, machine_id="tester",
+                        connect_timeout=10)  # fmt: skip
+        async with client:
+            cache = CacheClient(client).cache
+            for n in range(3):  # max_size 2: the oldest is evicted
+                await cache["guilds"].set(str(n), {"n": n})
+            await cache["cooldowns"].set("user:1", True)
+            assert await cache["guilds"].get_many(["0", "1", "2"]) == {"1": {"n": 1}, "2": {"n": 2}}
+            assert await cache["cooldowns"].get("user:1") is True
+        bridge.signal(15)
+        assert bridge.wait(20) == 0
+    finally:
+        bridge.stop()
+    assert not any("Traceback" in line for line in bridge.errors), bridge.errors
+    saved: dict[str, Any] = {
+        name: [e.key for e in entries]
+        for name, entries in decode_snapshot(persist.read_bytes()).paths.items()
+    }
+    assert saved == {"guilds": ["1", "2"], "cooldowns": ["user:1"]}
 
 
 # --------------------------------------------------------------------------- keygen

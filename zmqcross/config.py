@@ -2,19 +2,22 @@
 
 Lowest to highest precedence: built-in defaults, a TOML file (``--config`` or
 ``$ZMQCROSS_CONFIG``), ``ZMQCROSS_*`` environment variables, command-line flags. The
-environment variables are the ones ``bots/settings.py`` reads, so one environment
-configures the example scripts and the commands alike.
+example scripts in ``bots/`` resolve their settings with this same code (through
+:func:`zmqcross.cli.settings_for`), so one file and one environment configure the
+scripts and the commands alike, with the same defaults and the same errors.
 
 The TOML file has top-level keys, shared by every command, and one table per command
 whose keys override them for that command only::
 
-    auth_token = "change-me"
+    auth_token = "a long random string"
     bridge_host = "10.0.0.1"
     keys = "/etc/zmqcross/keys"
 
     [bridge]
     listen_host = "0.0.0.0"
     total_shards = "auto"
+    cache_persist_path = "/var/lib/zmqcross/cache.json"
+    cache_paths = [{ path = "guilds", max_size = 10000 }, { path = "cooldowns", ttl = 60 }]
 
     [machine]
     machine_id = "machine-1"
@@ -33,6 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from .cachestore import CachePath
 from .errors import ConfigurationError
 
 __all__ = [
@@ -40,6 +44,8 @@ __all__ = [
     "PRECEDENCE",
     "Setting",
     "boolean",
+    "cache_paths",
+    "cache_paths_data",
     "check_file",
     "load_file",
     "log_level",
@@ -71,6 +77,8 @@ class Setting:
     ``name`` is the TOML key; ``env`` the environment variable; ``flag`` the command-line
     flag (default ``--`` + name with dashes). ``parse`` turns text (from a flag, the
     environment or the file) into the value, raising ``ValueError`` with a reason.
+    ``parse_data``, when given, takes what the file holds that is not a single value (a
+    list or a table), for settings with a richer TOML form than their text.
     """
 
     name: str
@@ -81,6 +89,7 @@ class Setting:
     flag: str | None = None
     metavar: str | None = None
     required: bool = False
+    parse_data: Callable[[Any], Any] | None = None
 
     @property
     def option(self) -> str:
@@ -185,6 +194,96 @@ def log_level(value: str) -> str:
     return name
 
 
+# --------------------------------------------------------------------------- cache paths
+# A bridge's cache paths as text (a flag, a variable): space-separated, each
+# NAME[,max_size=N|none][,ttl=SECONDS|none]. In TOML, also a list of tables
+# [{ path = NAME, max_size = N, ttl = SECONDS }], the dicts CacheServer(paths=...) takes.
+
+_PATH_FIELDS = ("max_size", "ttl")
+
+
+def _max_size(value: object) -> int | None:
+    if isinstance(value, str):
+        return None if value.strip().lower() == "none" else positive_int(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return positive_int(str(value))
+    raise ValueError(f"{value!r} is not a positive integer or none")
+
+
+def _ttl(value: object) -> float | None:
+    if isinstance(value, str):
+        return None if value.strip().lower() == "none" else positive_number(value)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return positive_number(str(value))
+    raise ValueError(f"{value!r} is not a positive number of seconds or none")
+
+
+def _cache_path(name: object, fields: Mapping[str, object]) -> CachePath:
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"a cache path's name must be non-empty text, not {name!r}")
+    unknown = [key for key in fields if key not in _PATH_FIELDS]
+    if unknown:
+        raise ValueError(
+            f"cache path {name!r}: unknown setting {', '.join(repr(k) for k in unknown)}; "
+            f"a path takes {' and '.join(_PATH_FIELDS)}"
+        )
+    options: dict[str, Any] = {}
+    for key, check in (("max_size", _max_size), ("ttl", _ttl)):
+        if key in fields:
+            try:
+                options[key] = check(fields[key])
+            except ValueError as exc:
+                raise ValueError(f"cache path {name!r}: {key}: {exc}") from None
+    try:
+        return CachePath(name, **options)
+    except ConfigurationError as exc:  # the name's length, checked where every path is made
+        raise ValueError(exc.message) from None
+
+
+def _distinct(paths: list[CachePath]) -> tuple[CachePath, ...]:
+    if not paths:
+        raise ValueError("no cache path given")
+    seen: set[str] = set()
+    for path in paths:
+        if path.name in seen:
+            raise ValueError(f"cache path {path.name!r} is declared twice")
+        seen.add(path.name)
+    return tuple(paths)
+
+
+def cache_paths(value: str) -> tuple[CachePath, ...]:
+    """Cache paths as text: ``guilds,max_size=10000 cooldowns,ttl=60`` (space-separated)."""
+    paths = []
+    for spec in value.split():
+        name, *pairs = spec.split(",")
+        fields: dict[str, str] = {}
+        for pair in pairs:
+            key, equals, setting = pair.partition("=")
+            if not equals:
+                raise ValueError(f"cache path {name!r}: {pair!r} is not KEY=VALUE (max_size=N, ttl=SECONDS)")
+            fields[key.strip()] = setting
+        paths.append(_cache_path(name, fields))
+    return _distinct(paths)
+
+
+def cache_paths_data(value: Any) -> tuple[CachePath, ...]:
+    """Cache paths as TOML data: ``[{ path = "guilds", max_size = 10000 }, ...]``."""
+    if not isinstance(value, list):
+        raise ValueError(
+            'a list of paths like [{ path = "guilds", max_size = 10000, ttl = 60 }], '
+            f"not a {'table' if isinstance(value, dict) else type(value).__name__}"
+        )
+    paths = []
+    for item in value:
+        if not isinstance(item, dict):
+            raise ValueError(f'each cache path is a table like {{ path = "guilds" }}, not {item!r}')
+        if "path" not in item:
+            raise ValueError(f"a cache path without a 'path' (its name): {item!r}")
+        fields = {k: v for k, v in item.items() if k != "path"}
+        paths.append(_cache_path(item["path"], fields))
+    return _distinct(paths)
+
+
 # --------------------------------------------------------------------------- the file
 
 
@@ -226,6 +325,11 @@ def check_file(data: Mapping[str, Any], commands: Mapping[str, Sequence[Setting]
 
 
 def _from_file(setting: Setting, value: Any, where: str) -> Any:
+    if isinstance(value, (list, dict)) and setting.parse_data is not None:
+        try:
+            return setting.parse_data(value)
+        except ValueError as exc:
+            raise ConfigurationError(f"{where}: {exc}") from None
     # TOML gives typed scalars; every parser takes text, so typed values go through str().
     if isinstance(value, bool):
         value = "true" if value else "false"

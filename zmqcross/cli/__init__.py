@@ -12,9 +12,10 @@
     zmqcross demo       a whole fleet on this machine, without Discord
 
 bridge, machine, gateway, status, reshard and dashboard read a TOML file, ``ZMQCROSS_*`` variables
-and flags (:mod:`zmqcross.config`). Exit status: 0 after a clean run or a SIGTERM/SIGINT,
-1 when something fails at run time (refused token, unreachable bridge), 2 for bad
-configuration or usage. Errors are one line on stderr, never a traceback.
+and flags (:mod:`zmqcross.config`); :func:`settings_for` gives a script (``bots/``) the
+settings a command would run with, from the same places. Exit status: 0 after a clean run
+or a SIGTERM/SIGINT, 1 when something fails at run time (refused token, unreachable
+bridge), 2 for bad configuration or usage. Errors are one line on stderr, never a traceback.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from ..errors import ConfigurationError, ZmqcrossError
 from ..eventloop import run
 from .options import COMMANDS
 
-__all__ = ["Invocation", "build_parser", "configure", "main", "settle"]
+__all__ = ["Invocation", "build_parser", "configure", "main", "settings_for", "settle"]
 
 log = logging.getLogger("zmqcross.cli")
 
@@ -96,14 +97,14 @@ def _parse_flag(setting: Setting) -> Callable[[str], Any]:
     return parse
 
 
-def _add_settings(parser: argparse.ArgumentParser, settings: Sequence[Setting]) -> None:
+def _add_settings(parser: argparse.ArgumentParser, command: str) -> None:
     parser.add_argument(
         "--config",
         metavar="FILE",
         default=argparse.SUPPRESS,
-        help=f"TOML file with settings (top-level keys and a [{parser.prog.split()[-1]}] table) [${CONFIG_ENV}]",
+        help=f"TOML file with settings (top-level keys and a [{command}] table) [${CONFIG_ENV}]",
     )
-    for setting in settings:
+    for setting in COMMANDS[command]:
         if setting.parse is boolean:
             parser.add_argument(
                 setting.option,
@@ -133,7 +134,7 @@ def _command(
         formatter_class=_Formatter,
     )
     if settings:
-        _add_settings(parser, COMMANDS[name])
+        _add_settings(parser, name)
     return parser
 
 
@@ -290,6 +291,34 @@ def settle(args: argparse.Namespace, env: Mapping[str, str]) -> Invocation:
     flags = {s.name: getattr(args, s.name) for s in settings if hasattr(args, s.name)}
     values = resolve(args.command, settings, flags=flags, env=env, file=file, path=path or "")
     return Invocation(args.command, args, values)
+
+
+def settings_for(
+    command: str,
+    argv: Sequence[str] | None = None,
+    env: Mapping[str, str] | None = None,
+    *,
+    prog: str | None = None,
+) -> dict[str, Any]:
+    """The settings ``zmqcross COMMAND`` would run with, for a script that builds its own objects.
+
+    ``argv`` are the command's flags (default ``sys.argv[1:]``), ``env`` the environment
+    (default ``os.environ``, which may name the TOML file in ``$ZMQCROSS_CONFIG``; so may
+    ``--config``). Same defaults, same precedence, same checks as the command: a bad or
+    missing setting raises :class:`ConfigurationError`; a bad flag exits with status 2
+    and ``--help`` lists every setting, both through argparse, as the command does.
+    """
+    if command not in COMMANDS:
+        raise ValueError(f"{command!r} reads no settings; commands that do: {sorted(COMMANDS)}")
+    parser = argparse.ArgumentParser(
+        prog=prog or f"zmqcross {command}",
+        description=PRECEDENCE + "\n\n" + EXIT_CODES,
+        formatter_class=_Formatter,
+    )
+    _add_settings(parser, command)
+    args = parser.parse_args(argv)
+    args.command = command
+    return settle(args, os.environ if env is None else env).settings
 
 
 def _run_async(work: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:

@@ -1,8 +1,8 @@
 """The settings each ``zmqcross`` command reads, and the CURVE settings built from a keys folder.
 
 A setting's TOML key is its environment variable without ``ZMQCROSS_``, in lower case
-(``ZMQCROSS_BRIDGE_PORT`` is ``bridge_port``), and the variables are those of
-``bots/settings.py``. The flags follow the class each command drives: ``zmqcross bridge
+(``ZMQCROSS_BRIDGE_PORT`` is ``bridge_port``). The example scripts in ``bots/`` read these
+same settings (:func:`zmqcross.cli.settings_for`). The flags follow the class each command drives: ``zmqcross bridge
 --host/--port`` are :class:`~zmqcross.Bridge`'s ``host``/``port``, while a machine's
 ``--bridge-host/--bridge-port`` say where that bridge is.
 """
@@ -10,11 +10,16 @@ A setting's TOML key is its environment variable without ``ZMQCROSS_``, in lower
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
+from ..cache import DEFAULT_SAVE_INTERVAL
 from ..config import (
     Setting,
     boolean,
+    cache_paths,
+    cache_paths_data,
     log_level,
     non_negative_number,
     port,
@@ -23,6 +28,7 @@ from ..config import (
     shard_count,
     text,
 )
+from ..errors import ConfigurationError
 from ..security import CurveClient, CurveServer
 
 __all__ = [
@@ -33,6 +39,7 @@ __all__ = [
     "MACHINE",
     "RESHARD",
     "STATUS",
+    "cache_options",
     "client_curve",
     "server_curve",
 ]
@@ -85,6 +92,18 @@ CONNECT_TIMEOUT = Setting(
     "seconds to wait for the bridge to accept this client before giving up",
     default=30.0,
     metavar="SECONDS",
+)
+
+CACHE_PATHS = Setting(
+    "cache_paths",
+    "ZMQCROSS_CACHE_PATHS",
+    cache_paths,
+    "serve the shared cache (zmqcross.CacheServer) with these paths, space-separated, each "
+    "NAME[,max_size=N|none][,ttl=SECONDS|none] (max_size default 10000, ttl default none: "
+    'forever); in TOML also [{ path = "NAME", max_size = N, ttl = SECONDS }, ...]; '
+    "unset: no cache",
+    metavar="PATHS",
+    parse_data=cache_paths_data,
 )
 
 BRIDGE = (
@@ -153,6 +172,23 @@ BRIDGE = (
         "address the metrics endpoint binds",
         default="127.0.0.1",
         metavar="HOST",
+    ),
+    CACHE_PATHS,
+    Setting(
+        "cache_persist_path",
+        "ZMQCROSS_CACHE_PERSIST_PATH",
+        text,
+        "file the cache is restored from at start and saved to (atomically) every "
+        "--cache-save-interval seconds and on a clean stop; its folder must exist; unset: not persisted",
+        metavar="FILE",
+    ),
+    Setting(
+        "cache_save_interval",
+        "ZMQCROSS_CACHE_SAVE_INTERVAL",
+        positive_number,
+        "seconds between saves of a persisted cache (only when it changed): a crash loses at most "
+        f"this many seconds of writes [default: {DEFAULT_SAVE_INTERVAL:g}]",
+        metavar="SECONDS",
     ),
     LOG_LEVEL,
 )
@@ -324,6 +360,26 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "dashboard": DASHBOARD,
 }
 """The commands that read settings, and what each reads (also the tables a config file may have)."""
+
+
+def cache_options(settings: Mapping[str, Any]) -> dict[str, Any] | None:
+    """:class:`~zmqcross.CacheServer`'s options from ``bridge`` settings; None when no cache is asked for.
+
+    A persist file or save interval given without any cache path is refused rather than
+    ignored: it says a cache was meant.
+    """
+    paths = settings["cache_paths"]
+    if paths is None:
+        for name in ("cache_persist_path", "cache_save_interval"):
+            if settings[name] is not None:
+                raise ConfigurationError(f"{name} is set but no cache path is: set {CACHE_PATHS.sources()}")
+        return None
+    interval = settings["cache_save_interval"]
+    return {
+        "paths": paths,
+        "persist_path": settings["cache_persist_path"],
+        "save_interval": DEFAULT_SAVE_INTERVAL if interval is None else interval,
+    }
 
 
 def server_curve(keys: str | None) -> CurveServer | None:

@@ -4,6 +4,10 @@ Each runs until SIGTERM or SIGINT and then shuts down the way its class does it 
 the bridge closes its sockets, a machine drains (:meth:`Machine.serve`), the gateway
 closes every Discord connection. What they print on stdout is meant for people and
 for scripts waiting on a line (``listening on``, ``N/N clusters ready``); logs go to stderr.
+
+:func:`build_bridge`, :func:`serve_cache` and :func:`build_machine` turn merged settings
+into the objects; the example scripts in ``bots/`` build theirs with them too, so a
+setting means the same thing to a script and to a command.
 """
 
 from __future__ import annotations
@@ -13,15 +17,24 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from ..bridge import Bridge
-from ..client import Client, default_machine_id
+from .. import Bridge, CacheServer, Client, Machine
+from ..client import default_machine_id
 from ..cluster.manager import ClusterManager
 from ..errors import ConfigurationError
-from ..machine import Machine
 from ..registry import ClientInfo
-from .options import client_curve, server_curve
+from .options import cache_options, client_curve, server_curve
 
-__all__ = ["Stopped", "run_bridge", "run_gateway", "run_machine", "unless_stopped"]
+__all__ = [
+    "Stopped",
+    "build_bridge",
+    "build_machine",
+    "describe_cache",
+    "run_bridge",
+    "run_gateway",
+    "run_machine",
+    "serve_cache",
+    "unless_stopped",
+]
 
 Settings = dict[str, Any]
 Say = Callable[[str], None]
@@ -59,10 +72,9 @@ async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T:
 # --------------------------------------------------------------------------- bridge
 
 
-async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
-    """``zmqcross bridge``: plan the shards, let machines in, until stopped."""
-    say = printer("bridge")
-    bridge = Bridge(
+def build_bridge(settings: Settings) -> Bridge:
+    """The bridge of ``bridge`` settings, not started yet."""
+    return Bridge(
         auth_token=settings["auth_token"],
         host=settings["listen_host"],
         port=settings["bridge_port"],
@@ -78,6 +90,38 @@ async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
         metrics_port=settings["metrics_port"],
         metrics_host=settings["metrics_host"],
     )
+
+
+def serve_cache(bridge: Bridge, settings: Settings) -> CacheServer | None:
+    """The shared cache the ``cache_*`` settings ask for, served by ``bridge``; None without ``cache_paths``.
+
+    A persisted cache is restored here, before the bridge starts; closing the bridge
+    closes the cache and saves it one last time.
+    """
+    options = cache_options(settings)
+    return None if options is None else CacheServer(bridge, **options)
+
+
+def describe_cache(settings: Settings) -> str | None:
+    """One line saying what cache the settings serve, or None for no cache."""
+    options = cache_options(settings)
+    if options is None:
+        return None
+
+    def path(p: Any) -> str:
+        size = "unbounded" if p.max_size is None else f"max_size {p.max_size}"
+        return f"{p.name} ({size}{'' if p.ttl is None else f', ttl {p.ttl:g} s'})"
+
+    persist = options["persist_path"]
+    kept = "not persisted" if persist is None else f"saved to {persist} every {options['save_interval']:g} s"
+    return f"cache: paths {', '.join(path(p) for p in options['paths'])}; {kept}"
+
+
+async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
+    """``zmqcross bridge``: plan the shards, let machines in, until stopped."""
+    say = printer("bridge")
+    bridge = build_bridge(settings)
+    serve_cache(bridge, settings)  # closed and saved by the bridge's close
 
     def connected(client: ClientInfo, initial_data: Any) -> None:
         say(f"{client.agent} {client.id!r} connected from {client.address or 'an unknown address'}")
@@ -100,6 +144,9 @@ async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
         )
         if bridge.metrics is not None:
             say(f"metrics on {bridge.metrics.url}")
+        cache = describe_cache(settings)
+        if cache is not None:
+            say(cache)
         try:
             await unless_stopped(stop, bridge.wait_closed())
         except Stopped:
@@ -147,8 +194,8 @@ class Progress:
             self._say(f"{now[0]}/{now[1]} clusters ready")
 
 
-async def run_machine(settings: Settings, stop: asyncio.Event) -> int:
-    """``zmqcross machine``: the whole machine, as bots/cluster.py runs it, until stopped."""
+def build_machine(settings: Settings) -> Machine:
+    """The machine of ``machine`` settings (its client not connected yet); its id is ``machine.client.id``."""
     bot_file = Path(settings["bot_file"])
     if not bot_file.is_file():
         raise ConfigurationError(f"bot file {str(bot_file)!r} does not exist")
@@ -176,7 +223,14 @@ async def run_machine(settings: Settings, stop: asyncio.Event) -> int:
         },
         drain_timeout=settings["drain_timeout"],
     )
-    say = printer(machine_id)
+    return machine
+
+
+async def run_machine(settings: Settings, stop: asyncio.Event) -> int:
+    """``zmqcross machine``: the whole machine, as bots/cluster.py runs it, until stopped."""
+    machine = build_machine(settings)
+    client = machine.client
+    say = printer(client.id)
     where = f"{settings['bridge_host']}:{settings['bridge_port']}"
     client.on("ready", lambda: say(f"registered with the bridge at {where}"))
     client.on("disconnect", lambda reason: say(f"lost the bridge: {reason}; reconnecting"))

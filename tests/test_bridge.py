@@ -126,7 +126,11 @@ async def test_relayed_request_fails_when_target_never_answers(make_bridge, make
     async def never(request):
         await asyncio.sleep(30)
 
-    with pytest.raises(RequestTimeout, match="request relayed to client 'slow': no answer within 0.27 s"):
+    # The bridge keeps back a tenth of what is left when the request reaches it (transit
+    # time on a loaded machine makes that 0.27 s or a hair less).
+    with pytest.raises(
+        RequestTimeout, match=r"request relayed to client 'slow': no answer within 0\.2[67]\d* s"
+    ):
         await asker.request_to_client(1, client_id="slow", timeout=0.3)
     with pytest.raises(RemoteError, match="client 'asker' has no 'bridge_request' handler"):
         await bridge.request(1, client="asker")
@@ -361,18 +365,10 @@ async def test_observer_sees_every_answer_with_its_outcome(make_bridge, make_cli
 async def test_answers_to_a_burst_leave_batched_and_each_arrives(bridge, make_client) -> None:
     bridge.on("client_request", lambda request, client: {"echo": request.data})
     client = await make_client(bridge)
-    sends = 0
-    real_send = bridge._outbox._send
-
-    def counting(key: bytes, frames: list[bytes]) -> object:
-        nonlocal sends
-        sends += 1
-        return real_send(key, frames)
-
-    bridge._outbox._send = counting
-    before = bridge.statistics().messages_out
+    before = bridge.statistics()
     results = await asyncio.gather(*(client.request(i) for i in range(300)))
+    after = bridge.statistics()
     assert results == [{"echo": i} for i in range(300)]  # every answer, to its own request
-    assert bridge.statistics().messages_out - before == 300  # counted as messages, not sends
-    assert sends < 100  # but they left in batches
+    assert after.messages_out - before.messages_out == 300  # counted as messages, not sends
+    assert after.sends - before.sends < 100  # but they left in batches
     assert await client.request("after") == {"echo": "after"}

@@ -23,6 +23,7 @@ from typing import Any, cast
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
+from .clock import LOOP_CLOCK, Clock, Timer
 from .errors import ConnectionLost, RequestTimeout, ZmqcrossError
 from .protocol import Limits, Message, batches
 from .security import ZAP_DOMAIN, CurveClient, CurveServer
@@ -355,7 +356,7 @@ class Pending:
     what: str
     frames: list[bytes] | None
     on_done: Callable[[Outcome], object]
-    timer: asyncio.TimerHandle | None = None
+    timer: Timer | None = None
     parked: bool = False
 
 
@@ -366,9 +367,10 @@ class OpenRequests:
     Everything ends exactly once: answer, timeout, lost peer or close.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = LOOP_CLOCK) -> None:
         self._next_id = 0
         self._open: dict[int, Pending] = {}
+        self._clock = clock
 
     def __len__(self) -> int:
         return len(self._open)
@@ -389,9 +391,9 @@ class OpenRequests:
         frames: list[bytes] | None = None,
     ) -> Pending:
         """Track a request; ``on_done`` gets its outcome, a :class:`RequestTimeout` after ``timeout``."""
-        loop = asyncio.get_running_loop()
-        entry = Pending(request_id, time.time() + timeout, peer, what, frames, on_done)
-        entry.timer = loop.call_later(timeout, self._expire, request_id, timeout)
+        clock = self._clock
+        entry = Pending(request_id, clock.time() + timeout, peer, what, frames, on_done)
+        entry.timer = clock.call_later(timeout, self._expire, request_id, timeout)
         self._open[request_id] = entry
         return entry
 

@@ -1,0 +1,539 @@
+"""The bridge's socket-free core, driven the way h11 is tested: messages in, sends out.
+
+No sockets, no event loop, no real time: a hand-wound clock and a list for an outbox.
+Each test feeds the core encoded frames from named peers and reads what it sent back.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from zmqcross import AccessPolicy, build_plan
+from zmqcross import protocol as p
+from zmqcross.bridge import BRIDGE_EVENTS
+from zmqcross.bridge._core import BridgeCore
+from zmqcross.bridge._fleet import FleetState
+from zmqcross.bridge._settings import CoreSettings
+from zmqcross.events import EventEmitter
+from zmqcross.fanout import error_frame
+
+pytestmark = pytest.mark.timeout(10)
+
+TOKEN = "core-token"
+
+
+class FakeClock:
+    """Wall and monotonic time that move only when told; timers run on :meth:`advance`."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+        self._timers: list[tuple[float, int, FakeTimer]] = []
+        self._seq = itertools.count()
+
+    def time(self) -> float:
+        return self.now
+
+    def monotonic(self) -> float:
+        return self.now - 900_000.0
+
+    def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> FakeTimer:
+        timer = FakeTimer(callback, args)
+        heapq.heappush(self._timers, (self.now + max(delay, 0.0), next(self._seq), timer))
+        return timer
+
+    def advance(self, seconds: float) -> None:
+        until = self.now + seconds
+        while self._timers and self._timers[0][0] <= until:
+            when, _, timer = heapq.heappop(self._timers)
+            self.now = max(self.now, when)
+            if not timer.cancelled:
+                timer.callback(*timer.args)
+        self.now = until
+
+
+@dataclass
+class FakeTimer:
+    callback: Callable[..., object]
+    args: tuple[Any, ...]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+
+@dataclass
+class Outbox:
+    """Everything the core sent, decoded: (route, message) pairs, and what it published."""
+
+    sent: list[tuple[bytes, p.Message]] = field(default_factory=list)
+    published: list[p.Message] = field(default_factory=list)
+
+    def send(self, route: bytes, msg: p.Message) -> None:
+        self.sent.append((route, p.decode(p.encode(msg))))  # every send must survive the wire
+
+    def queue(self, route: bytes, frames: list[bytes]) -> None:
+        self.sent.append((route, p.decode(frames)))
+
+    def publish(self, msg: p.Message) -> None:
+        self.published.append(msg)
+
+    def to(self, route: bytes, kind: type | None = None) -> list[Any]:
+        return [m for r, m in self.sent if r == route and (kind is None or isinstance(m, kind))]
+
+    def clear(self) -> None:
+        self.sent.clear()
+
+
+@dataclass
+class Origin:
+    key: str | None = None
+    where: str = "127.0.0.9"
+
+    def user_id(self) -> str | None:
+        return self.key
+
+    def address(self) -> str | None:
+        return self.where
+
+
+class World:
+    """One bridge core with its clock, outbox and events."""
+
+    def __init__(
+        self,
+        *,
+        total_shards: int = 4,
+        shards_per_cluster: int = 1,
+        total_machines: int = 2,
+        policy: AccessPolicy | None = None,
+        keys: dict[str, str] | None = None,
+    ) -> None:
+        self.clock = FakeClock()
+        self.out = Outbox()
+        self.events = EventEmitter(BRIDGE_EVENTS, logging.getLogger("test"))
+        self.seen: list[tuple[str, Any]] = []
+        for name in ("connect", "disconnect"):
+            self.events.on(name, lambda *args, _n=name: self.seen.append((_n, args)))
+        options = {"shards_per_cluster": shards_per_cluster, "total_machines": total_machines}
+        self.fleet = FleetState(build_plan(total_shards, **options), options)
+        self.core = BridgeCore(
+            fleet=self.fleet,
+            outgoing=self.out,
+            clock=self.clock,
+            events=self.events,
+            settings=CoreSettings(
+                auth_token=TOKEN,
+                epoch="epoch-1",
+                policy=policy or AccessPolicy(),
+                heartbeat_interval=1.0,
+                heartbeat_timeout=4.0,
+                limits=p.DEFAULT_LIMITS,
+                key_name=(lambda k: keys.get(k)) if keys is not None else None,
+            ),
+        )
+        self._ids = itertools.count(1)
+
+    def feed(self, route: bytes, msg: p.Message, origin: Origin | None = None) -> None:
+        self.core.receive(route, origin or Origin(), p.encode(msg))
+
+    def register(
+        self,
+        route: bytes,
+        machine_id: str,
+        *,
+        token: str = TOKEN,
+        agent: str = "bot",
+        hosting: p.Hosting | None = None,
+        origin: Origin | None = None,
+    ) -> p.Message:
+        """Register; returns the answer (Welcome or ErrorReply)."""
+        rid = next(self._ids)
+        msg = p.Register(
+            id=rid,
+            deadline=self.clock.time() + 5,
+            protocol=p.PROTOCOL_VERSION,
+            token=token,
+            machine_id=machine_id,
+            agent=agent,
+            hosting=hosting,
+        )
+        self.feed(route, msg, origin)
+        answers = [m for m in self.out.to(route) if getattr(m, "reply_to", None) == rid]
+        assert len(answers) == 1, self.out.to(route)
+        return answers[0]
+
+    def shard_data(self, route: bytes, max_clusters: int | None = None) -> Any:
+        rid = next(self._ids)
+        self.feed(
+            route, p.ShardDataRequest(id=rid, deadline=self.clock.time() + 5, max_clusters=max_clusters)
+        )
+        (answer,) = [m for m in self.out.to(route) if getattr(m, "reply_to", None) == rid]
+        return answer
+
+    def machine(self, route: bytes, machine_id: str, **kwargs: Any) -> tuple[int, ...]:
+        """Register a bot machine and ask for its share; returns its clusters."""
+        assert isinstance(self.register(route, machine_id, **kwargs), p.Welcome)
+        answer = self.shard_data(route)
+        assert isinstance(answer, p.Reply), answer
+        return tuple(p.load(answer.data)["cluster_list"])
+
+
+def hosting(world: World, clusters: tuple[int, ...]) -> p.Hosting:
+    plan = world.fleet.plan
+    return p.Hosting(
+        plan_version=plan.version,
+        total_shards=plan.total_shards,
+        cluster_list=clusters,
+        shard_list=tuple(tuple(plan.shards_of([c])[0]) for c in clusters),
+    )
+
+
+# ---------------------------------------------------------------------------- registration
+
+
+def test_registration_is_welcomed_with_the_run_and_the_permissions() -> None:
+    world = World()
+    welcome = world.register(b"r1", "m1")
+    assert isinstance(welcome, p.Welcome)
+    assert (welcome.client_id, welcome.epoch) == ("m1", "epoch-1")
+    assert welcome.plan_version == world.fleet.plan.version
+    assert set(welcome.permissions) == {"admin", "cache", "eval", "request"}
+    assert world.seen == [("connect", (world.fleet.registry.by_id("m1").info, None))]  # type: ignore[union-attr]
+    world.clock.advance(1.0)  # the beacon burst for the newcomer's SUB
+    assert len(world.out.published) == 4
+
+
+@pytest.mark.parametrize(
+    ("change", "fragment"),
+    [
+        ({"token": "wrong"}, "wrong auth token"),
+        ({"machine_id": ""}, "machine_id must not be empty"),
+        ({"agent": "x" * 200}, "agent is 200 characters"),
+        ({"protocol": 1}, "client speaks protocol 1"),
+    ],
+)
+def test_bad_registrations_are_refused_with_the_reason(change: dict[str, Any], fragment: str) -> None:
+    world = World()
+    fields: dict[str, Any] = {
+        "id": 7,
+        "deadline": world.clock.time() + 5,
+        "protocol": p.PROTOCOL_VERSION,
+        "token": TOKEN,
+        "machine_id": "m1",
+        "agent": "bot",
+        **change,
+    }
+    world.feed(b"r1", p.Register(**fields))
+    (answer,) = world.out.to(b"r1")
+    assert isinstance(answer, p.ErrorReply) and answer.reply_to == 7
+    assert fragment in answer.error.message
+    assert len(world.fleet.registry) == 0
+    assert world.core.counters.refused_registrations == 1
+
+
+def test_an_expired_registration_is_ignored() -> None:
+    world = World()
+    world.feed(
+        b"r1",
+        p.Register(
+            id=1,
+            deadline=world.clock.time() - 1,
+            protocol=p.PROTOCOL_VERSION,
+            token=TOKEN,
+            machine_id="m",
+            agent="a",
+        ),
+    )
+    assert world.out.sent == [] and len(world.fleet.registry) == 0
+
+
+def test_a_stranger_is_told_to_register_and_nothing_it_sent_runs() -> None:
+    world = World()
+    world.feed(b"r9", p.EvalRequest(id=5, deadline=world.clock.time() + 5, script="1"))
+    (answer,) = world.out.to(b"r9")
+    assert isinstance(answer, p.Reregister) and answer.reply_to == 5
+    assert len(world.core.fanouts) == 0
+
+
+def test_another_curve_key_cannot_take_a_registered_machine_id() -> None:
+    world = World(keys={"KEY-A": "a", "KEY-B": "b"})
+    assert isinstance(world.register(b"r1", "m1", origin=Origin("KEY-A")), p.Welcome)
+    answer = world.register(b"r2", "m1", origin=Origin("KEY-B"))
+    assert isinstance(answer, p.ErrorReply)
+    assert "registered by another CURVE key ('a')" in answer.error.message
+    # The same key on a new connection (a restarted process) replaces the old one.
+    assert isinstance(world.register(b"r3", "m1", origin=Origin("KEY-A")), p.Welcome)
+    (goodbye,) = world.out.to(b"r1", p.Goodbye)
+    assert goodbye.retry is False and "replaced by a new connection" in goodbye.reason
+    assert world.fleet.registry.by_id("m1").routing_id == b"r3"  # type: ignore[union-attr]
+
+
+def test_a_message_on_a_registered_routing_id_from_another_key_is_dropped() -> None:
+    world = World(keys={"KEY-A": "a", "KEY-B": "b"})
+    world.register(b"r1", "m1", origin=Origin("KEY-A"))
+    world.out.clear()
+    world.feed(b"r1", p.Ping(sent_at=1.0), Origin("KEY-B"))
+    assert world.out.sent == []
+    world.feed(b"r1", p.Ping(sent_at=1.0), Origin("KEY-A"))
+    assert isinstance(world.out.to(b"r1")[0], p.Pong)
+
+
+def test_permissions_come_from_the_policy_and_refusals_say_what_is_allowed() -> None:
+    world = World(policy=AccessPolicy(agents={"dashboard": ["request"]}))
+    world.register(b"d", "dash", agent="dashboard")
+    world.feed(b"d", p.EvalRequest(id=3, deadline=world.clock.time() + 5, script="1"))
+    (answer,) = world.out.to(b"d", p.ErrorReply)
+    assert answer.reply_to == 3 and answer.error.code == "permission_denied"
+    assert "may not eval; it may: request" in answer.error.message
+
+
+# ---------------------------------------------------------------------------- placement
+
+
+def test_machines_get_consecutive_chunks_then_wait_as_standbys() -> None:
+    world = World(total_shards=4, total_machines=2)
+    assert world.machine(b"r1", "m1") == (0, 1)
+    assert world.machine(b"r2", "m2") == (2, 3)
+    assert world.machine(b"r3", "m3") == ()
+    assert world.fleet.registry.by_id("m3").standby  # type: ignore[union-attr]
+
+
+def test_a_lost_machine_s_chunk_goes_to_the_standby_and_sticks_otherwise() -> None:
+    world = World()
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    world.machine(b"r3", "m3")
+    world.out.clear()
+    world.feed(b"r1", p.Goodbye(reason="bye"))
+    (assignment,) = world.out.to(b"r3", p.Assignment)
+    assert assignment.cluster_list == (0, 1) and "was lost" in assignment.reason
+    assert world.seen[-1][0] == "disconnect"
+    # m2 left while no standby waits: its chunk waits for m2 (sticky), not the next newcomer.
+    world.feed(b"r2", p.Goodbye(reason="restart"))
+    assert world.machine(b"r2b", "m2") == (2, 3)
+
+
+def test_silence_longer_than_the_heartbeat_timeout_drops_a_peer() -> None:
+    world = World()
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    for _ in range(5):
+        world.clock.advance(1.0)
+        world.feed(b"r2", p.Ping(sent_at=0.0))  # m2 keeps talking, m1 is silent
+        world.core.tick()
+    assert [peer.info.id for peer in world.fleet.registry] == ["m2"]
+    assert "silent for" in world.seen[-1][1][1]
+
+
+def test_after_a_bridge_restart_machines_claim_what_they_run() -> None:
+    world = World()  # a fresh bridge run: nothing placed yet
+    plan = world.fleet.plan
+    # m2 comes back first, running the second chunk; a newcomer must not get it.
+    welcome = world.register(b"r2", "m2", hosting=hosting(world, (2, 3)))
+    assert isinstance(welcome, p.Welcome) and welcome.notice is None
+    assert world.machine(b"r9", "newcomer") == (0, 1)
+    # A claim on clusters another machine holds is refused, and says so.
+    welcome = world.register(b"r1", "m1", hosting=hosting(world, (0, 1)))
+    assert isinstance(welcome, p.Welcome)
+    assert welcome.notice == "claim refused: cluster 0 is held by machine 'newcomer'"
+    assert world.fleet.placement.held_by("m2") == (2, 3) and plan is world.fleet.plan
+
+
+def test_a_machine_running_an_old_plan_is_given_a_share_of_the_new_one() -> None:
+    world = World(total_shards=4)
+    old = p.Hosting(plan_version="old", total_shards=2, cluster_list=(0, 1), shard_list=((0,), (1,)))
+    welcome = world.register(b"r1", "m1", hosting=old)
+    assert isinstance(welcome, p.Welcome) and "stale" in (welcome.notice or "")
+    (assignment,) = world.out.to(b"r1", p.Assignment)
+    assert assignment.plan_version == world.fleet.plan.version and assignment.cluster_list == (0, 1)
+
+
+def test_a_draining_machine_hands_over_at_once_but_stays_registered() -> None:
+    world = World()
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    world.machine(b"r3", "m3")
+    world.feed(b"r1", p.Leaving(reason="deploy"))
+    (assignment,) = world.out.to(b"r3", p.Assignment)
+    assert assignment.cluster_list == (0, 1)
+    assert world.fleet.registry.by_id("m1").leaving  # type: ignore[union-attr]
+
+
+def test_reshard_replaces_plan_and_placement_together_and_pushes_shares() -> None:
+    world = World(total_shards=4, total_machines=2)
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    old = world.fleet.plan
+    world.out.clear()
+    plan = world.core.reshard(8, shards_per_cluster=2)
+    assert plan is world.fleet.plan and world.fleet.placement.plan is plan and plan.version != old.version
+    first, second = world.out.to(b"r1", p.Assignment), world.out.to(b"r2", p.Assignment)
+    assert first[0].cluster_list == (0, 1) and second[0].cluster_list == (2, 3)
+    assert first[0].shard_list == ((0, 1), (2, 3))
+    assert world.out.published[-1].plan_version == plan.version  # type: ignore[attr-defined]
+    world.out.clear()
+    assert world.core.reshard(None) is not None and world.out.sent == []  # same plan: nothing moves
+
+
+# ---------------------------------------------------------------------------- fan-out
+
+
+def eval_reply(fan_id: int, *slots: tuple[int, bool, Any]) -> p.EvalReply:
+    return p.EvalReply(
+        reply_to=fan_id,
+        slots=tuple(p.Slot(cluster=c, ok=ok) for c, ok, _ in slots),
+        results=tuple(p.dump(v) if ok else error_frame(v) for _, ok, v in slots),
+    )
+
+
+def fleet_of_two(world: World) -> None:
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    world.register(b"caller", "caller", agent="dashboard")
+    world.out.clear()
+
+
+def test_an_eval_fans_out_once_per_machine_and_gathers_every_slot() -> None:
+    world = World()
+    fleet_of_two(world)
+    world.feed(b"caller", p.EvalRequest(id=41, deadline=world.clock.time() + 5, script="bot.x"))
+    (to1,), (to2,) = world.out.to(b"r1", p.EvalRequest), world.out.to(b"r2", p.EvalRequest)
+    assert to1.id == to2.id and to1.clusters == (0, 1, 2, 3)
+    assert to1.deadline < world.clock.time() + 5  # each hop answers before its caller gives up
+    world.feed(b"r2", eval_reply(to2.id, (2, True, "c"), (3, True, "d")))
+    assert world.out.to(b"caller") == []  # still waiting for m1
+    world.feed(b"r1", eval_reply(to1.id, (0, True, "a"), (1, True, "b")))
+    (answer,) = world.out.to(b"caller")
+    assert isinstance(answer, p.EvalReply) and answer.reply_to == 41
+    assert [p.load(r) for r in answer.results] == ["a", "b", "c", "d"]
+    assert len(world.core.fanouts) == 0
+
+
+def test_a_machine_that_does_not_answer_costs_only_its_own_slots() -> None:
+    world = World()
+    fleet_of_two(world)
+    world.feed(b"caller", p.EvalRequest(id=42, deadline=world.clock.time() + 2, script="1"))
+    (to1,) = world.out.to(b"r1", p.EvalRequest)
+    world.feed(b"r1", eval_reply(to1.id, (0, True, 1), (1, True, 1)))
+    world.clock.advance(2.0)
+    (answer,) = world.out.to(b"caller")
+    assert [s.ok for s in answer.slots] == [True, True, False, False]
+    assert "did not answer before the deadline" in p.load(answer.results[2])["message"]
+
+
+def test_a_machine_lost_mid_eval_fails_its_slots_at_once() -> None:
+    world = World()
+    fleet_of_two(world)
+    world.feed(b"caller", p.EvalRequest(id=43, deadline=world.clock.time() + 30, script="1"))
+    (to1,) = world.out.to(b"r1", p.EvalRequest)
+    world.feed(b"r1", eval_reply(to1.id, (0, True, 1), (1, True, 1)))
+    world.core.unreachable(b"r2")
+    (answer,) = world.out.to(b"caller")
+    assert [s.ok for s in answer.slots] == [True, True, False, False]
+    assert "went away" in p.load(answer.results[3])["message"]
+
+
+def test_slots_are_taken_only_from_the_route_asked_and_only_once() -> None:
+    world = World()
+    fleet_of_two(world)
+    world.feed(b"caller", p.EvalRequest(id=44, deadline=world.clock.time() + 5, script="1"))
+    (to1,) = world.out.to(b"r1", p.EvalRequest)
+    # A third peer answering under the fan-out's id is ignored.
+    world.feed(b"caller", eval_reply(to1.id, (0, True, "forged"), (1, True, "forged")))
+    world.feed(b"r1", eval_reply(to1.id, (0, True, "real"), (1, True, "real")))
+    world.feed(b"r1", eval_reply(to1.id, (0, True, "again"), (1, True, "again")))  # late duplicate
+    world.feed(b"r2", eval_reply(to1.id, (2, True, "c"), (3, True, "d")))
+    (answer,) = world.out.to(b"caller", p.EvalReply)
+    assert [p.load(r) for r in answer.results] == ["real", "real", "c", "d"]
+
+
+def test_an_answer_missing_a_slot_it_was_asked_for_names_the_cluster() -> None:
+    world = World()
+    fleet_of_two(world)
+    world.feed(b"caller", p.EvalRequest(id=45, deadline=world.clock.time() + 5, script="1"))
+    (to1,) = world.out.to(b"r1", p.EvalRequest)
+    world.feed(b"r1", eval_reply(to1.id, (0, True, 1)))
+    world.feed(b"r2", eval_reply(to1.id, (2, True, 1), (3, True, 1)))
+    (answer,) = world.out.to(b"caller", p.EvalReply)
+    assert not answer.slots[1].ok
+    assert "no result came back for cluster(s) [1]" in p.load(answer.results[1])["message"]
+
+
+def test_clusters_no_machine_runs_fail_at_once_and_unknown_targets_are_refused() -> None:
+    world = World()
+    world.machine(b"r1", "m1")
+    world.register(b"caller", "caller")
+    world.out.clear()
+    world.feed(b"caller", p.EvalRequest(id=46, deadline=world.clock.time() + 5, script="1", clusters=(3,)))
+    (answer,) = world.out.to(b"caller")
+    assert (
+        not answer.slots[0].ok
+        and "not running on any connected machine" in p.load(answer.results[0])["message"]
+    )
+    world.feed(b"caller", p.EvalRequest(id=47, deadline=world.clock.time() + 5, script="1", clusters=(9,)))
+    (refused,) = world.out.to(b"caller", p.ErrorReply)
+    assert refused.reply_to == 47 and "the plan has clusters 0 to 3" in refused.error.message
+
+
+def test_a_guild_request_goes_to_the_machine_of_its_shard() -> None:
+    world = World()
+    fleet_of_two(world)
+    guild = (3 << 22) | 5  # shard 3 of 4: cluster 3, on m2
+    world.feed(
+        b"caller", p.GuildRequest(id=50, deadline=world.clock.time() + 5, guild_id=guild, data=p.dump("hi"))
+    )
+    (sub,) = world.out.to(b"r2", p.GuildRequest)
+    assert world.out.to(b"r1") == []
+    world.feed(b"r2", p.Reply(reply_to=sub.id, data=p.dump("there")))
+    (answer,) = world.out.to(b"caller", p.Reply)
+    assert answer.reply_to == 50 and p.load(answer.data) == "there"
+
+
+# ---------------------------------------------------------------------------- bad input
+
+
+def test_malformed_frames_are_answered_and_counted_and_the_core_serves_on() -> None:
+    world = World()
+    world.register(b"r1", "m1")
+    world.out.clear()
+    for garbage in ([b"\xff\x00"], [], [b"{}"], [b'{"type":"nope"}'], [b"x" * 10]):
+        world.core.receive(b"r1", Origin(), garbage)
+    errors = world.out.to(b"r1", p.ErrorReply)
+    assert len(errors) == 5 and all(e.error.code == "protocol" for e in errors)
+    assert world.core.counters.protocol_errors == 5
+    world.feed(b"r1", p.Ping(sent_at=2.0))
+    assert isinstance(world.out.sent[-1][1], p.Pong)
+
+
+def test_a_batch_inside_a_batch_is_refused() -> None:
+    world = World()
+    world.register(b"r1", "m1")
+    world.out.clear()
+    ping = p.encode(p.Ping(sent_at=1.0))
+    inner = p.encode(p.Batch(sizes=(len(ping), len(ping)), frames=(*ping, *ping)))
+    world.core.receive(
+        b"r1", Origin(), p.encode(p.Batch(sizes=(len(inner), len(ping)), frames=(*inner, *ping)))
+    )
+    (error,) = world.out.to(b"r1", p.ErrorReply)
+    assert "a batch inside a batch" in error.error.message
+
+
+def test_a_message_the_bridge_does_not_take_is_refused_by_name() -> None:
+    world = World()
+    world.register(b"r1", "m1")
+    world.out.clear()
+    world.feed(
+        b"r1",
+        p.Welcome(
+            reply_to=1, client_id="x", epoch="e", heartbeat_interval=1, heartbeat_timeout=2, permissions=()
+        ),
+    )
+    (error,) = world.out.to(b"r1", p.ErrorReply)
+    assert "the bridge does not accept 'welcome' messages" in error.error.message

@@ -1,0 +1,326 @@
+"""The bridge's socket-free core: decoded messages and a clock in, sends out.
+
+Every message from the ROUTER arrives here as (routing id, origin, frames). It is
+decoded (a batch opened, one level deep) and counted, then checked before anything
+runs: a malformed one is answered with the ProtocolError that says what is wrong, a
+stranger's goes to registration, one whose CURVE key is not the key its routing id
+registered with is dropped, and the rest go to their handler in :attr:`BridgeCore.dispatch`.
+Answers find their open request, or their eval fan-out.
+
+The core owns no socket, task or timer of its own: the shell (:mod:`._shell`) calls
+:meth:`BridgeCore.receive`, :meth:`BridgeCore.tick` and :meth:`BridgeCore.unreachable`,
+and the core sends through the :class:`._outgoing.Outgoing` it was given. Tests drive it
+with a list for an outbox and a hand-wound clock.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from ..clock import Clock
+from ..errors import ConfigurationError, ConnectionLost, ProtocolError
+from ..events import EventEmitter
+from ..fanout import FanOuts
+from ..messages import IncomingMessage
+from ..protocol import (
+    Batch,
+    Beacon,
+    ErrorInfo,
+    ErrorReply,
+    EvalReply,
+    EvalRequest,
+    Goodbye,
+    GuildRequest,
+    Leaving,
+    Message,
+    Ping,
+    Pong,
+    Register,
+    Reply,
+    Request,
+    Reregister,
+    Send,
+    ShardDataRequest,
+    decode,
+    dump,
+)
+from ..registry import Peer
+from ..transport import OpenRequests
+from ._fleet import FleetState
+from ._observers import Gate, Observers
+from ._outgoing import BridgeCounters, Outgoing
+from ._registration import Registrar
+from ._routing import Router
+from ._settings import CoreSettings, Origin
+
+__all__ = ["PROBE_DELAYS", "BridgeCore"]
+
+log = logging.getLogger("zmqcross.bridge")
+
+PROBE_DELAYS = (0.05, 0.3)
+"""Seconds after a connection drops at which the bridge probes its peers to find which one left."""
+
+
+class BridgeCore:
+    """Registration, routing, placement and liveness of one bridge run, without I/O."""
+
+    def __init__(
+        self,
+        *,
+        fleet: FleetState,
+        outgoing: Outgoing,
+        clock: Clock,
+        events: EventEmitter,
+        settings: CoreSettings,
+        counters: BridgeCounters | None = None,
+    ) -> None:
+        self.fleet = fleet
+        self.counters = counters if counters is not None else BridgeCounters()
+        self.open = OpenRequests(clock)
+        self.fanouts = FanOuts()
+        self.observers = Observers()
+        self._outgoing = outgoing
+        self._clock = clock
+        self._events = events
+        self._settings = settings
+        self._beacon_seq = 0
+        gate = Gate(outgoing, self.observers)
+        self._gate = gate
+        self.router = Router(
+            fleet=fleet,
+            outgoing=outgoing,
+            clock=clock,
+            open_requests=self.open,
+            fanouts=self.fanouts,
+            gate=gate,
+            observers=self.observers,
+            events=events,
+            limits=settings.limits,
+        )
+        self.registrar = Registrar(
+            fleet=fleet,
+            outgoing=outgoing,
+            clock=clock,
+            events=events,
+            counters=self.counters,
+            settings=settings,
+            drop=self.drop,
+            beacon=self.publish_beacon,
+        )
+        self.dispatch: dict[type, Callable[[Peer, Any], None]] = {
+            Ping: self._on_ping,
+            Request: self.router.on_request,
+            Send: self._on_send,
+            ShardDataRequest: self._on_shard_data,
+            Reply: self._on_answer,
+            ErrorReply: self._on_answer,
+            Goodbye: self._on_goodbye,
+            Register: self.registrar.reregister,
+            EvalRequest: self.router.on_eval,
+            EvalReply: self._on_answer,
+            GuildRequest: self.router.on_guild_request,
+            Leaving: self._on_leaving,
+        }
+
+    # ------------------------------------------------------------------ receiving
+
+    def receive(self, route: bytes, origin: Origin, body: list[bytes], *, nested: bool = False) -> None:
+        """One message from ``route`` (its frames after the routing id)."""
+        try:
+            msg = decode(body, self._settings.limits)
+            if type(msg) is Batch:
+                if nested:
+                    raise ProtocolError("a batch inside a batch")
+                for inner in msg.messages():
+                    self.receive(route, origin, inner, nested=True)
+                return
+        except ProtocolError as exc:
+            self._malformed(route, origin, exc)
+            return
+        self.counters.messages_in += 1
+        peer = self.fleet.registry.get(route)
+        if peer is None:
+            self._from_stranger(route, origin, msg)
+            return
+        if self._settings.curve and origin.user_id() != peer.user_id:
+            # Any allow-listed key can claim any routing id; the registration pinned this one to a key.
+            log.warning(
+                "dropped a message claiming client %r's routing id from another CURVE key", peer.info.id
+            )
+            return
+        peer.last_seen = self._clock.monotonic()
+        handler = self.dispatch.get(type(msg))
+        if handler is None:
+            error = ProtocolError(f"the bridge does not accept {msg.type!r} messages")
+            self._outgoing.send(
+                route,
+                ErrorReply(
+                    reply_to=getattr(msg, "id", None),
+                    error=ErrorInfo.from_exception(error, with_traceback=False),
+                ),
+            )
+            return
+        handler(peer, msg)
+
+    def _malformed(self, route: bytes, origin: Origin, exc: ProtocolError) -> None:
+        self.counters.messages_in += 1
+        self.counters.protocol_errors += 1
+        peer = self.fleet.registry.get(route)
+        who = repr(peer.info.id) if peer else f"an unregistered peer at {origin.address()}"
+        log.warning("bad message from %s: %s", who, exc.message)
+        self._outgoing.send(
+            route,
+            ErrorReply(reply_to=exc.request_id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
+        )
+
+    def _from_stranger(self, route: bytes, origin: Origin, msg: Message) -> None:
+        if isinstance(msg, Register):
+            self.registrar.register(route, origin, msg)
+        elif isinstance(msg, (Reply, ErrorReply, Pong, Goodbye)):
+            log.debug("ignored a %r from an unregistered peer", msg.type)
+        else:
+            # Typically a client of the previous bridge run: nothing it sent was run here.
+            self._outgoing.send(
+                route,
+                Reregister(
+                    reason="this bridge does not know you (it restarted?); register again",
+                    reply_to=getattr(msg, "id", None),
+                ),
+            )
+
+    def _on_ping(self, peer: Peer, msg: Ping) -> None:
+        self._outgoing.send(peer.routing_id, Pong(sent_at=msg.sent_at))
+
+    def _on_goodbye(self, peer: Peer, msg: Goodbye) -> None:
+        self.drop(peer, f"left: {msg.reason}")
+
+    def _on_send(self, peer: Peer, msg: Send) -> None:
+        if self._gate.allowed(peer, "request", None):
+            self._events.emit("client_message", IncomingMessage(msg.data, client=peer.info), peer.info)
+
+    def _on_answer(self, peer: Peer, msg: Reply | ErrorReply | EvalReply) -> None:
+        entry = self.open.get(msg.reply_to) if msg.reply_to is not None else None
+        if (
+            entry is None
+            and msg.reply_to is not None
+            and self.fanouts.absorb(msg.reply_to, peer.routing_id, msg)
+        ):
+            return
+        if entry is None or entry.peer != peer.routing_id:
+            if isinstance(msg, ErrorReply) and msg.reply_to is None:
+                log.warning(
+                    "client %r reports a bad message from the bridge: %s", peer.info.id, msg.error.message
+                )
+            else:
+                log.debug("ignored a late or unknown answer from %r", peer.info.id)
+            return
+        self.open.finish(msg.reply_to, msg)
+
+    # ------------------------------------------------------------------ the fleet
+
+    def _on_shard_data(self, peer: Peer, msg: ShardDataRequest) -> None:
+        try:
+            data = self.fleet.grant(peer, max_clusters=msg.max_clusters)
+        except ConfigurationError as exc:
+            self._outgoing.send(
+                peer.routing_id,
+                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
+            )
+            return
+        self._outgoing.send(peer.routing_id, Reply(reply_to=msg.id, data=dump(data.to_json())))
+
+    def _on_leaving(self, peer: Peer, msg: Leaving) -> None:
+        # Draining: hand its clusters over now, but keep it registered so the answers to
+        # work already sent to it still arrive. Its Goodbye (or silence) removes it.
+        peer.leaving = True
+        released = self.fleet.release(peer)
+        peer.clusters = ()
+        log.info(
+            "machine %r is draining (%s); handing over clusters %s", peer.info.id, msg.reason, list(released)
+        )
+        if released:
+            self.hand_over(f"machine {peer.info.id!r} is draining")
+
+    def hand_over(self, reason: str) -> None:
+        """Give released chunks to waiting standbys and tell them."""
+        for standby, assignment in self.fleet.hand_over(reason):
+            self._outgoing.send(standby.routing_id, assignment)
+
+    def reshard(self, total_shards: int | None, **options: Any) -> Any:
+        """Switch to a plan with these options; the new plan (unchanged if nothing differs)."""
+        plan, resolved = self.fleet.build(total_shards, **options)
+        if plan.version == self.fleet.plan.version:
+            return plan
+        for peer, assignment in self.fleet.reshard(plan, resolved):
+            self._outgoing.send(peer.routing_id, assignment)
+        self.publish_beacon()
+        return plan
+
+    # ------------------------------------------------------------------ liveness
+
+    def drop(self, peer: Peer, reason: str) -> None:
+        """Forget ``peer``: its open requests and fan-out slots fail, its clusters go to a standby."""
+        if self.fleet.registry.remove(peer.routing_id) is None:
+            return
+        released = self.fleet.release(peer)
+        lost = ConnectionLost(f"client {peer.info.id!r} went away: {reason}")
+        self.open.fail_peer(peer.routing_id, lost)
+        self.fanouts.fail_route(peer.routing_id, lost)
+        log.info("client %r disconnected: %s", peer.info.id, reason)
+        self._events.emit("disconnect", peer.info, reason)
+        if released:
+            self.hand_over(f"machine {peer.info.id!r} was lost ({reason})")
+
+    def unreachable(self, route: bytes) -> None:
+        """A send to ``route`` failed because its connection is gone (ROUTER_MANDATORY)."""
+        peer = self.fleet.registry.get(route)
+        if peer is not None:
+            self.drop(peer, "its connection is gone (send failed: host unreachable)")
+
+    def tick(self) -> None:
+        """One heartbeat interval passed: drop the silent, publish a beacon."""
+        now = self._clock.monotonic()
+        timeout = self._settings.heartbeat_timeout
+        for peer in self.fleet.registry.silent(now, timeout):
+            self.drop(peer, f"silent for {now - peer.last_seen:.1f} s (heartbeat_timeout is {timeout:g} s)")
+        self.publish_beacon()
+
+    def connection_closed(self) -> None:
+        """Some peer's TCP connection closed: find out which, in milliseconds, not a heartbeat timeout."""
+        # A send to a routing id whose pipe is gone fails at once with ROUTER_MANDATORY; libzmq
+        # retires the pipe shortly after the event, hence a probe now and one a little later.
+        for delay in PROBE_DELAYS:
+            self._clock.call_later(delay, self.probe_peers)
+
+    def probe_peers(self) -> None:
+        """Send every peer a beacon over the ROUTER (a lost one fails the send)."""
+        probe = self.beacon()
+        for peer in self.fleet.registry:
+            self._outgoing.send(peer.routing_id, probe)
+
+    @property
+    def epoch(self) -> str:
+        """This bridge run's random id."""
+        return self._settings.epoch
+
+    def beacon(self) -> Beacon:
+        """The current beacon: this run's epoch, the last sequence number, the plan."""
+        return Beacon(epoch=self._settings.epoch, seq=self._beacon_seq, plan_version=self.fleet.plan_version)
+
+    def publish_beacon(self) -> None:
+        """Publish the next beacon to every subscriber."""
+        self._beacon_seq += 1
+        self._outgoing.publish(self.beacon())
+
+    def close(self, reason: str) -> None:
+        """Say goodbye to every peer (they re-register with the next run) and end what is open."""
+        registry = self.fleet.registry
+        for peer in registry:
+            self._outgoing.send(peer.routing_id, Goodbye(reason=reason, retry=True))
+        lost = ConnectionLost("the bridge was closed")
+        self.open.fail_all(lost)
+        self.fanouts.fail_all(lost)
+        for peer in registry:
+            registry.remove(peer.routing_id)

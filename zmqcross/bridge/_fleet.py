@@ -1,0 +1,224 @@
+"""The bridge's picture of the fleet: the plan, who holds which of its clusters, who is connected.
+
+One object, so that a reshard replaces the plan and its placement in one place and no
+part of the bridge can read a new plan with an old placement. Pure: it decides which
+machine runs what and returns the messages that say so; the core sends them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from ..errors import ConfigurationError
+from ..planning import Placement, ShardData, ShardPlan, build_plan
+from ..protocol import Assignment, Hosting
+from ..registry import Peer, Registry
+from ..status import ClusterStatus, FleetStatus, MachineStatus
+
+__all__ = ["PLAN_OPTIONS", "FleetState"]
+
+log = logging.getLogger("zmqcross.bridge")
+
+PLAN_OPTIONS = ("shards_per_cluster", "total_machines", "shard_list", "parse_cluster_list")
+"""The options (besides ``total_shards``) a shard plan is built from."""
+
+
+class FleetState:
+    """The current plan, its placement and the registry of connected peers.
+
+    ``plan`` is ``None`` until :meth:`begin` (``total_shards="auto"`` is resolved at start).
+    """
+
+    def __init__(self, plan: ShardPlan | None, options: dict[str, Any]) -> None:
+        self.registry = Registry()
+        self._options = dict(options)
+        self._plan = plan
+        self._placement = Placement(plan) if plan is not None else None
+
+    # ------------------------------------------------------------------ the plan
+
+    @property
+    def started(self) -> bool:
+        """Whether a plan is in force."""
+        return self._plan is not None
+
+    @property
+    def plan(self) -> ShardPlan:
+        """The plan in force."""
+        if self._plan is None:
+            raise RuntimeError('the plan is not known yet: total_shards="auto" is resolved by start()')
+        return self._plan
+
+    @property
+    def plan_version(self) -> str | None:
+        """The plan's version, or None before there is one."""
+        return self._plan.version if self._plan is not None else None
+
+    @property
+    def placement(self) -> Placement:
+        """Which machine holds which clusters of the plan."""
+        if self._placement is None:
+            raise RuntimeError("the bridge has no plan yet")
+        return self._placement
+
+    def begin(self, total_shards: int) -> ShardPlan:
+        """Build the first plan from ``total_shards`` and this fleet's options."""
+        self._plan = build_plan(total_shards, **self._options)
+        self._placement = Placement(self._plan)
+        return self._plan
+
+    def build(self, total_shards: int | None, **overrides: Any) -> tuple[ShardPlan, dict[str, Any]]:
+        """A plan with some options changed (``None`` keeps one), and the options it used; nothing swaps."""
+        options = dict(self._options)
+        options.update({name: value for name, value in overrides.items() if value is not None})
+        unknown = sorted(set(options) - set(PLAN_OPTIONS))
+        if unknown:
+            raise ConfigurationError(f"unknown plan option(s) {unknown}; plans take {list(PLAN_OPTIONS)}")
+        shards = total_shards if total_shards is not None else self.plan.total_shards
+        return build_plan(shards, **options), options
+
+    def reshard(self, plan: ShardPlan, options: dict[str, Any]) -> list[tuple[Peer, Assignment]]:
+        """Switch to ``plan``; every bot machine gets a share of it (the messages to send)."""
+        machines = [p for p in self.registry if not p.leaving and (p.clusters or p.standby)]
+        # Machines keep their place in the order of chunks (the one with cluster 0 first).
+        machines.sort(key=lambda p: (not p.clusters, min(p.clusters, default=0)))
+        self._plan, self._options, self._placement = plan, dict(options), Placement(plan)
+        log.info(
+            "resharding to plan %s: %d shards in %d clusters",
+            plan.version,
+            plan.total_shards,
+            plan.total_clusters,
+        )
+        reason = f"reshard to {plan.total_shards} shards (plan {plan.version})"
+        pushes = []
+        for peer in machines:
+            assignment = self.assign(peer, reason)
+            if assignment is not None:
+                pushes.append((peer, assignment))
+        return pushes
+
+    # ------------------------------------------------------------------ placement
+
+    def claim(self, machine_id: str, hosting: Hosting) -> str | None:
+        """A re-registering machine says what it runs; None if it keeps it, else the notice why not."""
+        plan = self.plan
+        if hosting.plan_version != plan.version or hosting.total_shards != plan.total_shards:
+            notice = f"runs plan {hosting.plan_version}, the bridge's plan is {plan.version}: stale"
+            log.warning("machine %r %s", machine_id, notice)
+            return notice
+        problem = self.placement.claim(machine_id, hosting.cluster_list)
+        if problem is not None:
+            log.warning(
+                "machine %r claims clusters %s: refused, %s", machine_id, list(hosting.cluster_list), problem
+            )
+            return f"claim refused: {problem}"
+        log.info("machine %r re-registered running clusters %s", machine_id, list(hosting.cluster_list))
+        return None
+
+    def grant(self, peer: Peer, *, max_clusters: int | None) -> ShardData:
+        """A machine asks for its share (ShardDataRequest); raises ConfigurationError on bad options."""
+        clusters = self.placement.assign(peer.info.id, max_clusters=max_clusters)
+        peer.clusters, peer.standby = clusters, not clusters
+        peer.plan_version = self.plan.version if clusters else None
+        data = self.placement.shard_data(clusters)
+        if clusters:
+            log.info(
+                "machine %r runs clusters %s (shards %s)",
+                peer.info.id,
+                list(clusters),
+                [list(s) for s in data.shard_list],
+            )
+        else:
+            log.info("machine %r is a standby: every chunk of the plan is held", peer.info.id)
+        return data
+
+    def assign(self, peer: Peer, reason: str) -> Assignment | None:
+        """Give ``peer`` a share of the plan: the Assignment to push, or None (it waits as a standby)."""
+        clusters = self.placement.assign(peer.info.id)
+        peer.clusters, peer.standby = clusters, not clusters
+        if not clusters:
+            log.info(
+                "machine %r waits as a standby: every chunk of plan %s is held",
+                peer.info.id,
+                self.plan.version,
+            )
+            return None
+        data = self.placement.shard_data(clusters)
+        log.info(
+            "machine %r is assigned clusters %s of plan %s: %s",
+            peer.info.id,
+            list(clusters),
+            data.plan_version,
+            reason,
+        )
+        return Assignment(
+            total_shards=data.total_shards,
+            shard_list=data.shard_list,
+            cluster_list=data.cluster_list,
+            total_clusters=data.total_clusters,
+            plan_version=data.plan_version,
+            reason=reason,
+        )
+
+    def release(self, peer: Peer) -> tuple[int, ...]:
+        """``peer`` is gone or draining: its clusters wait for it (or a standby)."""
+        return self.placement.release(peer.info.id) if self._placement is not None else ()
+
+    def hand_over(self, reason: str) -> list[tuple[Peer, Assignment]]:
+        """Give released chunks to waiting standbys, oldest first (failover): the messages to send."""
+        pushes = []
+        for peer in self.registry:
+            if peer.standby and not peer.leaving:
+                assignment = self.assign(peer, reason)
+                if assignment is None:
+                    break
+                pushes.append((peer, assignment))
+        return pushes
+
+    def holder(self, cluster_id: int) -> Peer | None:
+        """The connected peer running ``cluster_id``, if any."""
+        machine_id = self.placement.holder_of(cluster_id)
+        return self.registry.by_id(machine_id) if machine_id is not None else None
+
+    # ------------------------------------------------------------------ status
+
+    def asked_for_status(self) -> list[Peer]:
+        """The peers that run (or ran, or drain) clusters: the ones whose clusters status lists."""
+        return [p for p in self.registry if p.clusters or p.leaving or p.plan_version is not None]
+
+    def status(self, answers: dict[str, Any], *, taken_at: float) -> FleetStatus:
+        """The fleet status from each asked machine's answer (its clusters, or the exception it ended with)."""
+        plan = self.plan
+        machines = []
+        for peer in self.registry:
+            answer = answers.get(peer.info.id, [])
+            failed = isinstance(answer, BaseException)
+            machines.append(
+                MachineStatus(
+                    id=peer.info.id,
+                    agent=peer.info.agent,
+                    address=peer.info.address,
+                    connected_at=peer.info.connected_at,
+                    plan_version=peer.plan_version,
+                    stale=peer.plan_version is not None and peer.plan_version != plan.version,
+                    standby=peer.standby,
+                    leaving=peer.leaving,
+                    clusters=() if failed else tuple(ClusterStatus.from_json(c) for c in answer),
+                    error=str(answer) if failed else None,
+                )
+            )
+        snapshot: dict[str, Any] = self.placement.snapshot()
+        unassigned = sorted(
+            [c for chunk in snapshot["free"] for c in chunk]
+            + [c for chunk in snapshot["orphaned"].values() for c in chunk]
+        )
+        return FleetStatus(
+            plan_version=plan.version,
+            total_shards=plan.total_shards,
+            total_clusters=plan.total_clusters,
+            machines=tuple(machines),
+            standbys=tuple(p.info.id for p in self.registry if p.standby),
+            unassigned=tuple(unassigned),
+            taken_at=taken_at,
+        )

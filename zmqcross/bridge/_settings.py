@@ -1,0 +1,43 @@
+"""The settings the bridge's core decides with, fixed when the bridge is built."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+from ..protocol import Limits
+from ..security import AccessPolicy
+
+__all__ = ["CoreSettings", "Origin"]
+
+
+class Origin(Protocol):
+    """What the connection a message came on says about its sender (libzmq's view of it)."""
+
+    def user_id(self) -> str | None:
+        """The CURVE key (z85) that ZAP admitted; None without CURVE."""
+
+    def address(self) -> str | None:
+        """The peer's IP address, when libzmq knows it."""
+
+
+@dataclass(frozen=True, slots=True)
+class CoreSettings:
+    """Token, policy, timings and limits; ``key_name`` maps an admitted CURVE key to its name.
+
+    ``key_name`` is None when CURVE is off: then no message is checked against a key.
+    """
+
+    auth_token: str
+    epoch: str
+    policy: AccessPolicy
+    heartbeat_interval: float
+    heartbeat_timeout: float
+    limits: Limits
+    key_name: Callable[[str], str | None] | None = None
+
+    @property
+    def curve(self) -> bool:
+        """Whether peers are identified by CURVE keys."""
+        return self.key_name is not None

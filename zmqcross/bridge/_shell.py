@@ -1,0 +1,307 @@
+"""The bridge's I/O shell: its ZeroMQ context, sockets, pumps and heartbeat timer.
+
+It moves bytes and calls the core (:class:`._core.BridgeCore`): every ROUTER message to
+:meth:`~._core.BridgeCore.receive`, every heartbeat interval to
+:meth:`~._core.BridgeCore.tick`, a closed connection to
+:meth:`~._core.BridgeCore.connection_closed`. It is the core's :class:`._outgoing.Outgoing`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, cast
+
+import zmq
+
+from ..errors import ConfigurationError
+from ..protocol import Limits, Message, answer_frames, encode
+from ..security import CurveServer, ZapHandler
+from ..transport import (
+    Outbox,
+    Pump,
+    closed_error,
+    configure_socket,
+    new_context,
+    receive_frames,
+    send_frames,
+    watch_monitor,
+)
+from ._core import BridgeCore
+from ._outgoing import BridgeCounters
+
+__all__ = ["BridgeShell", "endpoint"]
+
+log = logging.getLogger("zmqcross.bridge")
+
+_DONTWAIT = int(zmq.DONTWAIT)
+
+
+def endpoint(host: str, port: int) -> str:
+    """The ZeroMQ address of ``host:port`` (``*`` for port 0, brackets for IPv6)."""
+    where = f"[{host}]" if ":" in host else host
+    return f"tcp://{where}:{port if port else '*'}"
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` names this machine only."""
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class FrameOrigin:
+    """What libzmq knows of the connection a routing frame came on."""
+
+    __slots__ = ("_curve", "_frame")
+
+    def __init__(self, frame: zmq.Frame, curve: bool) -> None:
+        self._frame = frame
+        self._curve = curve
+
+    def user_id(self) -> str | None:
+        return str(self._frame.get("User-Id")) if self._curve else None
+
+    def address(self) -> str | None:
+        try:
+            return str(self._frame.get("Peer-Address"))
+        except zmq.ZMQError:
+            return None
+
+
+class BridgeShell:
+    """Sockets, pumps and timers for one bridge run; sends what its core decides."""
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        pub_port: int,
+        curve: CurveServer | None,
+        limits: Limits,
+        counters: BridgeCounters,
+        heartbeat_interval: float,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.pub_port = pub_port
+        self._curve = curve
+        self._limits = limits
+        self._counters = counters
+        self._heartbeat_interval = heartbeat_interval
+        self._core: BridgeCore | None = None
+        self._ctx: zmq.Context[Any] | None = None
+        self._router: zmq.Socket[Any] | None = None
+        self._pub: zmq.Socket[Any] | None = None
+        self._router_pump: Pump | None = None
+        self._pumps: list[Pump] = []
+        self._sockets: list[zmq.Socket[Any]] = []
+        self._zap: ZapHandler | None = None
+        self._heartbeat_task: asyncio.Task[None] | None = None
+        self._outbox = Outbox(self.send_now)  # answers and fan-outs, batched per peer under load
+
+    @property
+    def running(self) -> bool:
+        """Whether the sockets are open."""
+        return self._ctx is not None and self._router is not None
+
+    @property
+    def refused_keys(self) -> int:
+        """CURVE keys ZAP turned away."""
+        return self._zap.denied if self._zap is not None else 0
+
+    def require_running(self) -> None:
+        """Raise ConnectionLost unless the sockets are open."""
+        if not self.running:
+            raise closed_error("the bridge")
+
+    # ------------------------------------------------------------------ lifetime
+
+    def start(self, core: BridgeCore) -> None:
+        """Bind both sockets and start pumping into ``core``."""
+        if self._ctx is not None:
+            raise RuntimeError("this bridge is already started")
+        self._core = core
+        self._ctx = new_context()
+        try:
+            self._bind(self._ctx, core)
+        except BaseException:
+            self.close_sockets()
+            raise
+        self._heartbeat_task = asyncio.get_running_loop().create_task(self._heartbeat(core))
+
+    def _bind(self, ctx: zmq.Context[Any], core: BridgeCore) -> None:
+        if self._curve is not None:
+            # Must exist before any CURVE socket binds: libzmq admits every key without it.
+            zap_socket = self._socket(ctx, zmq.REP)
+            zap_socket.bind("inproc://zeromq.zap.01")
+            self._zap = ZapHandler(self._curve.allowed, reload=self._curve.reload)
+            zap = self._zap
+
+            def answer_zap(frames: list[bytes]) -> None:
+                zap_socket.send_multipart(zap.handle(frames))
+
+            self._pump(zap_socket, answer_zap, name="zap")
+        elif not is_loopback(self.host):
+            log.warning(
+                "!!! The bridge listens on %s WITHOUT CURVE: anyone who can reach it and learns the auth "
+                "token can run code on every cluster. Configure curve=CurveServer.from_files(...). !!!",
+                self.host,
+            )
+        router = self._socket(ctx, zmq.ROUTER)
+        configure_socket(router, self._limits, curve_server=self._curve)
+        # Without ROUTER_MANDATORY a send to a vanished peer is dropped silently; with it
+        # the send fails and the peer is known to be gone at once.
+        router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        pub = self._socket(ctx, zmq.PUB)
+        configure_socket(pub, self._limits, curve_server=self._curve)
+        for sock in (router, pub):
+            if ":" in self.host:
+                sock.setsockopt(zmq.IPV6, 1)
+        try:
+            router.bind(endpoint(self.host, self.port))
+            pub.bind(endpoint(self.host, self.pub_port))
+        except zmq.ZMQError as exc:
+            raise ConfigurationError(
+                f"cannot listen on {self.host} ports {self.port}/{self.pub_port}: {exc.strerror}"
+            ) from None
+        self._router, self._pub = router, pub
+        self.port = _bound_port(router)
+        self.pub_port = _bound_port(pub)
+        curve = self._curve is not None
+        receive = core.receive
+
+        def on_router(routed: tuple[zmq.Frame, list[bytes]]) -> None:
+            first, body = routed
+            receive(first.bytes, FrameOrigin(first, curve), body)
+
+        self._router_pump = self._pump(router, on_router, name="router", receive=_receive_routed)
+        monitor = watch_monitor(router, self._on_monitor, name="router-monitor")
+        self._sockets.append(monitor.sock)
+        monitor.start()
+        self._pumps.append(monitor)
+
+    def _socket(self, ctx: zmq.Context[Any], kind: int) -> zmq.Socket[Any]:
+        sock: zmq.Socket[Any] = ctx.socket(kind)
+        self._sockets.append(sock)
+        return sock
+
+    def _pump(self, sock: zmq.Socket[Any], handle: Callable[[Any], None], **kwargs: Any) -> Pump:
+        pump = Pump(sock, handle, **kwargs)
+        pump.start()
+        self._pumps.append(pump)
+        return pump
+
+    async def close(self) -> None:
+        """Stop the heartbeat, flush what is held, close the sockets (goodbyes get 200 ms to leave)."""
+        ctx = self._ctx
+        if ctx is None:
+            return
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
+            await asyncio.gather(self._heartbeat_task, return_exceptions=True)
+        self._ctx = None
+        self.close_sockets(linger_ms=200)
+        await asyncio.to_thread(ctx.term)  # waits out the goodbyes' linger without blocking the loop
+
+    def close_sockets(self, linger_ms: int = 0) -> None:
+        """Flush held messages and close every socket now."""
+        self._outbox.flush()  # held messages (the goodbyes among them) leave before the sockets close
+        for pump in self._pumps:
+            pump.stop()
+        self._pumps.clear()
+        for sock in self._sockets:
+            sock.close(linger=linger_ms if sock is self._router else 0)
+        self._sockets.clear()
+        self._router = self._pub = None
+        if self._ctx is not None:
+            self._ctx.term()
+            self._ctx = None
+
+    async def _heartbeat(self, core: BridgeCore) -> None:
+        while True:
+            await asyncio.sleep(self._heartbeat_interval)
+            try:
+                core.tick()
+            except Exception:  # the heartbeat must outlive any one bad tick
+                log.exception("bridge heartbeat tick failed")
+
+    def _on_monitor(self, event: Any) -> None:
+        if event.event == zmq.EVENT_DISCONNECTED:
+            if self._core is not None:
+                self._core.connection_closed()
+        elif event.event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
+            log.warning(
+                "a peer failed the ZMTP handshake (a client without CURVE, or with a wrong server key?)"
+            )
+        elif event.event == zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL:
+            log.warning(
+                "a peer's handshake failed (errno %d): often a CURVE client with a wrong server key",
+                event.value,
+            )
+
+    # ------------------------------------------------------------------ Outgoing
+
+    def send(self, route: bytes, msg: Message) -> None:
+        """Send ``msg`` now, or batched with the others for that peer at the end of this burst."""
+        self.queue(route, answer_frames(msg, self._limits))
+
+    def queue(self, route: bytes, frames: list[bytes]) -> None:
+        """Send encoded frames now, or batched with the others for that peer at the end of this burst."""
+        self._counters.messages_out += 1
+        self._outbox.put(route, frames)
+
+    def send_direct(self, route: bytes, frames: list[bytes]) -> bool:
+        """Send at once (after what is held for that peer); False if it could not be sent."""
+        self._outbox.flush_key(route)
+        self._counters.messages_out += 1
+        return self.send_now(route, frames)
+
+    def send_now(self, route: bytes, frames: list[bytes]) -> bool:
+        """Write ``frames`` to ``route`` on the ROUTER; False if they could not be."""
+        router = self._router
+        if router is None or router.closed:
+            return False
+        self._counters.sends += 1
+        try:
+            send_frames(router, [route, *frames])
+        except zmq.ZMQError as exc:
+            if exc.errno == zmq.EHOSTUNREACH:
+                if self._core is not None:
+                    self._core.unreachable(route)
+                return False
+            if exc.errno == zmq.EAGAIN:
+                peer = self._core.fleet.registry.get(route) if self._core is not None else None
+                log.warning(
+                    "send queue to %r is full; a message was dropped", peer.info.id if peer else route
+                )
+                return False
+            raise
+        finally:
+            if self._router_pump is not None:
+                self._router_pump.kick()
+        return True
+
+    def publish(self, msg: Message) -> None:
+        """Publish ``msg`` on the PUB socket; a full queue drops it (beacons repeat)."""
+        pub = self._pub
+        if pub is None or pub.closed:
+            return
+        try:
+            send_frames(pub, encode(msg))
+        except zmq.Again:
+            pass
+
+
+def _receive_routed(sock: zmq.Socket[Any]) -> tuple[zmq.Frame, list[bytes]]:
+    """One message from a ROUTER: its routing frame, and the frames after it."""
+    # The routing frame is kept as a zmq.Frame: its User-Id (the CURVE key ZAP admitted)
+    # and Peer-Address properties are read from it. The rest of a multipart message is
+    # already here once its first part is, so NOBLOCK cannot split it.
+    first = sock.recv(_DONTWAIT, copy=False)
+    body = receive_frames(sock) if first.more else []
+    return first, body
+
+
+def _bound_port(sock: zmq.Socket[Any]) -> int:
+    return int(cast(bytes, sock.getsockopt(zmq.LAST_ENDPOINT)).decode().rsplit(":", 1)[1])

@@ -1,53 +1,11 @@
-"""The bot itself (the seed's Bot.js), run once per cluster by a ClusterManager.
+"""The example bot, run once per cluster: it is zmqcross/demo/bot.py, read that file.
 
-The same file runs against real Discord (set DISCORD_TOKEN) and against the offline
-gateway (set ZMQCROSS_DISCORD_API, as `make demo` does).
+The bot ships inside the package (so `zmqcross demo` needs no checkout); this file runs
+it as the cluster's ``__main__``, so a machine can be pointed at bots/bot.py (the compose
+file does) without a second copy to keep in step. To write your own bot, copy
+zmqcross/demo/bot.py here in place of these lines.
 """
 
-from __future__ import annotations
+import runpy
 
-import os
-
-import discord
-
-from zmqcross import ClusterClient, Shard, cluster_data
-
-data = cluster_data()
-bot = discord.AutoShardedClient(
-    shard_ids=list(data.shard_list),
-    shard_count=data.total_shards,
-    intents=discord.Intents.default(),
-    chunk_guilds_at_startup=False,
-    # discord.py waits this long after the last GUILD_CREATE before on_ready; the
-    # offline gateway sends them all at once.
-    guild_ready_timeout=0.1 if data.offline else 2.0,
-)
-bot.cluster = ClusterClient(bot)
-bot.machine = Shard(bot.cluster)
-
-
-@bot.cluster.on_request
-def guild_info(request):
-    """Answer request_to_guild({"guild_id": ...}) for a guild this cluster holds."""
-    guild = bot.get_guild(int(request.data["guild_id"]))
-    if guild is None:
-        raise LookupError(f"guild {request.data['guild_id']} is not in cluster {bot.cluster.id}")
-    return {
-        "id": guild.id,
-        "name": guild.name,
-        "cluster": bot.cluster.id,
-        "shard": guild.shard_id,
-        "roles": [role.name for role in guild.roles],
-        "channels": [channel.name for channel in guild.channels],
-    }
-
-
-@bot.event
-async def on_message(message: discord.Message) -> None:
-    # A command that needs the whole fleet: every cluster on every machine answers.
-    if message.content == "!guilds":
-        counts = await bot.machine.broadcast_eval("len(bot.guilds)")
-        await message.channel.send(f"{sum(counts)} guilds across {len(counts)} clusters")
-
-
-bot.run(os.environ.get("DISCORD_TOKEN", "offline-token"), log_handler=None)
+runpy.run_module("zmqcross.demo.bot", run_name="__main__", alter_sys=True)

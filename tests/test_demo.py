@@ -30,3 +30,12 @@ def test_demo_runs_the_fleet_and_exits_zero() -> None:
     assert re.search(r"broadcast_eval\('1 \+ 1'\) over 4 clusters: p50 [\d.]+ ms, p99 [\d.]+ ms", out)
     seconds = float(re.search(r"\[demo\] done in ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
     assert seconds < 60
+
+
+def test_there_is_one_example_bot() -> None:
+    # zmqcross/demo/bot.py ships with the package (so `zmqcross demo` runs anywhere);
+    # bots/bot.py runs that same file instead of keeping a copy that drifts.
+    shipped = (ROOT / "zmqcross" / "demo" / "bot.py").read_text()
+    example = (ROOT / "bots" / "bot.py").read_text()
+    assert "def guild_info" in shipped and "async def on_message" in shipped
+    assert "discord" not in example.replace("discord.py", "") and "zmqcross.demo.bot" in example

@@ -1,6 +1,10 @@
-"""The demo's bot, run once per cluster: bots/bot.py's shape, shipped so `zmqcross demo` needs no checkout.
+"""The example bot (the seed's Bot.js), run once per cluster by a ClusterManager.
 
-Answers ``request_to_guild({"guild_id": ...})`` with the guild as the dashboard prints it.
+It ships inside the package so `zmqcross demo` runs anywhere; ``bots/bot.py`` runs this
+same file, so there is one example bot to read and to change. The same file runs against
+real Discord (set DISCORD_TOKEN) and against the offline gateway (ZMQCROSS_DISCORD_API, as
+`make demo` sets it). It answers ``request_to_guild({"guild_id": ...})`` with the guild
+as the demo's dashboard prints it, and ``!guilds`` with a count over the whole fleet.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ bot = discord.AutoShardedClient(
     # offline gateway sends them all at once.
     guild_ready_timeout=0.1 if data.offline else 2.0,
 )
+# discord.py's client has no slots for these; the fleet's evals reach them as bot.cluster, bot.machine.
 bot.cluster = ClusterClient(bot)  # type: ignore[attr-defined]
 bot.machine = Shard(bot.cluster)  # type: ignore[attr-defined]
 
@@ -39,6 +44,14 @@ def guild_info(request):  # type: ignore[no-untyped-def]
         "roles": [role.name for role in guild.roles],
         "channels": [channel.name for channel in guild.channels],
     }
+
+
+@bot.event
+async def on_message(message: discord.Message) -> None:
+    # A command that needs the whole fleet: every cluster on every machine answers.
+    if message.content == "!guilds":
+        counts = await bot.machine.broadcast_eval("len(bot.guilds)")  # type: ignore[attr-defined]
+        await message.channel.send(f"{sum(counts)} guilds across {len(counts)} clusters")
 
 
 bot.run(os.environ.get("DISCORD_TOKEN", "offline-token"), log_handler=None)

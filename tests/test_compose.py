@@ -13,22 +13,33 @@ import configparser
 import fnmatch
 import re
 import shlex
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
 import yaml  # noqa: E402 - the test extra brings PyYAML
 
 from zmqcross.cli import configure
+from zmqcross.cli.options import cache_options
 
 ROOT = Path(__file__).resolve().parent.parent
 BOTS = ROOT / "bots"
-OFFLINE: dict[str, str] = {}  # `docker compose --profile offline up`: every default
-DISCORD = {"DISCORD_TOKEN": "real-token", "ZMQCROSS_DISCORD_API": ""}  # the README's real-Discord line
+TOKEN = {"ZMQCROSS_AUTH_TOKEN": "0123456789abcdef"}  # no default: compose refuses to start without it
+OFFLINE: dict[str, str] = {**TOKEN}  # `docker compose --profile offline up`: every other default
+DISCORD = {
+    **TOKEN,
+    "DISCORD_TOKEN": "real-token",
+    "ZMQCROSS_DISCORD_API": "",
+}  # the README's real-Discord line
+
+
+class MissingVariable(Exception):
+    """What compose stops with for ${VAR:?message} (unset or empty) and ${VAR?message} (unset)."""
 
 
 def substitute(value: Any, env: dict[str, str]) -> Any:
-    """Compose's variable substitution: ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default} (unset)."""
+    """Compose's variable substitution: ${VAR}, ${VAR:-default} (unset or empty), ${VAR-default} (unset),
+    ${VAR:?message} (unset or empty: refuse) and ${VAR?message} (unset: refuse)."""
     if isinstance(value, dict):
         return {k: substitute(v, env) for k, v in value.items()}
     if isinstance(value, list):
@@ -42,9 +53,11 @@ def substitute(value: Any, env: dict[str, str]) -> Any:
             return env.get(name) or default
         if op == "-":
             return env.get(name, default)
+        if (op == ":?" and not env.get(name)) or (op == "?" and name not in env):
+            raise MissingVariable(f"required variable {name} is missing a value: {default}")
         return env.get(name, "")
 
-    return re.sub(r"\$\{(\w+)(?:(:-|-)([^}]*))?\}", one, value)
+    return re.sub(r"\$\{(\w+)(?:(:-|-|:\?|\?)([^}]*))?\}", one, value)
 
 
 def load(env: dict[str, str]) -> dict[str, Any]:
@@ -162,6 +175,33 @@ def test_key_paths_agree(mode: tuple[dict[str, Any], dict[str, Any]]) -> None:
             assert (settings["key_name"] or settings["machine_id"]) in made, name
         elif command in ("status", "dashboard"):
             assert settings["dashboard_key"] in made
+
+
+def test_the_auth_token_has_no_default() -> None:
+    with pytest.raises(MissingVariable, match="required variable ZMQCROSS_AUTH_TOKEN is missing a value"):
+        load({})
+    with pytest.raises(MissingVariable, match="ZMQCROSS_AUTH_TOKEN"):
+        load({"ZMQCROSS_AUTH_TOKEN": ""})
+
+
+def test_the_bridge_serves_a_cache_persisted_in_a_volume(mode: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    compose, services = mode
+    _, bridge = settings_of(services["bridge"])
+    options = cache_options(bridge)
+    assert options is not None and [p.name for p in options["paths"]] == ["guilds", "cooldowns"]
+    folder = str(PurePosixPath(options["persist_path"]).parent)
+    mounts = {v.split(":")[1]: v.split(":") for v in services["bridge"]["volumes"]}
+    assert folder in mounts, mounts
+    volume, _, *options_ = mounts[folder]
+    assert volume in compose["volumes"] and "ro" not in options_  # named, so it outlives the container
+    # A fresh named volume takes the ownership of the image's folder: the user must own it.
+    user = next(arg for op, arg in dockerfile() if op == "USER")
+    assert any(
+        op == "RUN"
+        and re.search(rf"mkdir [^&]*{folder}\b", arg)
+        and re.search(rf"chown {user} [^&]*{folder}\b", arg)
+        for op, arg in dockerfile()
+    )
 
 
 def dockerfile() -> list[tuple[str, str]]:

@@ -44,5 +44,5 @@ class Transitions(Generic[S]):
             )
 
     def moves(self) -> list[tuple[S, S]]:
-        """Every allowed move, as (from, to) pairs."""
-        return [(old, new) for old, targets in self._moves.items() for new in targets]
+        """Every allowed move, as (from, to) pairs in the table's and the enum's order."""
+        return [(old, new) for old, targets in self._moves.items() for new in type(old) if new in targets]

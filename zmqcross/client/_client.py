@@ -400,7 +400,9 @@ class Client:
         timeout = self._calls.timeout_or_default(timeout)
         request_id = self._open.next_id()
         msg = ShardDataRequest(id=request_id, deadline=time.time() + timeout, max_clusters=max_clusters)
-        data = ShardData.from_json(result_of(await self._exchange(msg, request_id, timeout, "shard data request")))
+        data = ShardData.from_json(
+            result_of(await self._exchange(msg, request_id, timeout, "shard data request"))
+        )
         self.set_hosting(data)
         return data
 

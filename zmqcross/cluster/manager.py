@@ -8,12 +8,16 @@ A cluster is restarted when its process exits unasked, when it misses heartbeats
 ``heartbeat_timeout`` seconds (its event loop is stuck), or when it is not ready within
 ``spawn_timeout`` of starting; at most ``restarts.max_restarts`` times per
 ``restarts.interval`` seconds, after which it is left stopped and ``error`` fires.
+
+A cluster's states and every move between them are in :class:`ClusterState` and
+:data:`CLUSTER_TRANSITIONS`; statuses show the states' values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import enum
 import functools
 import itertools
 import logging
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._transitions import Transitions
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
 from ..events import EventEmitter, Handler
 from ..fanout import FanOut, FanOuts, Gather
@@ -52,7 +57,14 @@ from ..transport import OpenRequests
 from .child import ClusterData, bootstrap
 from .pipe import PipeEnd, open_pipe
 
-__all__ = ["MANAGER_EVENTS", "ClusterManager", "ClusterStatus", "RestartPolicy"]
+__all__ = [
+    "CLUSTER_TRANSITIONS",
+    "MANAGER_EVENTS",
+    "ClusterManager",
+    "ClusterState",
+    "ClusterStatus",
+    "RestartPolicy",
+]
 
 log = logging.getLogger("zmqcross.cluster")
 
@@ -71,13 +83,51 @@ class RestartPolicy:
     interval: float = 60.0
 
 
+class ClusterState(enum.Enum):
+    """Where one cluster process is; the values are what :class:`ClusterStatus` shows."""
+
+    STARTING = "starting"
+    """Its process runs; discord.py is not ready yet."""
+    READY = "ready"
+    """It heartbeats and serves evals and guild requests."""
+    STOPPING = "stopping"
+    """Asked to close its Discord connections and exit."""
+    STOPPED = "stopped"
+    """No process (never started, exited, or stopped); the watchdog may start it again."""
+    FAILED = "failed"
+    """Exited too often within the restart policy's interval: left stopped until the manager closes."""
+
+
+CLUSTER_TRANSITIONS = Transitions(
+    "a cluster",
+    {
+        ClusterState.STOPPED: {
+            ClusterState.STARTING,
+            ClusterState.FAILED,
+            # Stopping and the exit watcher both see the process gone; whichever is second
+            # finds the cluster stopped already.
+            ClusterState.STOPPED,
+        },
+        # A process can die at any point; its exit makes the cluster stopped.
+        ClusterState.STARTING: {ClusterState.READY, ClusterState.STOPPING, ClusterState.STOPPED},
+        ClusterState.READY: {ClusterState.STOPPING, ClusterState.STOPPED},
+        ClusterState.STOPPING: {ClusterState.STOPPED},
+        ClusterState.FAILED: {ClusterState.STOPPED},  # the manager closing reaps it
+    },
+)
+"""Every move a cluster may make; :meth:`_Cluster.move` raises :class:`IllegalTransition` for any other."""
+
+RETIRING = "retiring"
+"""The status of an old cluster still serving during a rolling restart (a view, not a state)."""
+
+
 @dataclass(eq=False)
 class _Cluster:
     id: int
     shards: tuple[int, ...]
     process: Any = None
     pipe: PipeEnd | None = None
-    state: str = "stopped"
+    state: ClusterState = ClusterState.STOPPED  # changed only through move()
     started: float = 0.0  # monotonic
     started_at: float | None = None  # wall clock, for status
     last_beat: float = 0.0
@@ -90,6 +140,11 @@ class _Cluster:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     open: OpenRequests = field(default_factory=OpenRequests)
+
+    def move(self, new: ClusterState) -> None:
+        """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""
+        CLUSTER_TRANSITIONS.check(self.state, new)
+        self.state = new
 
 
 class ClusterManager:
@@ -207,7 +262,7 @@ class ClusterManager:
             id=c.id,
             shards=c.shards,
             pid=c.process.pid if alive else None,
-            state=state or c.state,
+            state=state or c.state.value,
             guilds=c.guilds,
             restarts=c.restarts,
             started_at=c.started_at,
@@ -219,7 +274,7 @@ class ClusterManager:
     def statuses(self) -> list[ClusterStatus]:
         """Every cluster, including old ones still serving during a rolling restart."""
         current = [self._status(c) for c in sorted(self._clusters.values(), key=lambda c: c.id)]
-        retiring = [self._status(c, "retiring") for c in sorted(self._retiring.values(), key=lambda c: c.id)]
+        retiring = [self._status(c, RETIRING) for c in sorted(self._retiring.values(), key=lambda c: c.id)]
         return current + [r for r in retiring if r.pid is not None]
 
     def in_flight(self) -> int:
@@ -277,7 +332,8 @@ class ClusterManager:
             return
         if process.is_alive():
             c.stopping = True
-            c.state = "stopping"
+            if c.state is not ClusterState.STOPPING:  # a second stop of the same cluster just waits too
+                c.move(ClusterState.STOPPING)
             if c.pipe is None or not c.pipe.send(Goodbye(reason=reason)):
                 process.terminate()
             end = time.monotonic() + timeout
@@ -288,7 +344,7 @@ class ClusterManager:
                 process.kill()
         await asyncio.to_thread(process.join, 5)
         self._reap(c)
-        c.state = "stopped"
+        c.move(ClusterState.STOPPED)
 
     async def roll(self, data: ShardData, *, timeout: float | None = None) -> None:
         """Switch to a new share of a new plan, one cluster at a time, never all down.
@@ -342,7 +398,8 @@ class ClusterManager:
         await asyncio.to_thread(process.start)  # spawning execs a new interpreter: keep the loop free
         child.close()
         c.process, c.stopping, c.exit_code, c.guilds = process, False, None, None
-        c.state, c.ready, c.exited = "starting", asyncio.Event(), asyncio.Event()
+        c.move(ClusterState.STARTING)
+        c.ready, c.exited = asyncio.Event(), asyncio.Event()
         c.started, c.started_at = time.monotonic(), time.time()
         c.last_beat, c.last_beat_at = c.started, None
         c.pipe = await open_pipe(
@@ -383,7 +440,7 @@ class ClusterManager:
         if c.pipe is not None:
             c.pipe.close()
         wanted = c.stopping
-        c.state = "stopped"
+        c.move(ClusterState.STOPPED)
         c.ready.clear()
         log.log(logging.INFO if wanted else logging.WARNING, "cluster %d exited with code %s", c.id, code)
         self._events.emit("cluster_exit", c.id, code)
@@ -400,7 +457,7 @@ class ClusterManager:
         while c.recent and now - c.recent[0] > self.restarts.interval:
             c.recent.popleft()
         if len(c.recent) >= self.restarts.max_restarts:
-            c.state = "failed"
+            c.move(ClusterState.FAILED)
             error = ZmqcrossError(
                 f"cluster {c.id} needed {len(c.recent)} restarts within {self.restarts.interval:g} s; "
                 "not restarting it again (see its log)"
@@ -416,7 +473,7 @@ class ClusterManager:
 
     async def _respawn(self, c: _Cluster) -> None:
         await asyncio.sleep(min(0.5 * len(c.recent), 5.0))  # back off when it keeps failing
-        if self._running and c.state == "stopped":
+        if self._running and c.state is ClusterState.STOPPED:
             await self._start(c)
 
     def _kill(self, c: _Cluster, why: str) -> None:
@@ -429,9 +486,9 @@ class ClusterManager:
             await asyncio.sleep(self.heartbeat_interval)
             now = time.monotonic()
             for c in list(self._clusters.values()):
-                if c.state == "starting" and now - c.started > self.spawn_timeout:
+                if c.state is ClusterState.STARTING and now - c.started > self.spawn_timeout:
                     self._kill(c, f"was not ready within spawn_timeout={self.spawn_timeout:g} s")
-                elif c.state == "ready" and now - c.last_beat > self.heartbeat_timeout:
+                elif c.state is ClusterState.READY and now - c.last_beat > self.heartbeat_timeout:
                     self._kill(
                         c, f"sent no heartbeat for {now - c.last_beat:.1f} s (its event loop is stuck?)"
                     )
@@ -460,8 +517,8 @@ class ClusterManager:
     def _from_cluster(self, c: _Cluster, msg: Message) -> None:
         if isinstance(msg, Heartbeat):
             c.last_beat, c.last_beat_at, c.guilds = time.monotonic(), msg.sent_at, msg.guilds
-            if msg.ready and c.state == "starting":
-                c.state = "ready"
+            if msg.ready and c.state is ClusterState.STARTING:
+                c.move(ClusterState.READY)
                 c.ready.set()
                 self._events.emit("cluster_ready", c.id)
         elif isinstance(msg, (EvalReply, Reply, ErrorReply)):
@@ -513,9 +570,9 @@ class ClusterManager:
         routes: dict[_Cluster, list[int]] = {}
         for cid in targets:
             c = self._serving(cid)
-            if c is None or c.state != "ready" or c.pipe is None or not c.pipe.open:
+            if c is None or c.state is not ClusterState.READY or c.pipe is None or not c.pipe.open:
                 gather.fail(
-                    [cid], ConnectionLost(f"cluster {cid} is {c.state if c else 'stopped'}, not ready")
+                    [cid], ConnectionLost(f"cluster {cid} is {c.state.value if c else 'stopped'}, not ready")
                 )
                 continue
             routes[c] = [cid]
@@ -523,7 +580,7 @@ class ClusterManager:
         fan_id = next(self._ids)
         deadline = self._fanouts.launch(
             fan_id,
-            FanOut(route.id, gather, routes, respond),  # type: ignore[arg-type]
+            FanOut(route.id, gather, routes, respond),
             deadline=route.deadline,
             now=time.time(),
             call_later=asyncio.get_running_loop().call_later,
@@ -540,9 +597,9 @@ class ClusterManager:
         """The process answering for ``cluster_id``: its own, or the old one until that is ready."""
         current = self._clusters.get(cluster_id)
         old = self._retiring.get(cluster_id)
-        if current is not None and current.state == "ready":
+        if current is not None and current.state is ClusterState.READY:
             return current
-        if old is not None and old.state == "ready":
+        if old is not None and old.state is ClusterState.READY:
             return old
         return current or old
 
@@ -551,15 +608,19 @@ class ClusterManager:
         shard = shard_for_guild(msg.guild_id, self.total_shards)
         candidates = [c for c in self._clusters.values() if shard in c.shards]
         # During a rolling restart an old cluster with the shard answers until the new one is ready.
-        candidates += [c for c in self._retiring.values() if shard in c.shards and c.state == "ready"]
-        owner = next((c for c in candidates if c.state == "ready"), candidates[0] if candidates else None)
+        candidates += [
+            c for c in self._retiring.values() if shard in c.shards and c.state is ClusterState.READY
+        ]
+        owner = next(
+            (c for c in candidates if c.state is ClusterState.READY), candidates[0] if candidates else None
+        )
         error: ZmqcrossError | None = None
         if owner is None:
             error = ClientNotFound(
                 f"guild {msg.guild_id} is on shard {shard}, which this machine does not run"
             )
-        elif owner.state != "ready" or owner.pipe is None or not owner.pipe.open:
-            error = ConnectionLost(f"cluster {owner.id} (shard {shard}) is {owner.state}, not ready")
+        elif owner.state is not ClusterState.READY or owner.pipe is None or not owner.pipe.open:
+            error = ConnectionLost(f"cluster {owner.id} (shard {shard}) is {owner.state.value}, not ready")
         if error is not None or owner is None or owner.pipe is None:
             respond(readdress(error or ConnectionLost("no cluster"), msg.id))
             return
@@ -577,6 +638,11 @@ class ClusterManager:
         sent = 0
         for cid in sorted(self._clusters):
             c = self._serving(cid)
-            if c is not None and c.state == "ready" and c.pipe is not None and c.pipe.send(Send(data=data)):
+            if (
+                c is not None
+                and c.state is ClusterState.READY
+                and c.pipe is not None
+                and c.pipe.send(Send(data=data))
+            ):
                 sent += 1
         return sent

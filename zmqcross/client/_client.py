@@ -77,6 +77,10 @@ log = logging.getLogger("zmqcross.client")
 CLIENT_EVENTS = ("assignment", "bridge_message", "bridge_request", "disconnect", "error", "ready")
 """Events a :class:`Client` emits; see :meth:`Client.on`."""
 
+# The link states in which requests cannot be sent (a tuple: membership by identity is
+# cheaper than hashing an Enum member, and every request checks it).
+_UNUSABLE = (LinkState.IDLE, LinkState.CLOSED)
+
 
 def default_machine_id(agent: str) -> str:
     """``"<host name>:<agent>"``: stable across restarts, distinct per agent on one host."""
@@ -459,7 +463,7 @@ class Client:
     async def _exchange(
         self, msg: Message, request_id: int, timeout: float, what: str
     ) -> Message | ZmqcrossError:
-        if self._link.state in (LinkState.IDLE, LinkState.CLOSED):
+        if self._link.state in _UNUSABLE:
             raise closed_error("the client")
         frames = encode(msg)
         check_limits(frames, self._limits)

@@ -77,6 +77,10 @@ LINK_TRANSITIONS = Transitions(
 )
 """Every move the link may make; :meth:`Link.move` raises :class:`IllegalTransition` for any other."""
 
+# Looking a member up on its Enum class costs ~150 ns on Python 3.11, a module global
+# ~10 ns; ``connected`` is asked for every message a bot sends up.
+_READY = LinkState.READY
+
 
 class Link:
     """Registration and the link's health; see the module docstring.
@@ -141,7 +145,7 @@ class Link:
     @property
     def connected(self) -> bool:
         """Whether the bridge currently has this client registered."""
-        return self._state is LinkState.READY
+        return self._state is _READY
 
     def move(self, new: LinkState) -> None:
         """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""

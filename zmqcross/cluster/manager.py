@@ -117,6 +117,10 @@ CLUSTER_TRANSITIONS = Transitions(
 )
 """Every move a cluster may make; :meth:`_Cluster.move` raises :class:`IllegalTransition` for any other."""
 
+# Every eval and guild request checks its clusters' state. Looking a member up on its
+# Enum class costs ~150 ns on Python 3.11, a module global ~10 ns: the hot checks use this.
+_READY = ClusterState.READY
+
 RETIRING = "retiring"
 """The status of an old cluster still serving during a rolling restart (a view, not a state)."""
 
@@ -488,7 +492,7 @@ class ClusterManager:
             for c in list(self._clusters.values()):
                 if c.state is ClusterState.STARTING and now - c.started > self.spawn_timeout:
                     self._kill(c, f"was not ready within spawn_timeout={self.spawn_timeout:g} s")
-                elif c.state is ClusterState.READY and now - c.last_beat > self.heartbeat_timeout:
+                elif c.state is _READY and now - c.last_beat > self.heartbeat_timeout:
                     self._kill(
                         c, f"sent no heartbeat for {now - c.last_beat:.1f} s (its event loop is stuck?)"
                     )
@@ -570,7 +574,7 @@ class ClusterManager:
         routes: dict[_Cluster, list[int]] = {}
         for cid in targets:
             c = self._serving(cid)
-            if c is None or c.state is not ClusterState.READY or c.pipe is None or not c.pipe.open:
+            if c is None or c.state is not _READY or c.pipe is None or not c.pipe.open:
                 gather.fail(
                     [cid], ConnectionLost(f"cluster {cid} is {c.state.value if c else 'stopped'}, not ready")
                 )
@@ -597,9 +601,9 @@ class ClusterManager:
         """The process answering for ``cluster_id``: its own, or the old one until that is ready."""
         current = self._clusters.get(cluster_id)
         old = self._retiring.get(cluster_id)
-        if current is not None and current.state is ClusterState.READY:
+        if current is not None and current.state is _READY:
             return current
-        if old is not None and old.state is ClusterState.READY:
+        if old is not None and old.state is _READY:
             return old
         return current or old
 
@@ -608,18 +612,14 @@ class ClusterManager:
         shard = shard_for_guild(msg.guild_id, self.total_shards)
         candidates = [c for c in self._clusters.values() if shard in c.shards]
         # During a rolling restart an old cluster with the shard answers until the new one is ready.
-        candidates += [
-            c for c in self._retiring.values() if shard in c.shards and c.state is ClusterState.READY
-        ]
-        owner = next(
-            (c for c in candidates if c.state is ClusterState.READY), candidates[0] if candidates else None
-        )
+        candidates += [c for c in self._retiring.values() if shard in c.shards and c.state is _READY]
+        owner = next((c for c in candidates if c.state is _READY), candidates[0] if candidates else None)
         error: ZmqcrossError | None = None
         if owner is None:
             error = ClientNotFound(
                 f"guild {msg.guild_id} is on shard {shard}, which this machine does not run"
             )
-        elif owner.state is not ClusterState.READY or owner.pipe is None or not owner.pipe.open:
+        elif owner.state is not _READY or owner.pipe is None or not owner.pipe.open:
             error = ConnectionLost(f"cluster {owner.id} (shard {shard}) is {owner.state.value}, not ready")
         if error is not None or owner is None or owner.pipe is None:
             respond(readdress(error or ConnectionLost("no cluster"), msg.id))
@@ -638,11 +638,6 @@ class ClusterManager:
         sent = 0
         for cid in sorted(self._clusters):
             c = self._serving(cid)
-            if (
-                c is not None
-                and c.state is ClusterState.READY
-                and c.pipe is not None
-                and c.pipe.send(Send(data=data))
-            ):
+            if c is not None and c.state is _READY and c.pipe is not None and c.pipe.send(Send(data=data)):
                 sent += 1
         return sent

@@ -21,9 +21,10 @@ import socket
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..calls import FleetCalls
+from ..cluster.manager import ClusterManager
 from ..errors import ConfigurationError, ConnectionLost, ProtocolError, ZmqcrossError
 from ..events import EventEmitter, Handler
 from ..messages import IncomingMessage, IncomingRequest, serve_request
@@ -66,9 +67,6 @@ from ..transport import OpenRequests, closed_error
 from ._channel import Channel
 from ._link import Link, LinkState
 from ._relay import MachineRelay
-
-if TYPE_CHECKING:
-    from ..cluster.manager import ClusterManager
 
 __all__ = ["CLIENT_EVENTS", "Client", "ClientStatistics", "default_machine_id"]
 

@@ -185,7 +185,7 @@ class Link:
         return True
 
     def close(self) -> asyncio.Task[None] | None:
-        """Move to closed; the registration task, if any, for the caller to cancel and await."""
+        """Move to closed (if not closed already); the registration task, if any, to cancel and await."""
         if self._state is not LinkState.CLOSED:
             self.move(LinkState.CLOSED)
         return self._register_task
@@ -236,7 +236,7 @@ class Link:
     def _registration_refused(self, error: ZmqcrossError) -> None:
         if self._connected is not None and not self._connected.done():
             self._connected.set_exception(error)  # connect() raises it
-            self.move(LinkState.CLOSED)
+            self.close()  # (a handshake failure may arrive while the client is closing)
             return
         log.error("the bridge refused re-registration: %s", error.message)
         self._events.emit("error", error)
@@ -305,8 +305,7 @@ class Link:
             return
         error = ConnectionLost(f"the bridge dismissed this client: {msg.reason}")
         log.error("%s", error.message)
-        if self._state is not LinkState.CLOSED:
-            self.move(LinkState.CLOSED)
+        self.close()
         self._open.fail_all(error)
         self._events.emit("disconnect", msg.reason)
         self._events.emit("error", error)

@@ -13,8 +13,8 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING
 
+from ..cluster.manager import ClusterManager
 from ..errors import ClientNotFound, ConnectionLost, ZmqcrossError
 from ..protocol import EvalRequest, GuildRequest, Message, Request, Send, encode, readdress
 from ..relaying import EvalRoute
@@ -22,9 +22,6 @@ from ..status import ClusterStatus
 from ..transport import OpenRequests
 from ._channel import Channel
 from ._link import Link
-
-if TYPE_CHECKING:
-    from ..cluster.manager import ClusterManager
 
 __all__ = ["MachineRelay"]
 

@@ -17,12 +17,12 @@ import pytest
 
 from zmqcross import AccessPolicy, build_plan
 from zmqcross import protocol as p
+from zmqcross._events import EventEmitter
+from zmqcross._fanout import error_frame
 from zmqcross.bridge import BRIDGE_EVENTS
 from zmqcross.bridge._core import BridgeCore
 from zmqcross.bridge._fleet import FleetState
 from zmqcross.bridge._settings import CoreSettings
-from zmqcross.events import EventEmitter
-from zmqcross.fanout import error_frame
 
 pytestmark = pytest.mark.timeout(10)
 

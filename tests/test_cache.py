@@ -34,7 +34,7 @@ from zmqcross import (
     UnknownCachePath,
 )
 from zmqcross.cache import CacheClient, CacheOp, CacheServer, run_op
-from zmqcross.cachestore import (
+from zmqcross._cachestore import (
     DEFAULT_MAX_VALUE_BYTES,
     MAX_KEY_LENGTH,
     CachePath,

@@ -20,7 +20,7 @@ from conftest import free_port
 from netkit import ROOT, Service, clean_env
 
 from zmqcross import CacheClient, Client, ConfigurationError, FleetStatus
-from zmqcross.cachestore import DEFAULT_MAX_SIZE, CachePath, decode_snapshot
+from zmqcross._cachestore import DEFAULT_MAX_SIZE, CachePath, decode_snapshot
 from zmqcross.cli import configure
 from zmqcross.cli.options import COMMANDS, cache_options
 from zmqcross.cli.table import render_status, shard_ranges

@@ -15,14 +15,14 @@ from typing import TypeVar
 import pytest
 
 from zmqcross import Client, ClusterManager
+from zmqcross._events import EventEmitter
 from zmqcross._transitions import IllegalTransition, Transitions
+from zmqcross._transport import OpenRequests
 from zmqcross.client import LINK_TRANSITIONS, LinkState
 from zmqcross.client._channel import Channel
 from zmqcross.client._link import Link
 from zmqcross.cluster.manager import CLUSTER_TRANSITIONS, ClusterState, _Cluster
-from zmqcross.events import EventEmitter
 from zmqcross.protocol import DEFAULT_LIMITS
-from zmqcross.transport import OpenRequests
 
 pytestmark = pytest.mark.timeout(10)
 

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqcross import protocol as p
-from zmqcross.cluster.pipe import PipeEnd, open_pipe, pack, unpack
+from zmqcross.cluster._pipe import PipeEnd, open_pipe, pack, unpack
 from zmqcross.protocol import Limits
 
 

@@ -1,4 +1,4 @@
-"""zmqcross.relaying: a machine reads evals and eval replies from their headers alone."""
+"""zmqcross._relaying: a machine reads evals and eval replies from their headers alone."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from zmqcross import protocol as p
 from zmqcross.errors import ProtocolError
-from zmqcross.relaying import eval_reply_frames, eval_route, forward_eval, reply_slots
+from zmqcross._relaying import eval_reply_frames, eval_route, forward_eval, reply_slots
 
 pytestmark = pytest.mark.timeout(60)
 

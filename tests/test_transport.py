@@ -11,7 +11,7 @@ import pytest
 import zmq
 
 from zmqcross import protocol as p
-from zmqcross.transport import CORK, Outbox, new_context
+from zmqcross._transport import CORK, Outbox, new_context
 
 
 def reply(n: int) -> list[bytes]:

@@ -23,7 +23,7 @@ object ``{"op": ..., "path": ..., <fields>}`` (:class:`CacheOp`), applied by the
 in one synchronous step between its socket events: a write is acknowledged only once it
 is applied, and concurrent callers see the result of one call after another.
 
-Eviction, expiry and the persist format are decided in :mod:`zmqcross.cachestore`.
+Eviction, expiry and the persist format are decided in :mod:`zmqcross._cachestore`.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, Self
 
-from .cachestore import (
+from ._cachestore import (
     DEFAULT_MAX_VALUE_BYTES,
     CachePath,
     CacheStatistics,
@@ -321,7 +321,7 @@ class CacheServer:
 
     ``paths`` declares the cache areas, each a :class:`CachePath` or a dict
     ``{"path": "guilds", "max_size": 100, "ttl": None}``. ``max_value_bytes`` caps one
-    value's JSON (:data:`~zmqcross.cachestore.DEFAULT_MAX_VALUE_BYTES` by default).
+    value's JSON (:data:`~zmqcross._cachestore.DEFAULT_MAX_VALUE_BYTES` by default).
     ``server.cache["guilds"]`` is the bridge's own, synchronous access to a path.
 
     Persistence (``persist_path``): the constructor restores the file before the service

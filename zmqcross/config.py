@@ -36,7 +36,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from .cachestore import CachePath
+from ._cachestore import CachePath
 from .errors import ConfigurationError
 
 __all__ = [

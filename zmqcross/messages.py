@@ -7,8 +7,8 @@ import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
+from ._events import EventEmitter, Handler
 from .errors import MessageTooLarge, SerializationError
-from .events import EventEmitter, Handler
 from .protocol import ErrorInfo, ErrorReply, Message, Reply, dump, load
 from .registry import ClientInfo
 

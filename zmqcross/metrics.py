@@ -64,9 +64,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from ._httpsite import HttpSite
 from .cache import CACHE_SERVICE, CacheServer
 from .errors import ConfigurationError, ZmqcrossError
-from .httpsite import HttpSite
 from .status import ClusterStatus, FleetStatus, summarize
 
 if TYPE_CHECKING:

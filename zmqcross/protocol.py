@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .codec import Codec
+from ._codec import Codec
 from .errors import (
     MessageTooLarge,
     ProtocolError,
@@ -586,7 +586,7 @@ def read_header(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> dic
     """The first half of :func:`decode`: ``frames`` checked against ``limits``, their header parsed.
 
     A relay reads the header's ``"type"`` and handles the kinds it only passes on
-    without building them (:mod:`zmqcross.relaying`); :func:`decode_header` does the rest.
+    without building them (:mod:`zmqcross._relaying`); :func:`decode_header` does the rest.
     """
     if not frames:
         raise ProtocolError("empty message")

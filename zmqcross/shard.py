@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from .calls import FleetCalls
-from .cluster.child import ClusterClient
+from ._calls import FleetCalls
+from .cluster._child import ClusterClient
 from .errors import ZmqcrossError
 from .protocol import DEFAULT_TIMEOUT, Message, Send, dump
 

@@ -15,11 +15,11 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
-from ..clock import LOOP_CLOCK
-from ..discord_api import fetch_recommended_shards
+from .._clock import LOOP_CLOCK
+from .._discord_api import fetch_recommended_shards
+from .._events import EventEmitter, Handler
+from .._fanout import eval_outcome, eval_request, guild_of
 from ..errors import ClientNotFound, ConfigurationError
-from ..events import EventEmitter, Handler
-from ..fanout import eval_outcome, eval_request, guild_of
 from ..messages import IncomingRequest
 from ..planning import ClusterListParser, ShardPlan, build_plan
 from ..protocol import (

@@ -19,10 +19,11 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from ..clock import Clock
+from .._clock import Clock
+from .._events import EventEmitter
+from .._fanout import FanOuts
+from .._transport import OpenRequests
 from ..errors import ConfigurationError, ConnectionLost, ProtocolError
-from ..events import EventEmitter
-from ..fanout import FanOuts
 from ..messages import IncomingMessage
 from ..protocol import (
     Batch,
@@ -47,7 +48,6 @@ from ..protocol import (
     dump,
 )
 from ..registry import Peer
-from ..transport import OpenRequests
 from ._fleet import FleetState
 from ._observers import Gate, Observers
 from ._outgoing import BridgeCounters, Outgoing

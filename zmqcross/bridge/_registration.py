@@ -12,9 +12,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 
-from ..clock import Clock
+from .._clock import Clock
+from .._events import EventEmitter
 from ..errors import AuthenticationError, ProtocolError, ZmqcrossError
-from ..events import EventEmitter
 from ..protocol import (
     PROTOCOL_VERSION,
     ErrorInfo,

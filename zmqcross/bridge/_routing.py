@@ -1,7 +1,7 @@
 """Where each request goes: a bridge service or handler, another client, or the right clusters.
 
 Socket-free: messages come in decoded, answers leave through :class:`._outgoing.Outgoing`,
-deadlines run on the injected clock. What goes where is decided in :mod:`zmqcross.fanout`
+deadlines run on the injected clock. What goes where is decided in :mod:`zmqcross._fanout`
 and :mod:`zmqcross.planning`; this module applies it to the fleet's current state.
 """
 
@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, Protocol
 
-from ..clock import Clock
+from .._clock import Clock
+from .._events import EventEmitter, Handler
+from .._fanout import FanOut, FanOuts, Gather, hop_deadline, select_clusters
+from .._transport import OpenRequests
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
-from ..events import EventEmitter, Handler
-from ..fanout import FanOut, FanOuts, Gather, hop_deadline, select_clusters
 from ..messages import IncomingRequest, serve_request
 from ..planning import shard_for_guild
 from ..protocol import (
@@ -35,7 +36,6 @@ from ..protocol import (
 )
 from ..registry import ClientInfo, Peer
 from ..security import ACTIONS
-from ..transport import OpenRequests
 from ._fleet import FleetState
 from ._observers import Gate, Observers
 from ._outgoing import Outgoing

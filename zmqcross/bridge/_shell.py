@@ -15,10 +15,7 @@ from typing import Any, cast
 
 import zmq
 
-from ..errors import ConfigurationError
-from ..protocol import Limits, Message, answer_frames, encode
-from ..security import CurveServer, ZapHandler
-from ..transport import (
+from .._transport import (
     Outbox,
     Pump,
     closed_error,
@@ -28,6 +25,9 @@ from ..transport import (
     send_frames,
     watch_monitor,
 )
+from ..errors import ConfigurationError
+from ..protocol import Limits, Message, answer_frames, encode
+from ..security import CurveServer, ZapHandler
 from ._core import BridgeCore
 from ._outgoing import BridgeCounters
 

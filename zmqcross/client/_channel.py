@@ -17,10 +17,7 @@ from typing import Any
 
 import zmq
 
-from ..errors import ConnectionLost, ZmqcrossError
-from ..protocol import Limits, Message, answer_frames, check_limits, encode
-from ..security import CurveClient
-from ..transport import (
+from .._transport import (
     MonitorEvent,
     Outbox,
     Pump,
@@ -30,6 +27,9 @@ from ..transport import (
     send_frames,
     watch_monitor,
 )
+from ..errors import ConnectionLost, ZmqcrossError
+from ..protocol import Limits, Message, answer_frames, check_limits, encode
+from ..security import CurveClient
 
 __all__ = ["Channel"]
 

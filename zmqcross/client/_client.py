@@ -10,7 +10,7 @@ re-registration if its deadline allows, and otherwise fails with a timeout.
 parts are objects it builds and hands what they need: the sockets
 (:class:`~._channel.Channel`), the link's life and states (:class:`~._link.Link`), and a
 machine's relaying to its clusters (:class:`~._relay.MachineRelay`). The fleet calls it
-shares with :class:`~zmqcross.Shard` are built by :class:`~zmqcross.calls.FleetCalls`.
+shares with :class:`~zmqcross.Shard` are built by :class:`~zmqcross._calls.FleetCalls`.
 """
 
 from __future__ import annotations
@@ -23,10 +23,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from ..calls import FleetCalls
+from .._calls import FleetCalls
+from .._events import EventEmitter, Handler
+from .._relaying import eval_route
+from .._transport import OpenRequests, closed_error
 from ..cluster.manager import ClusterManager
 from ..errors import ConfigurationError, ConnectionLost, ProtocolError, ZmqcrossError
-from ..events import EventEmitter, Handler
 from ..messages import IncomingMessage, IncomingRequest, serve_request
 from ..planning import ShardData
 from ..protocol import (
@@ -60,10 +62,8 @@ from ..protocol import (
     result_of,
 )
 from ..registry import check_name
-from ..relaying import eval_route
 from ..security import CurveClient
 from ..status import FleetStatus
-from ..transport import OpenRequests, closed_error
 from ._channel import Channel
 from ._link import Link, LinkState
 from ._relay import MachineRelay
@@ -494,7 +494,7 @@ class Client:
     def _on_dealer(self, frames: list[bytes], *, nested: bool = False) -> None:
         try:
             header = read_header(frames, self._limits)
-            if header.get("type") == "eval":  # relayed from its header (zmqcross.relaying)
+            if header.get("type") == "eval":  # relayed from its header (zmqcross._relaying)
                 route = eval_route(header, frames)
                 self._link.last_heard = time.monotonic()
                 self._on_eval(route)

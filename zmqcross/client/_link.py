@@ -21,9 +21,10 @@ from typing import Any
 
 import zmq
 
+from .._events import EventEmitter
 from .._transitions import Transitions
+from .._transport import MonitorEvent, OpenRequests
 from ..errors import AuthenticationError, ConnectionLost, ProtocolError, RequestTimeout, ZmqcrossError
-from ..events import EventEmitter
 from ..protocol import (
     PROTOCOL_VERSION,
     Beacon,
@@ -38,7 +39,6 @@ from ..protocol import (
     Welcome,
     decode,
 )
-from ..transport import MonitorEvent, OpenRequests
 from ._channel import Channel
 
 __all__ = ["HANDSHAKE_FAILURES", "LINK_TRANSITIONS", "Link", "LinkState"]

@@ -4,7 +4,7 @@ After ``client.listen(manager)``, evals and guild requests from the bridge go to
 :class:`~zmqcross.ClusterManager`'s clusters and their answers back to the bridge;
 requests made inside the bots (:class:`~zmqcross.Shard`) go to the bridge under this
 client's id and their answers back down the pipe. Eval results pass as bytes, untouched
-(:mod:`zmqcross.relaying`): this is the machine's hot path, kept to a check and a call.
+(:mod:`zmqcross._relaying`): this is the machine's hot path, kept to a check and a call.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import logging
 import time
 from collections.abc import Callable
 
+from .._relaying import EvalRoute
+from .._transport import OpenRequests
 from ..cluster.manager import ClusterManager
 from ..errors import ClientNotFound, ConnectionLost, ZmqcrossError
 from ..protocol import EvalRequest, GuildRequest, Message, Request, Send, encode, readdress
-from ..relaying import EvalRoute
 from ..status import ClusterStatus
-from ..transport import OpenRequests
 from ._channel import Channel
 from ._link import Link
 

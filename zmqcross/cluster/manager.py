@@ -30,10 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .._events import EventEmitter, Handler
+from .._fanout import FanOut, FanOuts, Gather
+from .._relaying import EvalRoute, forward_eval, reply_slots
 from .._transitions import Transitions
+from .._transport import OpenRequests
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
-from ..events import EventEmitter, Handler
-from ..fanout import FanOut, FanOuts, Gather
 from ..planning import ShardData, shard_for_guild
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -51,11 +53,9 @@ from ..protocol import (
     Send,
     readdress,
 )
-from ..relaying import EvalRoute, forward_eval, reply_slots
 from ..status import ClusterStatus
-from ..transport import OpenRequests
-from .child import ClusterData, bootstrap
-from .pipe import PipeEnd, open_pipe
+from ._child import ClusterData, bootstrap
+from ._pipe import PipeEnd, open_pipe
 
 __all__ = [
     "CLUSTER_TRANSITIONS",
@@ -534,7 +534,7 @@ class ClusterManager:
             log.warning("cluster %d sent an unexpected %r message", c.id, msg.type)
 
     def _peek_cluster(self, c: _Cluster, header: dict[str, Any], frames: list[bytes]) -> bool:
-        # Eval replies are regrouped from their header alone (zmqcross.relaying).
+        # Eval replies are regrouped from their header alone (zmqcross._relaying).
         if header.get("type") != "eval_reply":
             return False
         reply = reply_slots(header, frames)

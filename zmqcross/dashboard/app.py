@@ -17,9 +17,9 @@ from typing import Any, Self
 
 from aiohttp import web
 
+from .._httpsite import HttpSite
 from ..client import Client
 from ..errors import ConnectionLost, RequestTimeout, ZmqcrossError
-from ..httpsite import HttpSite
 from ..status import FleetStatus, summarize
 from .latency import LatencyWindow
 from .page import PAGE

@@ -13,8 +13,8 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
+from ._fanout import eval_outcome, eval_request, guild_of
 from .errors import ZmqcrossError
-from .fanout import eval_outcome, eval_request, guild_of
 from .protocol import GuildRequest, Message, Request, dump, result_of
 
 __all__ = ["Exchange", "FleetCalls"]

@@ -22,10 +22,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
+from .._evaluation import compile_script, load_function, start_script
+from .._events import EventEmitter, Handler
+from .._fanout import error_frame
+from .._relaying import EvalRoute, eval_reply_frames, eval_route
+from .._transport import OpenRequests
 from ..errors import ConfigurationError, ConnectionLost, MessageTooLarge, RequestTimeout, ZmqcrossError
-from ..evaluation import compile_script, load_function, start_script
-from ..events import EventEmitter, Handler
-from ..fanout import error_frame
 from ..messages import IncomingMessage, IncomingRequest, serve_request
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -39,9 +41,7 @@ from ..protocol import (
     Request,
     Send,
 )
-from ..relaying import EvalRoute, eval_reply_frames, eval_route
-from ..transport import OpenRequests
-from .pipe import PipeEnd, open_pipe
+from ._pipe import PipeEnd, open_pipe
 
 if TYPE_CHECKING:
     import discord
@@ -156,7 +156,7 @@ class ClusterClient:
     def __init__(self, bot: discord.Client) -> None:
         import discord
 
-        from ..serialize import dump_result
+        from .._serialize import dump_result
 
         if _CURRENT is None or _CURRENT.conn is None:
             cluster_data()  # raises the explanation
@@ -257,7 +257,7 @@ class ClusterClient:
             self._pipe.send(msg)
 
     def _peek(self, header: dict[str, Any], frames: list[bytes]) -> bool:
-        # Evals are run from their header (zmqcross.relaying): the hottest message here.
+        # Evals are run from their header (zmqcross._relaying): the hottest message here.
         if header.get("type") != "eval":
             return False
         self._eval(eval_route(header, frames))

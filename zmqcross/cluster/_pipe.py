@@ -21,9 +21,9 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
+from .._transport import CORK
 from ..errors import ProtocolError
 from ..protocol import DEFAULT_LIMITS, Limits, Message, check_limits, decode_header, encode, read_header
-from ..transport import CORK
 
 __all__ = ["PipeEnd", "open_pipe", "pack", "unpack"]
 
@@ -157,7 +157,7 @@ class PipeEnd(asyncio.BufferedProtocol):
     def _dispatch(self, frames: list[bytes]) -> None:
         try:
             header = read_header(frames, self._limits)
-            # A relay handles some kinds from the header alone (zmqcross.relaying).
+            # A relay handles some kinds from the header alone (zmqcross._relaying).
             if self._peek is not None and self._peek(header, frames):
                 return
             msg = decode_header(header, frames)

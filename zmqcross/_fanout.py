@@ -15,11 +15,11 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+from ._evaluation import compile_script, ship_function
+from ._relaying import ReplySlots
 from .errors import BroadcastEvalError, ConfigurationError, ProtocolError, ZmqcrossError
-from .evaluation import compile_script, ship_function
 from .planning import ShardPlan, shard_for_guild
 from .protocol import ErrorInfo, ErrorReply, EvalReply, EvalRequest, Message, Slot, dump, load, result_of
-from .relaying import ReplySlots
 
 __all__ = [
     "FanOut",

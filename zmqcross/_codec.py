@@ -10,7 +10,7 @@ Each :class:`Codec` is built once from a dataclass's type hints. It has two deco
   input still gets a precise :class:`ProtocolError` while good input pays the least.
 
 The fast checks are also generated without the building, as ``fast_check``, for the
-hops that read an eval's header as it is (:mod:`zmqcross.relaying`).
+hops that read an eval's header as it is (:mod:`zmqcross._relaying`).
 """
 
 from __future__ import annotations

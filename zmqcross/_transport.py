@@ -23,7 +23,7 @@ from typing import Any, cast
 import zmq
 from zmq.utils.monitor import parse_monitor_message
 
-from .clock import LOOP_CLOCK, Clock, Timer
+from ._clock import LOOP_CLOCK, Clock, Timer
 from .errors import ConnectionLost, RequestTimeout, ZmqcrossError
 from .protocol import Limits, Message, batches
 from .security import ZAP_DOMAIN, CurveClient, CurveServer
@@ -47,7 +47,7 @@ __all__ = [
     "watch_monitor",
 ]
 
-log = logging.getLogger("zmqcross.transport")
+log = logging.getLogger("zmqcross._transport")
 
 DRAIN_BATCH = 256
 """Messages a pump handles before yielding to the event loop, so one busy socket cannot starve the rest."""

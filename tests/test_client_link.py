@@ -16,8 +16,8 @@ import pytest
 
 from zmqcross import Client, ClusterManager
 from zmqcross._events import EventEmitter
+from zmqcross._requests import OpenRequests
 from zmqcross._transitions import IllegalTransition, Transitions
-from zmqcross._transport import OpenRequests
 from zmqcross.client import LINK_TRANSITIONS, LinkState
 from zmqcross.client._channel import Channel
 from zmqcross.client._link import Link

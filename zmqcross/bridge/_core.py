@@ -22,7 +22,7 @@ from typing import Any
 from .._clock import Clock
 from .._events import EventEmitter
 from .._fanout import FanOuts
-from .._transport import OpenRequests
+from .._requests import OpenRequests
 from ..errors import ConfigurationError, ConnectionLost, ProtocolError
 from ..messages import IncomingMessage
 from ..protocol import (

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .._clock import Clock
 from .._events import EventEmitter, Handler
 from .._fanout import FanOut, FanOuts, Gather, hop_deadline, select_clusters
-from .._transport import OpenRequests
+from .._requests import OpenRequests
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
 from ..messages import IncomingRequest, serve_request
 from ..planning import shard_for_guild

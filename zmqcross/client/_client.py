@@ -26,7 +26,8 @@ from typing import Any
 from .._calls import FleetCalls
 from .._events import EventEmitter, Handler
 from .._relaying import eval_route
-from .._transport import OpenRequests, closed_error
+from .._requests import OpenRequests
+from .._transport import closed_error
 from ..cluster.manager import ClusterManager
 from ..errors import ConfigurationError, ConnectionLost, ProtocolError, ZmqcrossError
 from ..messages import IncomingMessage, IncomingRequest, serve_request

@@ -22,8 +22,9 @@ from typing import Any
 import zmq
 
 from .._events import EventEmitter
+from .._requests import OpenRequests
 from .._transitions import Transitions
-from .._transport import MonitorEvent, OpenRequests
+from .._transport import MonitorEvent
 from ..errors import AuthenticationError, ConnectionLost, ProtocolError, RequestTimeout, ZmqcrossError
 from ..protocol import (
     PROTOCOL_VERSION,

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 
 from .._relaying import EvalRoute
-from .._transport import OpenRequests
+from .._requests import OpenRequests
 from ..cluster.manager import ClusterManager
 from ..errors import ClientNotFound, ConnectionLost, ZmqcrossError
 from ..protocol import EvalRequest, GuildRequest, Message, Request, Send, encode, readdress

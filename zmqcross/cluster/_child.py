@@ -26,7 +26,7 @@ from .._evaluation import compile_script, load_function, start_script
 from .._events import EventEmitter, Handler
 from .._fanout import error_frame
 from .._relaying import EvalRoute, eval_reply_frames, eval_route
-from .._transport import OpenRequests
+from .._requests import OpenRequests
 from ..errors import ConfigurationError, ConnectionLost, MessageTooLarge, RequestTimeout, ZmqcrossError
 from ..messages import IncomingMessage, IncomingRequest, serve_request
 from ..protocol import (

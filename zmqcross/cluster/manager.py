@@ -33,8 +33,8 @@ from typing import Any
 from .._events import EventEmitter, Handler
 from .._fanout import FanOut, FanOuts, Gather
 from .._relaying import EvalRoute, forward_eval, reply_slots
+from .._requests import OpenRequests
 from .._transitions import Transitions
-from .._transport import OpenRequests
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
 from ..planning import ShardData, shard_for_guild
 from ..protocol import (

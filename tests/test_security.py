@@ -79,10 +79,21 @@ def test_tokens_match() -> None:
 
 
 def test_access_policy() -> None:
-    policy = AccessPolicy(agents={"dashboard": ["request"]}, keys={"ops": ["eval", "cache", "request"]})
-    assert policy.permissions(agent="bot", key=None) == {"admin", "eval", "request", "cache"}
+    policy = AccessPolicy(
+        agents={"dashboard": ["request"]},
+        keys={"ops": ["eval", "cache", "request"], "machine-*": ["host", "eval", "request"], "machine-9": []},
+    )
+    # Without CURVE the token is the only credential: it grants `token` (everything by default).
+    assert policy.permissions(agent="bot", key=None) == {"admin", "eval", "host", "request", "cache"}
     assert policy.permissions(agent="dashboard", key=None) == {"request"}
-    assert policy.permissions(agent="dashboard", key="ops") == {"eval", "cache", "request"}
+    # An agent name only narrows: a key's holder cannot claim more by calling itself something.
+    assert policy.permissions(agent="dashboard", key="ops") == {"request"}
+    assert policy.permissions(agent="bot", key="ops") == {"eval", "cache", "request"}
+    assert policy.permissions(agent="bot", key="machine-3") == {"host", "eval", "request"}
+    assert policy.permissions(agent="bot", key="machine-9") == set()  # the exact name wins
+    # A key the policy does not name gets least privilege: no eval, host or admin.
+    assert policy.permissions(agent="bot", key="stranger") == {"request", "cache"}
+    assert AccessPolicy(token=["request"]).permissions(agent="bot", key=None) == {"request"}
     with pytest.raises(ConfigurationError, match=r"unknown action\(s\) \['launch'\]"):
         AccessPolicy(agents={"x": ["launch"]})
     with pytest.raises(ConfigurationError, match="give a list of actions"):

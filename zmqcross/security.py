@@ -13,6 +13,7 @@ and ``NAME.key_secret`` (public + secret, written 0600 here).
 
 from __future__ import annotations
 
+import fnmatch
 import hmac
 import logging
 import os
@@ -28,6 +29,7 @@ from .errors import ConfigurationError
 
 __all__ = [
     "ACTIONS",
+    "LEAST_PRIVILEGE",
     "AccessPolicy",
     "CurveClient",
     "CurveServer",
@@ -41,9 +43,13 @@ __all__ = [
 
 log = logging.getLogger("zmqcross.security")
 
-ACTIONS = frozenset({"admin", "cache", "eval", "request"})
-"""What a peer may be allowed to do: run evals, send requests and messages, use the cache,
-and administer the fleet (reshard)."""
+ACTIONS = frozenset({"admin", "cache", "eval", "host", "request"})
+"""What a peer may be allowed to do: send requests and messages (``request``), use the
+cache (``cache``), run code on every cluster (``eval``), run clusters and so receive their
+evals and guild requests (``host``), and administer the fleet (``admin``: reshard)."""
+
+LEAST_PRIVILEGE = frozenset({"cache", "request"})
+"""What an allow-listed CURVE key that the policy does not name may do."""
 
 ZAP_DOMAIN = "zmqcross"
 
@@ -68,27 +74,46 @@ def _actions(where: str, actions: Iterable[str]) -> frozenset[str]:
 
 @dataclass(frozen=True)
 class AccessPolicy:
-    """What each peer may do, by CURVE key name first, then by agent, then ``default``.
+    """What each peer may do, bound to what a peer cannot forge.
 
-    ``AccessPolicy(agents={"dashboard": ["request", "cache"]})`` lets dashboards ask
-    and use the cache but not run evals; every other peer may do everything.
+    With CURVE, rights follow the peer's key (its name in the allow-list): ``keys`` maps
+    key names, or ``fnmatch`` patterns such as ``"machine-*"``, to actions (an exact name
+    wins over a pattern, then the first matching pattern); a key the policy does not
+    name gets ``default``, least privilege: ``request`` and ``cache``. Without CURVE
+    there is no identity but the auth token, and every peer holding it gets ``token``
+    (every action unless narrowed). ``agents`` can only narrow: a peer whose
+    self-declared agent name is listed gets the intersection, never more.
+
+    ``AccessPolicy(keys={"machine-*": ["host", "eval", "request", "cache"], "ops": ACTIONS})``
+    lets machine keys run clusters and evals and the ops key administer; a dashboard's
+    key, not named, may ask and use the cache.
     """
 
     agents: Mapping[str, Iterable[str]] = field(default_factory=dict)
     keys: Mapping[str, Iterable[str]] = field(default_factory=dict)
-    default: Iterable[str] = ACTIONS
+    default: Iterable[str] = LEAST_PRIVILEGE
+    token: Iterable[str] = ACTIONS
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "agents", {a: _actions(f"agent {a!r}", v) for a, v in self.agents.items()})
         object.__setattr__(self, "keys", {k: _actions(f"key {k!r}", v) for k, v in self.keys.items()})
         object.__setattr__(self, "default", _actions("default", self.default))
+        object.__setattr__(self, "token", _actions("token", self.token))
 
     def permissions(self, *, agent: str, key: str | None) -> frozenset[str]:
-        """The actions a peer with this agent and key name may perform."""
-        if key is not None and key in self.keys:
-            return frozenset(self.keys[key])
-        if agent in self.agents:
-            return frozenset(self.agents[agent])
+        """The actions of a peer with this agent name and key name (``key=None``: no CURVE, the token's)."""
+        rights = frozenset(self.token) if key is None else self.for_key(key)
+        narrowed = self.agents.get(agent)
+        return rights & frozenset(narrowed) if narrowed is not None else rights
+
+    def for_key(self, key: str) -> frozenset[str]:
+        """The actions of the CURVE key named ``key``, before any agent narrows them."""
+        keys: Mapping[str, frozenset[str]] = self.keys  # type: ignore[assignment]  # normalised in __post_init__
+        if key in keys:
+            return keys[key]
+        for pattern, actions in keys.items():
+            if fnmatch.fnmatchcase(key, pattern):
+                return actions
         return frozenset(self.default)
 
 

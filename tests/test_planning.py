@@ -115,3 +115,34 @@ def test_shard_data_record() -> None:
     assert data.shard_list == ((0, 1),) and data.cluster_list == (0,) and not data.standby
     assert type(data).from_json(data.to_json()) == data
     assert placement.shard_data(()).standby
+
+
+class _HugeShardList:
+    """A shard list that claims millions of ids and fails the test if anything reads them."""
+
+    def __len__(self) -> int:
+        return 3_000_000
+
+    def __getitem__(self, index: object) -> int:
+        raise AssertionError("build_plan read a shard list it should have refused by its length")
+
+    def __iter__(self) -> object:
+        raise AssertionError("build_plan iterated a shard list it should have refused by its length")
+
+
+def test_plans_beyond_the_shard_limit_are_refused_before_any_work() -> None:
+    # reshard(total_shards=3_000_000) used to hold the bridge's loop 3 s and add 524 MB.
+    import time
+
+    from zmqcross import planning
+
+    limit = planning.MAX_TOTAL_SHARDS
+    started = time.perf_counter()
+    with pytest.raises(ConfigurationError, match=f"total_shards 3000000 is over the limit of {limit}"):
+        build_plan(3_000_000)
+    with pytest.raises(ConfigurationError, match=f"at most {limit}"):
+        build_plan(10**18)
+    with pytest.raises(ConfigurationError, match=f"shard_list has 3000000 ids; at most {limit}"):
+        build_plan(limit, shard_list=_HugeShardList())  # type: ignore[arg-type]
+    assert time.perf_counter() - started < 0.1
+    assert build_plan(limit, shards_per_cluster=1000, total_machines=4).total_shards == limit

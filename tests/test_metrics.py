@@ -36,7 +36,7 @@ from zmqcross import (
     ZmqcrossError,
 )
 from zmqcross.gateway import GatewayServer, guild_id
-from zmqcross.metrics import BridgeMetrics, MachineMetrics
+from zmqcross.metrics import OUTCOMES, BridgeMetrics, MachineMetrics
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -165,6 +165,44 @@ async def test_metrics_alongside_another_observer(make_bridge, make_client) -> N
         assert value(samples, "zmqcross_requests_total", kind="request", outcome="ok") == 1
     finally:
         await cache.close()
+
+
+async def test_error_codes_a_peer_writes_cannot_grow_the_label_set(make_bridge, make_client) -> None:
+    # A peer chooses the code of the errors it answers with; each code used to become a
+    # series of its own (5,000 series and a 100 MB scrape from one client with `request`).
+    bridge = await make_bridge(metrics_port=0)
+    asker = await make_client(bridge, machine_id="asker", agent="dashboard")
+    liar = await make_client(bridge, machine_id="liar", agent="bot")
+
+    def answer(request):
+        if request.data == "honest":
+            raise ValueError("an ordinary failure")  # travels as code "remote"
+        error = ZmqcrossError("made up")
+        error.code = f"forged-{request.data}"  # whatever the peer likes
+        raise error
+
+    liar.on("bridge_request", answer)
+    forged = 3000
+    for start in range(0, forged, 250):
+        outcomes = await asyncio.gather(
+            *(asker.request_to_client(n, client_id="liar") for n in range(start, start + 250)),
+            return_exceptions=True,
+        )
+        assert all(isinstance(o, RemoteError) for o in outcomes)
+    with pytest.raises(RemoteError):
+        await asker.request_to_client("honest", client_id="liar")
+
+    metrics = bridge.metrics
+    assert metrics is not None
+    samples = await scrape(metrics.url)
+    relayed = {
+        dict(labels)["outcome"]: v
+        for (name, labels), v in samples.items()
+        if name == "zmqcross_requests_total" and dict(labels)["kind"] == "relay"
+    }
+    assert relayed == {"other": forged, "remote": 1}
+    series = [name for name, _ in samples if name == "zmqcross_requests_total"]
+    assert len(series) <= len(OUTCOMES) * 10
 
 
 async def test_a_taken_metrics_port_fails_the_start_and_frees_the_bridge_ports(make_bridge) -> None:

@@ -14,9 +14,11 @@ or a bot's own metrics, do not collide). What is exported:
 ``zmqcross_requests_total{kind,outcome}``  every request the bridge answered or routed, from
                                            :meth:`Bridge.observe`: kind request, relay, eval,
                                            guild_request, ``service:<name>``; outcome ok,
-                                           partial or an error code (a refused call counts
-                                           under the action it needed: eval, request, cache,
-                                           admin, with outcome permission_denied)
+                                           partial, error or a zmqcross error code, anything
+                                           else a peer wrote ``other`` (:data:`OUTCOMES`); a
+                                           refused call counts under the action it needed:
+                                           eval, request, cache, admin, host, with outcome
+                                           permission_denied
 ``zmqcross_request_duration_seconds``      histogram by kind (refusals, answered at once, are
                                            left out)
 ``zmqcross_clients{agent}``                connected clients by agent
@@ -25,7 +27,8 @@ or a bot's own metrics, do not collide). What is exported:
 ``zmqcross_plan_shards``,                  the bridge's plan; ``zmqcross_plan_info{version}``
 ``zmqcross_plan_clusters``
 ``zmqcross_clusters{state}``               cluster processes by state (ready, starting,
-                                           retiring...); ``zmqcross_clusters_unassigned``:
+                                           retiring...; a state a machine made up:
+                                           ``other``); ``zmqcross_clusters_unassigned``:
                                            clusters of the plan that no machine runs
 ``zmqcross_shards_hosted``,                distinct shards run by a starting or ready cluster;
 ``zmqcross_guilds``                        guilds of the current (not retiring) clusters
@@ -42,6 +45,11 @@ Values that come from the fleet's status are fetched when Prometheus scrapes (on
 :meth:`Bridge.status` per ``max_age`` seconds at most, shared by concurrent scrapes), so
 nothing polls the machines while nobody looks and a scrape never shows older numbers
 than ``max_age``.
+
+A label never takes text a peer chose: each Prometheus series lives until the process
+ends, so a peer that answered with thousands of made-up error codes used to add thousands
+of series (5,000, and a 100 MB scrape, from one client allowed only ``request``). Outcomes
+and cluster states outside their known sets are counted as ``other``.
 
 The endpoint is served by aiohttp on the bridge's own event loop rather than by
 ``prometheus_client``'s thread server: the fleet's status is an ``await`` on that loop,
@@ -64,6 +72,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
 
+from . import errors
 from ._httpsite import HttpSite
 from .cache import CACHE_SERVICE, CacheServer
 from .errors import ConfigurationError, ZmqcrossError
@@ -76,9 +85,12 @@ if TYPE_CHECKING:
     from .machine import Machine
 
 __all__ = [
+    "CLUSTER_STATES",
     "DEFAULT_MAX_AGE",
     "LATENCY_BUCKETS",
     "METRICS_PATH",
+    "OTHER",
+    "OUTCOMES",
     "BridgeMetrics",
     "MachineMetrics",
 ]
@@ -93,6 +105,26 @@ DEFAULT_MAX_AGE = 1.0
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 """Histogram buckets (seconds): a broadcast_eval over loopback takes about a millisecond."""
+
+OTHER = "other"
+"""The label of an outcome or state outside the known set."""
+
+OUTCOMES = frozenset(
+    {"ok", "partial", "error", OTHER}
+    | {
+        cls.code
+        for cls in (getattr(errors, name) for name in errors.__all__)
+        if isinstance(cls, type) and issubclass(cls, ZmqcrossError)
+    }
+)
+"""The ``outcome`` labels: how a request went, or the code of a zmqcross error."""
+
+CLUSTER_STATES = frozenset({"starting", "ready", "stopping", "stopped", "failed", "retiring", OTHER})
+"""The ``state`` labels of ``zmqcross_clusters`` (what :class:`~zmqcross.status.ClusterStatus` shows)."""
+
+
+def _known(value: str, known: frozenset[str]) -> str:
+    return value if value in known else OTHER
 
 
 # --------------------------------------------------------------------------- metric families
@@ -192,7 +224,10 @@ def _fleet_families(status: FleetStatus) -> Iterator[Metric]:
         "zmqcross_machines_unanswered", "machines that did not answer the status", summary.unanswered
     )
     by_state = GaugeMetricFamily("zmqcross_clusters", "cluster processes by state", labels=["state"])
-    for state, count in sorted(summary.states.items()):
+    states: Tally[str] = Tally()
+    for state, count in summary.states.items():  # as each machine reported them
+        states[_known(state, CLUSTER_STATES)] += count
+    for state, count in sorted(states.items()):
         by_state.add_metric([state], count)
     yield by_state
     yield _gauge(
@@ -404,8 +439,11 @@ class BridgeMetrics:
         await self.close()
 
     def observe(self, kind: str, outcome: str, seconds: float) -> None:
-        """Count one answered request (what :meth:`Bridge.observe` calls)."""
-        self.requests.labels(kind, outcome).inc()
+        """Count one answered request (what :meth:`Bridge.observe` calls).
+
+        An ``outcome`` outside :data:`OUTCOMES` (a code a peer made up) counts as ``other``.
+        """
+        self.requests.labels(kind, _known(outcome, OUTCOMES)).inc()
         if outcome != "permission_denied":  # refused before any work: not a latency
             self.latency.labels(kind).observe(seconds)
 

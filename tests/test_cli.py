@@ -19,7 +19,7 @@ import zmq.auth
 from conftest import free_port
 from netkit import ROOT, Service, clean_env
 
-from zmqcross import CacheClient, Client, ConfigurationError, FleetStatus
+from zmqcross import CacheClient, Client, ConfigurationError, FleetStatus, generate_keypair
 from zmqcross._cachestore import DEFAULT_MAX_SIZE, CachePath, decode_snapshot
 from zmqcross.cli import configure
 from zmqcross.cli.options import COMMANDS, cache_options
@@ -416,6 +416,51 @@ def test_keygen_fleet_lays_out_what_keys_expects_and_keep_is_repeatable(tmp_path
     assert (keys / "bridge.key_secret").read_bytes() == before  # a second `docker compose up` keeps the keys
     assert (keys / "allowed" / "machine-2.key_secret").exists()
     assert run("keygen", "--force", "--keep", str(keys), "x").returncode == 2  # one or the other
+
+
+def _modes(root: Path) -> dict[str, int]:
+    return {
+        p.relative_to(root).as_posix() or ".": stat.S_IMODE(p.stat().st_mode)
+        for p in [root, *root.rglob("*")]
+    }
+
+
+def test_keygen_under_umask_0_writes_nothing_others_can_change(tmp_path: Path) -> None:
+    # Anyone who can write to allowed/ can add a key the bridge then admits: a permissive
+    # umask used to leave it (and the keys folder) world-writable.
+    keys = tmp_path / "deep" / "keys"
+    result = subprocess.run(
+        [sys.executable, "-m", "zmqcross", "keygen", "--fleet", str(keys), "machine-1"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=50,
+        env=clean_env(),
+        cwd=ROOT,
+        umask=0,
+    )
+    assert result.returncode == 0, result.stderr
+    modes = _modes(tmp_path / "deep")
+    for name, mode in modes.items():
+        assert not mode & 0o022, f"{name} is writable by others: {oct(mode)}"
+    assert modes["keys/allowed"] == modes["keys"] == modes["."] == 0o755
+    assert modes["keys/bridge.key_secret"] == modes["keys/allowed/machine-1.key_secret"] == 0o600
+    assert modes["keys/bridge.key"] == modes["keys/allowed/machine-1.key"] == 0o644
+
+
+def test_generate_keypair_under_umask_0_in_process(tmp_path: Path) -> None:
+    previous = os.umask(0)
+    try:
+        generate_keypair(tmp_path / "a" / "allowed", "dashboard")
+    finally:
+        os.umask(previous)
+    modes = _modes(tmp_path / "a")
+    assert modes == {
+        ".": 0o755,
+        "allowed": 0o755,
+        "allowed/dashboard.key": 0o644,
+        "allowed/dashboard.key_secret": 0o600,
+    }
 
 
 # --------------------------------------------------------------------------- the table

@@ -29,6 +29,7 @@ from .errors import ConfigurationError
 
 __all__ = [
     "ACTIONS",
+    "KEY_FOLDER_MODE",
     "LEAST_PRIVILEGE",
     "AccessPolicy",
     "CurveClient",
@@ -125,12 +126,15 @@ def generate_keypair(
 ) -> tuple[Path, Path]:
     """Write ``NAME.key`` (public, 0644) and ``NAME.key_secret`` (0600) into ``directory``.
 
+    Folders it creates are made 0755 whatever the umask (:data:`KEY_FOLDER_MODE`); an
+    existing folder that others may write to is logged as a warning.
+
     Returns both paths. Refuses to overwrite existing files unless ``overwrite``.
     """
     if not name or "/" in name or name.startswith("."):
         raise ConfigurationError(f"key name {name!r} must be a plain file name")
     folder = Path(directory)
-    folder.mkdir(parents=True, exist_ok=True)
+    _make_folder(folder)
     public_path, secret_path = folder / f"{name}.key", folder / f"{name}.key_secret"
     if not overwrite:
         for path in (public_path, secret_path):
@@ -142,6 +146,30 @@ def generate_keypair(
     _write_key(public_path, public, None, 0o644)
     _write_key(secret_path, public, secret, 0o600)
     return public_path, secret_path
+
+
+KEY_FOLDER_MODE = 0o755
+"""Mode of each folder :func:`generate_keypair` creates: whoever may write to an allow-list
+folder may add a key the bridge then admits, so it is set explicitly, whatever the umask."""
+
+
+def _make_folder(folder: Path) -> None:
+    # Path.mkdir(mode=...) is filtered by the umask and parents=True ignores mode altogether:
+    # under umask 000 every folder came out 0777. Each missing folder is made and chmod-ed.
+    missing = [p for p in (folder, *folder.parents) if not p.exists()]
+    for path in reversed(missing):
+        try:
+            path.mkdir()
+        except FileExistsError:  # made meanwhile by someone else: not ours to change
+            continue
+        os.chmod(path, KEY_FOLDER_MODE)
+    if os.stat(folder).st_mode & 0o022:
+        log.warning(
+            "key folder %s is writable by others (mode %o): anyone who can write there can add or "
+            "replace keys; chmod go-w it",
+            folder,
+            os.stat(folder).st_mode & 0o777,
+        )
 
 
 def _write_key(path: Path, public: bytes, secret: bytes | None, mode: int) -> None:

@@ -23,7 +23,7 @@ from .._clock import Clock
 from .._events import EventEmitter
 from .._fanout import FanOuts
 from .._requests import OpenRequests
-from ..errors import ConfigurationError, ConnectionLost, ProtocolError
+from ..errors import ConfigurationError, ConnectionLost, MessageTooLarge, ProtocolError
 from ..messages import IncomingMessage
 from ..protocol import (
     Batch,
@@ -174,6 +174,10 @@ class BridgeCore:
             route,
             ErrorReply(reply_to=exc.request_id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
         )
+
+    def oversized(self, route: bytes, origin: Origin, reason: str) -> None:
+        """``route`` sent a message over a limit; the shell read it to its end without keeping it."""
+        self._malformed(route, origin, MessageTooLarge(reason))
 
     def _from_stranger(self, route: bytes, origin: Origin, msg: Message) -> None:
         if isinstance(msg, Register):

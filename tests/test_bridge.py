@@ -30,7 +30,8 @@ async def test_connect_event_and_client_list(make_bridge, make_client) -> None:
     assert seen == [("m1", "dashboard", {"version": 3})]
     (info,) = bridge.clients
     assert info.id == "m1" and info.address == "127.0.0.1" and info.key is None
-    assert info.permissions == {"admin", "eval", "request", "cache"} == client.permissions
+    # Without CURVE the token is the only credential: it grants every action.
+    assert info.permissions == {"admin", "eval", "host", "request", "cache"} == client.permissions
 
 
 async def test_requests_both_ways(make_bridge, make_client) -> None:

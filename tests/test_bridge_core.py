@@ -15,18 +15,19 @@ from typing import Any
 
 import pytest
 
-from zmqcross import AccessPolicy, build_plan
+from zmqcross import AccessPolicy, BroadcastEvalError, ZmqcrossError, build_plan
 from zmqcross import protocol as p
 from zmqcross._events import EventEmitter
-from zmqcross._fanout import error_frame
+from zmqcross._fanout import error_frame, eval_outcome
 from zmqcross.bridge import BRIDGE_EVENTS
 from zmqcross.bridge._core import BridgeCore
 from zmqcross.bridge._fleet import FleetState
-from zmqcross.bridge._settings import CoreSettings
+from zmqcross.bridge._settings import MAX_OPEN_PER_PEER, MAX_TIMEOUT, CoreSettings
 
 pytestmark = pytest.mark.timeout(10)
 
 TOKEN = "core-token"
+HOSTS = AccessPolicy(keys={"machine-*": ["host", "eval", "request", "cache"]})
 
 
 class FakeClock:
@@ -74,6 +75,7 @@ class Outbox:
 
     sent: list[tuple[bytes, p.Message]] = field(default_factory=list)
     published: list[p.Message] = field(default_factory=list)
+    dead: set[bytes] = field(default_factory=set)  # routes whose connection is gone
 
     def send(self, route: bytes, msg: p.Message) -> None:
         self.sent.append((route, p.decode(p.encode(msg))))  # every send must survive the wire
@@ -83,6 +85,9 @@ class Outbox:
 
     def publish(self, msg: p.Message) -> None:
         self.published.append(msg)
+
+    def reachable(self, route: bytes) -> bool:
+        return route not in self.dead
 
     def to(self, route: bytes, kind: type | None = None) -> list[Any]:
         return [m for r, m in self.sent if r == route and (kind is None or isinstance(m, kind))]
@@ -169,18 +174,17 @@ class World:
         assert len(answers) == 1, self.out.to(route)
         return answers[0]
 
-    def shard_data(self, route: bytes, max_clusters: int | None = None) -> Any:
+    def shard_data(self, route: bytes, max_clusters: int | None = None, origin: Origin | None = None) -> Any:
         rid = next(self._ids)
-        self.feed(
-            route, p.ShardDataRequest(id=rid, deadline=self.clock.time() + 5, max_clusters=max_clusters)
-        )
+        request = p.ShardDataRequest(id=rid, deadline=self.clock.time() + 5, max_clusters=max_clusters)
+        self.feed(route, request, origin)
         (answer,) = [m for m in self.out.to(route) if getattr(m, "reply_to", None) == rid]
         return answer
 
     def machine(self, route: bytes, machine_id: str, **kwargs: Any) -> tuple[int, ...]:
         """Register a bot machine and ask for its share; returns its clusters."""
         assert isinstance(self.register(route, machine_id, **kwargs), p.Welcome)
-        answer = self.shard_data(route)
+        answer = self.shard_data(route, origin=kwargs.get("origin"))
         assert isinstance(answer, p.Reply), answer
         return tuple(p.load(answer.data)["cluster_list"])
 
@@ -204,7 +208,7 @@ def test_registration_is_welcomed_with_the_run_and_the_permissions() -> None:
     assert isinstance(welcome, p.Welcome)
     assert (welcome.client_id, welcome.epoch) == ("m1", "epoch-1")
     assert welcome.plan_version == world.fleet.plan.version
-    assert set(welcome.permissions) == {"admin", "cache", "eval", "request"}
+    assert set(welcome.permissions) == {"admin", "cache", "eval", "host", "request"}  # the token's, no CURVE
     assert world.seen == [("connect", (world.fleet.registry.by_id("m1").info, None))]  # type: ignore[union-attr]
     world.clock.advance(1.0)  # the beacon burst for the newcomer's SUB
     assert len(world.out.published) == 4
@@ -405,7 +409,7 @@ def test_an_eval_fans_out_once_per_machine_and_gathers_every_slot() -> None:
     fleet_of_two(world)
     world.feed(b"caller", p.EvalRequest(id=41, deadline=world.clock.time() + 5, script="bot.x"))
     (to1,), (to2,) = world.out.to(b"r1", p.EvalRequest), world.out.to(b"r2", p.EvalRequest)
-    assert to1.id == to2.id and to1.clusters == (0, 1, 2, 3)
+    assert to1.id == to2.id and (to1.clusters, to2.clusters) == ((0, 1), (2, 3))
     assert to1.deadline < world.clock.time() + 5  # each hop answers before its caller gives up
     world.feed(b"r2", eval_reply(to2.id, (2, True, "c"), (3, True, "d")))
     assert world.out.to(b"caller") == []  # still waiting for m1
@@ -537,3 +541,167 @@ def test_a_message_the_bridge_does_not_take_is_refused_by_name() -> None:
     )
     (error,) = world.out.to(b"r1", p.ErrorReply)
     assert "the bridge does not accept 'welcome' messages" in error.error.message
+
+
+# ---------------------------------------------------------------------------- hostile peers (issue 14)
+
+
+def test_a_key_without_host_cannot_take_clusters_or_claim_them() -> None:
+    world = World(keys={"KEY-M": "machine-1", "KEY-X": "stranger"}, policy=HOSTS)
+    assert world.machine(b"r1", "m1", origin=Origin("KEY-M")) == (0, 1)
+    world.register(b"rx", "x", origin=Origin("KEY-X"))
+    answer = world.shard_data(b"rx", origin=Origin("KEY-X"))
+    assert isinstance(answer, p.ErrorReply) and answer.error.code == "permission_denied"
+    assert "may not host" in answer.error.message
+    assert world.fleet.placement.held_by("x") == () and not world.fleet.registry.by_id("x").standby  # type: ignore[union-attr]
+    # Nor by claiming clusters at registration, as a restarted machine would.
+    welcome = world.register(b"ry", "y", origin=Origin("KEY-X"), hosting=hosting(world, (2, 3)))
+    assert isinstance(welcome, p.Welcome) and "may not host" in (welcome.notice or "")
+    assert world.fleet.placement.held_by("y") == ()
+    # And a lost machine's chunk never goes to it.
+    world.feed(b"r1", p.Goodbye(reason="gone"))
+    assert world.out.to(b"rx", p.Assignment) == [] and world.out.to(b"ry", p.Assignment) == []
+
+
+def test_each_machine_is_sent_only_its_own_clusters_and_answers_only_for_them() -> None:
+    world = World()
+    fleet_of_two(world)
+    world.feed(b"caller", p.EvalRequest(id=60, deadline=world.clock.time() + 5, script="1"))
+    (to1,), (to2,) = world.out.to(b"r1", p.EvalRequest), world.out.to(b"r2", p.EvalRequest)
+    assert (to1.clusters, to2.clusters) == ((0, 1), (2, 3))
+    # m2 answers first, for every cluster: its forged slots for m1's clusters are not taken.
+    world.feed(b"r2", eval_reply(to2.id, *((c, True, "FORGED") for c in (0, 1, 2, 3))))
+    world.feed(b"r1", eval_reply(to1.id, (0, True, "a"), (1, True, "b")))
+    (answer,) = world.out.to(b"caller", p.EvalReply)
+    assert [p.load(r) for r in answer.results] == ["a", "b", "FORGED", "FORGED"]
+
+
+def test_a_connection_cannot_change_who_it_is_by_registering_again() -> None:
+    world = World(total_shards=4)
+    world.machine(b"r1", "m1")
+    for change in ({"machine_id": "m9"}, {"agent": "other"}):
+        fields: dict[str, Any] = {"machine_id": "m1", "agent": "bot", **change}
+        answer = world.register(b"r1", fields["machine_id"], agent=fields["agent"])
+        assert isinstance(answer, p.ErrorReply) and "cannot change" in answer.error.message
+    # m1 still holds its clusters under its own name; nothing was stranded.
+    assert world.fleet.placement.held_by("m1") == (0, 1)
+    assert world.fleet.registry.by_id("m9") is None
+    assert isinstance(world.register(b"r1", "m1"), p.Welcome)  # the same identity may refresh
+
+
+def test_a_machine_id_stays_bound_to_its_key_while_the_machine_is_away() -> None:
+    world = World(keys={"KEY-A": "machine-a", "KEY-B": "machine-b"}, policy=HOSTS)
+    world.machine(b"r1", "m1", origin=Origin("KEY-A"))
+    world.feed(b"r1", p.Goodbye(reason="restarting"))
+    answer = world.register(b"r2", "m1", origin=Origin("KEY-B"), hosting=hosting(world, (0, 1)))
+    assert (
+        isinstance(answer, p.ErrorReply)
+        and "registered by another CURVE key ('machine-a')" in answer.error.message
+    )
+    assert world.machine(b"r3", "m1", origin=Origin("KEY-A")) == (0, 1)  # its own key gets it back
+
+
+def test_a_removed_key_loses_its_session_and_cannot_register_again() -> None:
+    keys = {"KEY-A": "machine-a", "KEY-B": "machine-b"}
+    world = World(keys=keys, policy=HOSTS)
+    world.machine(b"r1", "m1", origin=Origin("KEY-A"))
+    world.machine(b"r2", "m2", origin=Origin("KEY-B"))
+    del keys["KEY-A"]
+    world.core.recheck_keys()
+    (goodbye,) = world.out.to(b"r1", p.Goodbye)
+    assert goodbye.retry is False and "removed from the allow-list" in goodbye.reason
+    assert world.fleet.registry.by_id("m1") is None
+    answer = world.register(b"r1", "m1", origin=Origin("KEY-A"))
+    assert isinstance(answer, p.ErrorReply) and "not in the allow-list" in answer.error.message
+    assert world.fleet.registry.by_id("m2") is not None
+
+
+def test_without_curve_a_live_machine_id_cannot_be_taken_over() -> None:
+    world = World()
+    world.machine(b"r1", "m1")
+    answer = world.register(b"r2", "m1")
+    assert isinstance(answer, p.ErrorReply) and "in use by a live connection" in answer.error.message
+    assert world.out.to(b"r1", p.Goodbye) == [] and world.fleet.registry.by_id("m1").routing_id == b"r1"  # type: ignore[union-attr]
+    world.out.dead.add(b"r1")  # the old process is gone: its pipe fails a send
+    assert world.machine(b"r3", "m1") == (0, 1)
+
+
+def test_deadlines_are_capped_and_each_peer_has_a_bounded_number_of_open_requests() -> None:
+    world = World()
+    world.register(b"a", "asker")
+    world.register(b"s", "silent")
+    world.out.clear()
+    far = world.clock.time() + 1e9
+    world.feed(b"a", p.Request(id=1, deadline=far, data=p.dump(1), target="silent"))
+    (relayed,) = world.out.to(b"s", p.Request)
+    assert relayed.deadline <= world.clock.time() + MAX_TIMEOUT
+    for rid in range(2, MAX_OPEN_PER_PEER + 5):
+        world.feed(b"a", p.Request(id=rid, deadline=world.clock.time() + 5, data=p.dump(1), target="silent"))
+    refused = [m for m in world.out.to(b"a", p.ErrorReply) if "open requests" in m.error.message]
+    assert len(refused) == 4 and len(world.core.open) == MAX_OPEN_PER_PEER
+    world.clock.advance(MAX_TIMEOUT + 1)
+    assert len(world.core.open) == 0  # nothing outlives the cap
+
+
+def test_connections_closing_in_a_flood_cost_a_bounded_number_of_probes() -> None:
+    world = World()
+    for n in range(30):
+        world.register(f"r{n}".encode(), f"m{n}")
+    world.out.clear()
+    for _ in range(200):  # 200 refused handshakes, say
+        world.core.connection_closed()
+    world.clock.advance(1.0)
+    assert len(world.out.sent) <= 2 * 30
+
+
+def test_one_machine_s_malformed_status_cannot_break_status() -> None:
+    world = World()
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    good = [
+        {
+            "id": 0,
+            "shards": [0],
+            "pid": 1,
+            "state": "ready",
+            "guilds": 3,
+            "restarts": 0,
+            "started_at": 1.0,
+            "uptime": 2.5,
+            "last_heartbeat": 3.0,
+            "exit_code": None,
+        }
+    ]
+    status = world.fleet.status({"m1": good, "m2": [{"id": "x"}, 7, None]}, taken_at=1.0)
+    m1, m2 = status.machines
+    assert m1.error is None and len(m1.clusters) == 1
+    assert m2.clusters == () and "malformed status" in (m2.error or "")
+    assert world.fleet.status({"m1": good, "m2": "not a list"}, taken_at=1.0).machines[1].error
+
+
+def test_a_failed_slot_that_is_not_an_error_record_is_still_an_error() -> None:
+    reply = p.EvalReply(
+        reply_to=1,
+        slots=(p.Slot(cluster=0, ok=False), p.Slot(cluster=1, ok=False)),
+        results=(p.dump([1]), p.dump("x")),
+    )
+    values = eval_outcome(reply, return_exceptions=True)
+    assert all(isinstance(v, ZmqcrossError) for v in values)
+    with pytest.raises(BroadcastEvalError, match="2 of 2 clusters failed"):
+        eval_outcome(reply, return_exceptions=False)
+
+
+def test_an_eval_that_cannot_be_encoded_is_refused_before_anything_opens() -> None:
+    world = World()
+    fleet_of_two(world)
+    deep = b'{"x":' * 300 + b"1" + b"}" * 300
+    header = b'{"type":"eval","id":70,"deadline":%f,"script":"1","context":%s}' % (
+        world.clock.time() + 5,
+        deep,
+    )
+    ping = p.encode(p.Ping(sent_at=3.0))
+    world.core.receive(b"caller", Origin(), p.encode(p.Batch(sizes=(1, 1), frames=(header, *ping))))
+    (error,) = world.out.to(b"caller", p.ErrorReply)
+    assert error.reply_to == 70 and error.error.code == "serialization"
+    assert len(world.core.fanouts) == 0 and world.out.to(b"r1") == []
+    assert world.out.to(b"caller", p.Pong)  # the rest of the batch was served

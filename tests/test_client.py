@@ -172,11 +172,29 @@ async def test_wrong_token_is_refused_quickly(bridge, make_client) -> None:
     assert bridge.statistics().refused_registrations == 1
 
 
-async def test_same_machine_id_takes_over_and_dismisses_the_old_connection(bridge, make_client) -> None:
+async def test_without_curve_a_live_machine_id_cannot_be_taken(bridge, make_client) -> None:
+    # Without CURVE a newcomer shows only the token: it must not push a live machine out
+    # (the old one would be told to stop for good, issue 14 finding 15).
     old = await make_client(bridge, machine_id="dup")
+    from zmqcross import AuthenticationError
+
+    with pytest.raises(AuthenticationError, match="machine id 'dup' is in use by a live connection"):
+        await make_client(bridge, machine_id="dup")
+    assert old.connected and [c.id for c in bridge.clients] == ["dup"]
+    await old.close()
+    new = await make_client(bridge, machine_id="dup")  # the id is free once its holder is gone
+    assert new.connected and [c.id for c in bridge.clients] == ["dup"]
+
+
+async def test_same_key_takes_over_a_machine_id_and_dismisses_the_old_connection(
+    keys, make_bridge, make_client
+) -> None:
+    bridge = await make_bridge(curve=keys.server())
+    key = keys.client("k1")
+    old = await make_client(bridge, machine_id="dup", curve=key)
     errors: list[BaseException] = []
     old.on("error", errors.append)
-    new = await make_client(bridge, machine_id="dup")
+    new = await make_client(bridge, machine_id="dup", curve=key)  # a restarted process
     await wait_for(lambda: bool(errors), what="the old client to be dismissed")
     assert "give each process its own machine_id" in str(errors[0])
     assert not old.connected and new.connected

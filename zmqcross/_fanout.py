@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import gc
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from typing import Any
 
 from ._evaluation import compile_script, ship_function
@@ -105,13 +105,18 @@ class Gather:
         """Whether every expected cluster has an outcome."""
         return len(self._outcomes) == len(self._expected)
 
-    def add(self, reply: EvalReply | ReplySlots) -> None:
-        """Take the slots of a reply (ones not expected, or already filled, are ignored)."""
+    def add(self, reply: EvalReply | ReplySlots, only: Collection[int] | None = None) -> None:
+        """Take the slots of a reply for the clusters in ``only`` (every expected one without it).
+
+        Slots not expected, not in ``only`` (a machine answering for clusters it was not
+        asked about: forged), or already filled are ignored.
+        """
         if isinstance(reply, EvalReply):
             slots: Iterable[tuple[int, bool]] = ((slot.cluster, slot.ok) for slot in reply.slots)
         else:
             slots = reply.slots
-        expected, outcomes = self._expected, self._outcomes
+        expected = self._expected if only is None else self._expected.intersection(only)
+        outcomes = self._outcomes
         for (cluster, ok), frame in zip(slots, reply.results, strict=True):
             if cluster in expected and cluster not in outcomes:
                 outcomes[cluster] = (ok, frame)
@@ -131,7 +136,7 @@ class Gather:
         """Take one hop's outcome for ``clusters``: its slots, or its error for all of them."""
         clusters = list(clusters)
         if isinstance(outcome, (ReplySlots, EvalReply)):
-            self.add(outcome)
+            self.add(outcome, only=clusters)
         elif isinstance(outcome, ErrorReply):
             self.fail(clusters, outcome.error)
         elif isinstance(outcome, ZmqcrossError):
@@ -177,15 +182,29 @@ def _decode_results(reply: EvalReply) -> tuple[list[int], list[Any], dict[int, Z
         if slot.ok:
             values.append(data)
             continue
-        error = ErrorInfo(
-            code=str(data.get("code", "remote")),
-            type=str(data.get("type", "Exception")),
-            message=str(data.get("message", "")),
-            traceback=data.get("traceback"),
-        ).to_exception()
+        error = _slot_error(slot.cluster, data).to_exception()
         errors[slot.cluster] = error
         values.append(error)
     return clusters, values, errors
+
+
+def _slot_error(cluster: int, data: Any) -> ErrorInfo:
+    """A failed slot's error; a record that is not ``{code, type, message, traceback}`` (a
+    broken or lying machine) still becomes an error the caller can catch, never a crash."""
+    if not isinstance(data, dict):
+        return ErrorInfo(
+            code="remote",
+            type="Exception",
+            message=f"cluster {cluster} failed with a malformed error record: {str(data)[:200]!r}",
+            traceback=None,
+        )
+    traceback = data.get("traceback")
+    return ErrorInfo(
+        code=str(data.get("code", "remote")),
+        type=str(data.get("type", "Exception")),
+        message=str(data.get("message", "")),
+        traceback=traceback if isinstance(traceback, str) else None,
+    )
 
 
 def raise_for_failures(clusters: list[int], values: list[Any], errors: dict[int, ZmqcrossError]) -> None:

@@ -83,6 +83,9 @@ class Registry:
     def __init__(self) -> None:
         self._by_route: dict[bytes, Peer] = {}
         self._by_id: dict[str, Peer] = {}
+        # machine id -> (CURVE key, its name) of every host: kept while the machine is away,
+        # so that during its restart no other key can register as it and take its clusters.
+        self._bound: dict[str, tuple[str, str | None]] = {}
 
     def __len__(self) -> int:
         return len(self._by_route)
@@ -101,10 +104,17 @@ class Registry:
     def admit(self, *, routing_id: bytes, client_id: str, user_id: str | None) -> Admission:
         """May ``routing_id`` register as ``client_id``?
 
-        The same connection registering again is a refresh. Another connection may take
-        over a client id only with the same CURVE identity (a restarted process); a
-        different key claiming it is refused, so one machine cannot pose as another.
+        The same connection registering again is a refresh. A client id once registered
+        with a CURVE key stays that key's, connected or not (until :meth:`unbind_key`);
+        another connection may take over a live client id only with the same key (a
+        restarted process). Without CURVE (``user_id`` None) the caller decides what a
+        takeover needs.
         """
+        bound = self._bound.get(client_id)
+        if bound is not None and bound[0] != user_id:
+            return Admission(
+                reason=f"machine id {client_id!r} is registered by another CURVE key ({bound[1]!r})"
+            )
         existing = self._by_id.get(client_id)
         if existing is None or existing.routing_id == routing_id:
             return Admission()
@@ -114,6 +124,17 @@ class Registry:
             )
         return Admission(replaces=existing)
 
+    def bound_keys(self) -> set[str]:
+        """The CURVE keys that hold client ids."""
+        return {key for key, _ in self._bound.values()}
+
+    def unbind_key(self, user_id: str) -> list[str]:
+        """Forget which client ids ``user_id`` held (its key was revoked); returns them."""
+        freed = [client_id for client_id, (key, _) in self._bound.items() if key == user_id]
+        for client_id in freed:
+            del self._bound[client_id]
+        return freed
+
     def add(self, peer: Peer) -> None:
         """Insert or refresh ``peer``; call :meth:`admit` first."""
         old = self._by_route.get(peer.routing_id)
@@ -121,6 +142,10 @@ class Registry:
             self._by_id.pop(old.info.id, None)
         self._by_route[peer.routing_id] = peer
         self._by_id[peer.info.id] = peer
+        if peer.user_id is not None and "host" in peer.info.permissions:
+            # Only hosts are bound: their ids guard clusters, and only trusted keys are hosts,
+            # so the table cannot be grown by a key that may merely ask.
+            self._bound[peer.info.id] = (peer.user_id, peer.info.key)
 
     def remove(self, routing_id: bytes) -> Peer | None:
         """Drop the peer behind ``routing_id`` and return it."""

@@ -351,6 +351,11 @@ class ZapHandler:
             self._allowed = {z85.decode(k) for k in self._reload()}
         return key in self._allowed
 
+    def refresh(self) -> None:
+        """Take the allow-list as it is now: removed keys are refused from the next handshake."""
+        if self._reload is not None:
+            self._allowed = {z85.decode(k) for k in self._reload()}
+
     def handle(self, frames: list[bytes]) -> list[bytes]:
         """The reply to one ZAP request: 200 with the z85 key as User-Id, or 400."""
         if len(frames) < 6:

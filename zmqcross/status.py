@@ -54,8 +54,40 @@ class ClusterStatus:
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClusterStatus:
-        """Rebuild the record from :meth:`to_json` data."""
-        return cls(**{**data, "shards": tuple(data["shards"])})
+        """Rebuild the record from :meth:`to_json` data; ValueError says what is malformed.
+
+        The records come from machines, so each field is checked: one machine's broken
+        (or lying) answer must fail alone, never the status of the whole fleet.
+        """
+        if not isinstance(data, dict):
+            raise ValueError(f"a cluster record must be an object, not {type(data).__name__}")
+        missing = sorted(_CLUSTER_FIELDS.keys() - data.keys())
+        if missing:
+            raise ValueError(f"cluster record lacks {missing}")
+        for name, kinds in _CLUSTER_FIELDS.items():
+            value = data[name]
+            if type(value) not in kinds:  # bool is not an int here, nor an int a bool
+                raise ValueError(f"cluster record field {name!r} is {value!r}")
+        shards = data["shards"]
+        if not all(type(shard) is int for shard in shards):
+            raise ValueError(f"cluster record field 'shards' is {shards!r}")
+        return cls(**{name: data[name] for name in _CLUSTER_FIELDS} | {"shards": tuple(shards)})
+
+
+_NUMBER = (int, float)
+_CLUSTER_FIELDS: dict[str, tuple[type, ...]] = {
+    "id": (int,),
+    "shards": (list, tuple),
+    "pid": (int, type(None)),
+    "state": (str,),
+    "guilds": (int, type(None)),
+    "restarts": (int,),
+    "started_at": (*_NUMBER, type(None)),
+    "uptime": (*_NUMBER, type(None)),
+    "last_heartbeat": (*_NUMBER, type(None)),
+    "exit_code": (int, type(None)),
+}
+"""Each field of a cluster record on the wire, and the types it may have."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -86,6 +86,7 @@ class BridgeCore:
         self._events = events
         self._settings = settings
         self._beacon_seq = 0
+        self._probing = False
         gate = Gate(outgoing, self.observers)
         self._gate = gate
         self.router = Router(
@@ -225,6 +226,8 @@ class BridgeCore:
     # ------------------------------------------------------------------ the fleet
 
     def _on_shard_data(self, peer: Peer, msg: ShardDataRequest) -> None:
+        if not self._gate.allowed(peer, "host", msg.id):
+            return
         try:
             data = self.fleet.grant(peer, max_clusters=msg.max_clusters)
         except ConfigurationError as exc:
@@ -295,8 +298,36 @@ class BridgeCore:
         """Some peer's TCP connection closed: find out which, in milliseconds, not a heartbeat timeout."""
         # A send to a routing id whose pipe is gone fails at once with ROUTER_MANDATORY; libzmq
         # retires the pipe shortly after the event, hence a probe now and one a little later.
+        # Closes that come while a round is pending join it: a flood of refused handshakes
+        # costs at most one round per PROBE_DELAYS[-1] seconds, not one per close.
+        if self._probing:
+            return
+        self._probing = True
         for delay in PROBE_DELAYS:
-            self._clock.call_later(delay, self.probe_peers)
+            self._clock.call_later(delay, self._probe_round, delay == PROBE_DELAYS[-1])
+
+    def _probe_round(self, last: bool) -> None:
+        if last:
+            self._probing = False
+        self.probe_peers()
+
+    def recheck_keys(self) -> None:
+        """The allow-list may have changed: end the sessions of keys no longer in it.
+
+        A revoked key's machine ids are released too, so a new key can take them over.
+        """
+        key_name = self._settings.key_name
+        if key_name is None:
+            return
+        registry = self.fleet.registry
+        for user_id in registry.bound_keys():
+            if key_name(user_id) is None:
+                registry.unbind_key(user_id)
+        for peer in registry:
+            if peer.user_id is not None and key_name(peer.user_id) is None:
+                reason = f"CURVE key {peer.info.key!r} was removed from the allow-list"
+                self._outgoing.send(peer.routing_id, Goodbye(reason=f"this client's {reason}", retry=False))
+                self.drop(peer, reason)
 
     def probe_peers(self) -> None:
         """Send every peer a beacon over the ROUTER (a lost one fails the send)."""

@@ -193,7 +193,16 @@ class FleetState:
         machines = []
         for peer in self.registry:
             answer = answers.get(peer.info.id, [])
-            failed = isinstance(answer, BaseException)
+            clusters: tuple[ClusterStatus, ...] = ()
+            error = str(answer) if isinstance(answer, BaseException) else None
+            if error is None:
+                try:
+                    if not isinstance(answer, list):
+                        raise ValueError(f"expected a list of cluster records, not {type(answer).__name__}")
+                    clusters = tuple(ClusterStatus.from_json(c) for c in answer)
+                except ValueError as exc:
+                    error = f"malformed status from this machine: {exc}"
+                    log.warning("machine %r answered the status query with a %s", peer.info.id, error[:300])
             machines.append(
                 MachineStatus(
                     id=peer.info.id,
@@ -204,8 +213,8 @@ class FleetState:
                     stale=peer.plan_version is not None and peer.plan_version != plan.version,
                     standby=peer.standby,
                     leaving=peer.leaving,
-                    clusters=() if failed else tuple(ClusterStatus.from_json(c) for c in answer),
-                    error=str(answer) if failed else None,
+                    clusters=clusters,
+                    error=error,
                 )
             )
         snapshot: dict[str, Any] = self.placement.snapshot()

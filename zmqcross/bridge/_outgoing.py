@@ -26,6 +26,9 @@ class Outgoing(Protocol):
     def publish(self, msg: Message) -> None:
         """Publish to every subscriber; lost without a trace by a slow one (beacons only)."""
 
+    def reachable(self, route: bytes) -> bool:
+        """Whether ``route``'s connection is still there (a probe sent now did not fail)."""
+
 
 @dataclass(slots=True)
 class BridgeCounters:

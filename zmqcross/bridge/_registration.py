@@ -101,33 +101,73 @@ class Registrar:
             problem = check_name(what, value)
             if problem:
                 return refuse(ProtocolError(problem))
+        if current is not None and (msg.machine_id, msg.agent) != (current.info.id, current.info.agent):
+            # Who a connection is was settled when it registered; changing it here would
+            # strand the clusters the old id holds, or shop for another agent's rights.
+            return refuse(
+                AuthenticationError(
+                    f"this connection registered as machine {current.info.id!r} (agent {current.info.agent!r}); "
+                    f"a connection cannot change its machine id or agent to {msg.machine_id!r} "
+                    f"(agent {msg.agent!r}): connect anew"
+                )
+            )
+        key_name = None
+        if settings.key_name is not None:
+            key_name = settings.key_name(user_id) if user_id else None
+            if key_name is None:
+                return refuse(
+                    AuthenticationError(
+                        "this connection's CURVE key is not in the allow-list (it was removed): "
+                        "connect with an allowed key"
+                    )
+                )
         fleet = self._fleet
         admission = fleet.registry.admit(routing_id=route, client_id=msg.machine_id, user_id=user_id)
         if not admission.accepted:
             return refuse(AuthenticationError(admission.reason or "refused"))
         if admission.replaces is not None:
             old = admission.replaces
+            if settings.key_name is None and self._outgoing.reachable(old.routing_id):
+                # Without CURVE a token is all a newcomer shows, so it cannot push a live
+                # machine out (the real one would be told to stop for good). A restarted
+                # process finds its predecessor's connection gone and is let in.
+                return refuse(
+                    AuthenticationError(
+                        f"machine id {msg.machine_id!r} is in use by a live connection from {old.info.address}; "
+                        "two processes cannot share a machine id (if the old one has just died, try again)"
+                    )
+                )
             reason = f"replaced by a new connection for machine id {msg.machine_id!r} from {address}"
             self._outgoing.send(
                 old.routing_id, Goodbye(reason=reason + "; give each process its own machine_id", retry=False)
             )
             self._drop(old, reason)
-        key_name = settings.key_name(user_id) if settings.key_name is not None and user_id else None
-        refresh = current is not None and current.info.id == msg.machine_id
+        refresh = current is not None
+        permissions = settings.policy.permissions(agent=msg.agent, key=key_name)
         info = ClientInfo(
             id=msg.machine_id,
             agent=msg.agent,
             initial_data=msg.initial_data,
             address=address,
             key=key_name,
-            connected_at=current.info.connected_at if refresh and current is not None else clock.time(),
-            permissions=settings.policy.permissions(agent=msg.agent, key=key_name),
+            connected_at=current.info.connected_at if current is not None else clock.time(),
+            permissions=permissions,
         )
-        notice = fleet.claim(msg.machine_id, msg.hosting) if msg.hosting is not None else None
-        peer = Peer(route, info, user_id, clock.monotonic(), fleet.placement.held_by(msg.machine_id))
+        hosts = "host" in permissions
+        notice = None
         if msg.hosting is not None:
+            if hosts:
+                notice = fleet.claim(msg.machine_id, msg.hosting)
+            else:
+                notice = (
+                    f"claim refused: client {msg.machine_id!r} (key {key_name!r}) may not host clusters; "
+                    "give its key the 'host' permission"
+                )
+                log.warning("%s", notice)
+        peer = Peer(route, info, user_id, clock.monotonic(), fleet.placement.held_by(msg.machine_id))
+        if msg.hosting is not None and hosts:
             peer.plan_version = msg.hosting.plan_version
-        if refresh and current is not None:
+        if current is not None:
             peer.standby, peer.leaving = current.standby, current.leaving
         fleet.registry.add(peer)
         self._outgoing.send(
@@ -150,7 +190,12 @@ class Registrar:
         if not refresh:
             log.info("client %r (agent %r) connected from %s", info.id, info.agent, address)
             self._events.emit("connect", info, msg.initial_data)
-        if msg.hosting is not None and msg.hosting.plan_version != fleet.plan.version and not peer.clusters:
+        if (
+            hosts
+            and msg.hosting is not None
+            and msg.hosting.plan_version != fleet.plan.version
+            and not peer.clusters
+        ):
             # It runs another plan (the bridge came back with new options): give it a share
             # of this plan. With rolling restarts it switches over; without, it stays stale.
             assignment = fleet.assign(peer, "the bridge's shard plan changed")

@@ -19,7 +19,14 @@ from .._clock import Clock
 from .._events import EventEmitter, Handler
 from .._fanout import FanOut, FanOuts, Gather, hop_deadline, select_clusters
 from .._requests import OpenRequests
-from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
+from ..errors import (
+    ClientNotFound,
+    ConfigurationError,
+    ConnectionLost,
+    ProtocolError,
+    RequestTimeout,
+    ZmqcrossError,
+)
 from ..messages import IncomingRequest, serve_request
 from ..planning import shard_for_guild
 from ..protocol import (
@@ -39,6 +46,7 @@ from ..security import ACTIONS
 from ._fleet import FleetState
 from ._observers import Gate, Observers
 from ._outgoing import Outgoing
+from ._settings import MAX_OPEN_PER_PEER, MAX_TIMEOUT
 
 __all__ = ["ClientFilter", "Router", "Service", "ServiceHandler", "ServiceOwner"]
 
@@ -67,6 +75,50 @@ class Service:
     owner: ServiceOwner | None = None
 
 
+class Budget:
+    """How many requests each peer has open here; over :data:`MAX_OPEN_PER_PEER`, the next is refused."""
+
+    __slots__ = ("_open", "_outgoing")
+
+    def __init__(self, outgoing: Outgoing) -> None:
+        self._open: dict[bytes, int] = {}
+        self._outgoing = outgoing
+
+    def take(
+        self, peer: Peer, request_id: int, respond: Callable[[Message], object]
+    ) -> Callable[[Message], object] | None:
+        """``respond``, counting until it is called once; None (and the peer told why) when over budget."""
+        route = peer.routing_id
+        count = self._open.get(route, 0)
+        if count >= MAX_OPEN_PER_PEER:
+            error = ProtocolError(
+                f"client {peer.info.id!r} has {count} open requests at the bridge, the most one peer may "
+                f"have (MAX_OPEN_PER_PEER); wait for answers before sending more"
+            )
+            log.warning("%s", error.message)
+            self._outgoing.send(route, readdress(error, request_id))
+            return None
+        self._open[route] = count + 1
+        done = False
+
+        def settle(msg: Message) -> object:
+            nonlocal done
+            if not done:
+                done = True
+                left = self._open.get(route, 1) - 1
+                if left:
+                    self._open[route] = left
+                else:
+                    self._open.pop(route, None)
+            return respond(msg)
+
+        return settle
+
+    def open_for(self, route: bytes) -> int:
+        """How many requests ``route`` has open."""
+        return self._open.get(route, 0)
+
+
 class Router:
     """Requests, evals and guild requests: checked, then answered here or sent on."""
 
@@ -93,6 +145,7 @@ class Router:
         self._events = events
         self._limits = limits
         self._services: dict[str, Service] = {}
+        self._budget = Budget(outgoing)
 
     # ------------------------------------------------------------------ services
 
@@ -120,12 +173,18 @@ class Router:
         if msg.deadline < self._clock.time():
             log.debug("dropped eval %d from %r: its deadline passed in transit", msg.id, peer.info.id)
             return
-        self.fan_out(msg, functools.partial(self._outgoing.send, peer.routing_id))
+        respond = self._budget.take(peer, msg.id, functools.partial(self._outgoing.send, peer.routing_id))
+        if respond is not None:
+            self.fan_out(msg, respond)
 
     def fan_out(
         self, msg: EvalRequest, respond: Callable[[Message], object], accept: ClientFilter | None = None
     ) -> None:
-        """Send an eval to the machines holding its clusters; ``respond`` gets exactly one answer."""
+        """Send an eval to the machines holding its clusters; ``respond`` gets exactly one answer.
+
+        Each machine is sent only the clusters it runs, and the gather takes a slot only
+        from the machine it was sent to: a machine cannot answer for another's clusters.
+        """
         respond = self._observers.wrap("eval", respond)
         fleet = self._fleet
         try:
@@ -143,26 +202,37 @@ class Router:
                 gather.fail([cid], ConnectionLost(f"cluster {cid} is not running on any connected machine"))
                 continue
             by_machine.setdefault(peer.routing_id, []).append(cid)
-        # One id, one timer and one encoding for the whole fan-out: every machine gets the
-        # same frames and answers for the listed clusters it runs.
+        # One id and one timer for the whole fan-out. Every frame is encoded and checked
+        # before anything opens, so an eval that cannot be sent (a context nested deeper
+        # than the encoder allows) is refused at once and leaves nothing behind.
+        now = self._clock.time()
+        deadline = min(msg.deadline, now + MAX_TIMEOUT)
+        hop = hop_deadline(deadline, now)
         fan_id = self._open.next_id()
-        deadline = self._fanouts.launch(
+        sends = []
+        try:
+            for route, clusters in by_machine.items():
+                frames = encode(
+                    dataclasses.replace(
+                        msg, id=fan_id, deadline=hop, clusters=tuple(clusters), shards=None, guild_id=None
+                    )
+                )
+                check_limits(frames, self._limits)
+                sends.append((route, frames))
+        except ZmqcrossError as exc:
+            respond(readdress(exc, msg.id))
+            return
+        launched = self._fanouts.launch(
             fan_id,
             FanOut(msg.id, gather, by_machine, respond),
-            deadline=msg.deadline,
-            now=self._clock.time(),
+            deadline=deadline,
+            now=now,
             call_later=self._clock.call_later,
             error=RequestTimeout("its machine did not answer before the deadline"),
         )
-        if deadline is None:
+        if launched is None:
             return
-        frames = encode(
-            dataclasses.replace(
-                msg, id=fan_id, deadline=deadline, clusters=tuple(targets), shards=None, guild_id=None
-            )
-        )
-        check_limits(frames, self._limits)
-        for route in list(by_machine):
+        for route, frames in sends:
             self._outgoing.queue(route, frames)
 
     # ------------------------------------------------------------------ guild requests
@@ -173,7 +243,9 @@ class Router:
             return
         if msg.deadline < self._clock.time():
             return
-        self.route_guild(msg, functools.partial(self._outgoing.send, peer.routing_id))
+        respond = self._budget.take(peer, msg.id, functools.partial(self._outgoing.send, peer.routing_id))
+        if respond is not None:
+            self.route_guild(msg, respond)
 
     def route_guild(self, msg: GuildRequest, respond: Callable[[Message], object]) -> None:
         """Relay a guild request to the machine running the guild's shard; ``respond`` gets the answer."""
@@ -195,7 +267,7 @@ class Router:
             respond(readdress(error, msg.id))
             return
         now = self._clock.time()
-        deadline = hop_deadline(msg.deadline, now)
+        deadline = hop_deadline(min(msg.deadline, now + MAX_TIMEOUT), now)
         sub_id = self._open.next_id()
         self._open.add(
             request_id=sub_id,
@@ -220,16 +292,18 @@ class Router:
         if msg.deadline < self._clock.time():
             log.debug("dropped request %d from %r: its deadline passed in transit", msg.id, peer.info.id)
             return
+        answer = self._budget.take(peer, msg.id, functools.partial(self._outgoing.send, peer.routing_id))
+        if answer is None:
+            return
         if msg.target is not None or msg.agent is not None:
-            self._relay(peer, msg)
+            self._relay(peer, msg, answer)
             return
         request = IncomingRequest(
             msg.data,
             request_id=msg.id,
-            deadline=msg.deadline,
+            deadline=min(msg.deadline, self._clock.time() + MAX_TIMEOUT),
             respond=self._observers.wrap(
-                f"service:{msg.service}" if service is not None else "request",
-                functools.partial(self._outgoing.send, peer.routing_id),
+                f"service:{msg.service}" if service is not None else "request", answer
             ),
             client=peer.info,
         )
@@ -243,24 +317,21 @@ class Router:
             )
         serve_request(request, handlers, (request, peer.info), self._events, event, missing=missing)
 
-    def _relay(self, origin: Peer, msg: Request) -> None:
+    def _relay(self, origin: Peer, msg: Request, answer: Callable[[Message], object]) -> None:
         try:
             target = self.find_target(msg.target, msg.agent)
         except ClientNotFound as exc:
-            self._outgoing.send(
-                origin.routing_id,
-                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)),
-            )
+            answer(ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False)))
             return
         origin_id = msg.id
-        observed = self._observers.wrap("relay", functools.partial(self._outgoing.send, origin.routing_id))
+        observed = self._observers.wrap("relay", answer)
 
         def forward(outcome: Any) -> None:
             observed(readdress(outcome, origin_id))  # body bytes pass through untouched
 
         # Answer a little before the caller gives up, so it hears which hop was slow.
         now = self._clock.time()
-        deadline = hop_deadline(msg.deadline, now)
+        deadline = hop_deadline(min(msg.deadline, now + MAX_TIMEOUT), now)
         request_id = self._open.next_id()
         self._open.add(
             request_id=request_id,

@@ -9,7 +9,20 @@ from typing import Protocol
 from ..protocol import Limits
 from ..security import AccessPolicy
 
-__all__ = ["CoreSettings", "Origin"]
+__all__ = ["MAX_OPEN_PER_PEER", "MAX_TIMEOUT", "CoreSettings", "Origin"]
+
+MAX_TIMEOUT = 600.0
+"""Longest a request may stay open at the bridge, whatever deadline its sender wrote.
+
+A peer's deadline is its own word; without a cap, requests that never expire pile up
+(issue 14: 300,000 open requests held 380 MB). Ten minutes covers the slowest honest
+broadcast eval; ``Bridge(request_timeout=...)`` must not exceed it."""
+
+MAX_OPEN_PER_PEER = 2048
+"""Most requests, evals and guild requests one peer may have open at the bridge at once.
+
+The benchmark keeps 32 in flight; a machine relaying for all of its clusters stays far
+below. A peer over it is answered with an error for each extra request, not queued."""
 
 
 class Origin(Protocol):

@@ -223,8 +223,22 @@ class BridgeShell:
             await asyncio.sleep(self._heartbeat_interval)
             try:
                 core.tick()
+                self._refresh_keys(core)
             except Exception:  # the heartbeat must outlive any one bad tick
                 log.exception("bridge heartbeat tick failed")
+
+    def _refresh_keys(self, core: BridgeCore) -> None:
+        # A key deleted from the allow-list folder is refused by ZAP and loses its live
+        # sessions within one heartbeat interval (a stat of the folder when nothing changed).
+        curve = self._curve
+        if curve is None or curve.allow_dir is None:
+            return
+        before = curve.allowed
+        if curve.reload() is before:
+            return
+        if self._zap is not None:
+            self._zap.refresh()
+        core.recheck_keys()
 
     def _on_monitor(self, event: Any) -> None:
         if event.event == zmq.EVENT_DISCONNECTED:
@@ -281,6 +295,12 @@ class BridgeShell:
             if self._router_pump is not None:
                 self._router_pump.kick()
         return True
+
+    def reachable(self, route: bytes) -> bool:
+        """Probe ``route`` now: with ROUTER_MANDATORY a send to a vanished peer fails at once."""
+        if self._core is None:
+            return False
+        return self.send_direct(route, encode(self._core.beacon()))
 
     def publish(self, msg: Message) -> None:
         """Publish ``msg`` on the PUB socket; a full queue drops it (beacons repeat)."""

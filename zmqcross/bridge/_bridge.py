@@ -45,7 +45,7 @@ from ._fleet import PLAN_OPTIONS, FleetState
 from ._observers import Observer
 from ._outgoing import BridgeCounters
 from ._routing import ClientFilter, Service, ServiceHandler, ServiceOwner
-from ._settings import CoreSettings
+from ._settings import MAX_TIMEOUT, CoreSettings
 from ._shell import BridgeShell, endpoint
 
 if TYPE_CHECKING:
@@ -134,6 +134,10 @@ class Bridge:
                 )
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise ConfigurationError("heartbeat_interval must be positive and shorter than heartbeat_timeout")
+        if not 0 < request_timeout <= MAX_TIMEOUT:
+            raise ConfigurationError(
+                f"request_timeout must be positive and at most {MAX_TIMEOUT:g} s (MAX_TIMEOUT), not {request_timeout!r}"
+            )
         if total_shards != "auto" and type(total_shards) is not int:
             raise ConfigurationError(
                 f'total_shards must be a positive integer or "auto", not {total_shards!r}'

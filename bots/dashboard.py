@@ -7,7 +7,8 @@ eval latency, refreshed every second, with a guild lookup (``/?guild=ID``). The 
 behind it is at /api/fleet and /api/guild/ID. It reads the settings of `zmqcross
 dashboard` (bots/settings.py): --host/--port or ZMQCROSS_DASHBOARD_HOST and
 ZMQCROSS_DASHBOARD_PORT say where the page is served (default 127.0.0.1:8080; 0 picks a
-free port), --client-id/ZMQCROSS_DASHBOARD_ID its id, --key-name its CURVE key.
+free port), --allowed-hosts/ZMQCROSS_DASHBOARD_ALLOWED_HOSTS more names it answers to,
+--client-id/ZMQCROSS_DASHBOARD_ID its id, --key-name its CURVE key.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import signal
 from settings import Settings, main
 
 from zmqcross.cli.admin import admin_client
-from zmqcross.dashboard import Dashboard
+from zmqcross.dashboard.serve import build_dashboard
 
 
 async def serve(settings: Settings) -> None:
@@ -28,8 +29,7 @@ async def serve(settings: Settings) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with client:
-        dashboard = Dashboard(client, host=settings["dashboard_host"], port=settings["dashboard_port"])
-        async with dashboard:
+        async with build_dashboard(client, settings) as dashboard:
             print(f"[dashboard] serving {dashboard.url}", flush=True)
             await stop.wait()
 

@@ -188,6 +188,26 @@ def test_bad_flag_is_a_usage_error() -> None:
     assert "argument --total-shards: 'many' is neither a positive integer nor \"auto\"" in result.stderr
 
 
+def test_dashboard_allowed_hosts_from_file_environment_and_flags(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        'auth_token = "t"\n[dashboard]\ndashboard_allowed_hosts = ["Dash.Example.com", "10.0.0.5"]\n'
+    )
+    argv = ["dashboard", "--config", str(config)]
+    assert configure(argv, {}).settings["dashboard_allowed_hosts"] == ("dash.example.com", "10.0.0.5")
+    env = {"ZMQCROSS_DASHBOARD_ALLOWED_HOSTS": "ops.lan, proxy.lan"}
+    assert configure(argv, env).settings["dashboard_allowed_hosts"] == ("ops.lan", "proxy.lan")
+    assert configure([*argv, "--allowed-hosts", "*"], env).settings["dashboard_allowed_hosts"] == ("*",)
+    assert configure(["dashboard"], {"ZMQCROSS_AUTH_TOKEN": "t"}).settings["dashboard_allowed_hosts"] is None
+    with pytest.raises(
+        ConfigurationError,
+        match="'dash.lan:8080' is not a host name .give the name only: no scheme, path or port",
+    ):
+        configure(
+            ["dashboard"], {"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_DASHBOARD_ALLOWED_HOSTS": "dash.lan:8080"}
+        )
+
+
 # --------------------------------------------------------------------------- one path for bots/ and the CLI
 
 

@@ -325,6 +325,65 @@ async def test_dashboard_in_process_reports_a_refused_eval_and_a_lost_bridge() -
         assert snap["fleet"] is None and snap["latency"]["error"]["code"] == "connection_lost"
 
 
+async def get_with(url: str, **headers: str) -> tuple[int, str]:
+    async with aiohttp.ClientSession() as session, session.get(url, headers=headers) as response:
+        return response.status, await response.text()
+
+
+@module_loop
+async def test_foreign_hosts_and_origins_are_refused() -> None:
+    # DNS rebinding: a page on evil.example re-resolves its name to 127.0.0.1 and reads the
+    # dashboard as its own origin; the browser then sends Host: evil.example. A page that
+    # calls the dashboard cross-origin sends its own Origin. Neither may read the fleet or
+    # start a guild request.
+    port = free_port()
+    asked: list[str] = []
+    bridge = Bridge(auth_token=TOKEN, port=port, total_shards=2)
+    bridge.observe(lambda kind, outcome, seconds: asked.append(kind))
+    client = Client(auth_token=TOKEN, port=port, agent="dashboard", machine_id="d")
+    dashboard = Dashboard(client, port=0, interval=0.2, allowed_hosts=["dash.internal"])
+    async with bridge, client, dashboard:
+        await dashboard.wait_snapshot()
+        here = f"127.0.0.1:{dashboard.port}"
+        fleet, guild = dashboard.url + "api/fleet", dashboard.url + f"api/guild/{LOOKED_UP}"
+        for url in (dashboard.url, fleet, guild):
+            status, body = await get_with(url, Host=f"evil.example:{dashboard.port}")
+            assert status == 403 and "evil.example" in body and "machines" not in body
+            status, body = await get_with(url, Origin="http://evil.example")
+            assert status == 403 and "http://evil.example" in body
+        for origin in ("null", f"http://localhost:{dashboard.port}", "http://127.0.0.1:1"):  # not this origin
+            assert (await get_with(fleet, Origin=origin))[0] == 403, origin
+        assert (await get_with(fleet, **{"Sec-Fetch-Site": "cross-site"}))[0] == 403
+        assert "guild_request" not in asked  # refused before any work
+
+        # What the page and its operator send still works.
+        assert (await get_with(fleet))[0] == 200
+        same = {"Origin": f"http://{here}", "Sec-Fetch-Site": "same-origin"}
+        assert (await get_with(fleet, **same))[0] == 200
+        for host in (f"localhost:{dashboard.port}", "localhost", f"[::1]:{dashboard.port}", "dash.internal"):
+            assert (await get_with(fleet, Host=host))[0] == 200, host
+        navigate = {"Sec-Fetch-Site": "cross-site", "Sec-Fetch-Mode": "navigate"}
+        assert (await get_with(dashboard.url, **navigate))[0] == 200  # a link to the page from elsewhere
+        assert (await get_with(guild, **same))[0] == 502  # let through: no machine runs the guild
+        assert "guild_request" in asked
+
+
+@module_loop
+async def test_a_dashboard_bound_beyond_loopback_warns(caplog: pytest.LogCaptureFixture) -> None:
+    client = Client(auth_token=TOKEN, port=free_port(), agent="dashboard", machine_id="d")
+    caplog.set_level("WARNING", logger="zmqcross.dashboard")
+    async with Dashboard(client, host="127.0.0.1", port=0, interval=60):
+        pass
+    assert not [r for r in caplog.records if r.name == "zmqcross.dashboard"]
+    async with Dashboard(client, host="0.0.0.0", port=0, interval=60) as dashboard:
+        warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert any("every interface" in w and "0.0.0.0" in w for w in warnings), warnings
+        # reached by the machine's address, which no rebinding page can use as its name
+        by_address = f"10.1.2.3:{dashboard.port}"
+        assert (await get_with(f"http://127.0.0.1:{dashboard.port}/", Host=by_address))[0] == 200
+    await client.close()
+
+
 # --------------------------------------------------------------------------- chromium
 
 

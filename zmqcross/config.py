@@ -47,6 +47,8 @@ __all__ = [
     "cache_paths",
     "cache_paths_data",
     "check_file",
+    "host_names",
+    "host_names_data",
     "load_file",
     "log_level",
     "non_negative_number",
@@ -192,6 +194,29 @@ def log_level(value: str) -> str:
     if name not in ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"):
         raise ValueError(f"{value!r} is not a log level (DEBUG, INFO, WARNING, ERROR, CRITICAL)")
     return name
+
+
+def _host_name(name: str) -> str:
+    if not name:
+        raise ValueError("an empty host name")
+    if "/" in name or "@" in name or (name.count(":") == 1 and not name.startswith("[")):
+        raise ValueError(f"{name!r} is not a host name (give the name only: no scheme, path or port)")
+    return name.lower()
+
+
+def host_names(value: str) -> tuple[str, ...]:
+    """Host names, separated by commas or spaces: ``dash.example.com,10.0.0.5`` (``*``: any)."""
+    names = tuple(_host_name(n) for n in value.replace(",", " ").split())
+    if not names:
+        raise ValueError("no host name given")
+    return names
+
+
+def host_names_data(value: Any) -> tuple[str, ...]:
+    """Host names as TOML data: ``["dash.example.com", "10.0.0.5"]``."""
+    if not isinstance(value, list) or not all(isinstance(n, str) for n in value):
+        raise ValueError(f'a list of host names like ["dash.example.com"], not {value!r}')
+    return tuple(_host_name(n.strip()) for n in value)
 
 
 # --------------------------------------------------------------------------- cache paths

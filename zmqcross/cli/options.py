@@ -20,6 +20,8 @@ from ..config import (
     boolean,
     cache_paths,
     cache_paths_data,
+    host_names,
+    host_names_data,
     log_level,
     non_negative_number,
     port,
@@ -314,6 +316,17 @@ DASHBOARD = (
         "the web page's TCP port (0: any free port)",
         default=8080,
         flag="--port",
+    ),
+    Setting(
+        "dashboard_allowed_hosts",
+        "ZMQCROSS_DASHBOARD_ALLOWED_HOSTS",
+        host_names,
+        "more names the page is reached by (a proxy's, the machine's DNS name), comma-separated; a "
+        "request naming another Host is refused (DNS rebinding), as is one from another Origin; "
+        "localhost and IP addresses are always answered; * answers any Host; in TOML also a list",
+        flag="--allowed-hosts",
+        metavar="NAMES",
+        parse_data=host_names_data,
     ),
 )
 

@@ -12,7 +12,7 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, Self
 
 from aiohttp import web
@@ -21,6 +21,7 @@ from .._httpsite import HttpSite
 from ..client import Client
 from ..errors import ConnectionLost, RequestTimeout, ZmqcrossError
 from ..status import FleetStatus, summarize
+from .guard import RequestGuard, exposure
 from .latency import LatencyWindow
 from .page import PAGE
 
@@ -71,6 +72,12 @@ class Dashboard:
     p50/p99 over the last ``window`` probes and which clusters answered) and
     ``/api/guild/ID`` (``request_to_guild(lookup(ID))`` and its answer or error).
     ``port=0`` picks a free port, readable from :attr:`port` after :meth:`start`.
+
+    Requests another web site could have made are answered 403 (see
+    :mod:`zmqcross.dashboard.guard`): a ``Host`` that is not loopback, an IP address,
+    ``host`` or one of ``allowed_hosts`` (DNS rebinding), or an ``Origin`` other than the
+    dashboard's own. Bound beyond loopback, :meth:`start` logs a warning: the page has
+    no login, and whoever reaches the port can read the fleet and ask guild requests.
     """
 
     def __init__(
@@ -83,11 +90,13 @@ class Dashboard:
         window: int = DEFAULT_WINDOW,
         timeout: float = 5.0,
         lookup: LookupBuilder = guild_lookup,
+        allowed_hosts: Iterable[str] = (),
     ) -> None:
         if not interval > 0:
             raise ValueError(f"interval must be a positive number of seconds, not {interval!r}")
         self.client = client
         self._site = HttpSite(host, port)
+        self._guard = RequestGuard.for_site(host, allowed_hosts)
         self._interval = float(interval)
         self._timeout = float(timeout)
         self._lookup = lookup
@@ -111,7 +120,7 @@ class Dashboard:
 
     def app(self) -> web.Application:
         """The aiohttp application (to mount it in another app, or test it)."""
-        app = web.Application()
+        app = web.Application(middlewares=[self._refuse_other_sites])
         app.router.add_get("/", self._page)
         app.router.add_get("/api/fleet", self._fleet)
         app.router.add_get("/api/guild/{guild_id}", self._guild)
@@ -122,6 +131,15 @@ class Dashboard:
         if self._site.started:
             raise RuntimeError("this dashboard is already started")
         await self._site.start(self.app())
+        exposed = exposure(self._site.host)
+        if exposed is not None:
+            log.warning(
+                "the dashboard %s (port %d): it has no login, and anyone who can reach that port can "
+                "read the fleet and send guild requests; bind 127.0.0.1 and put an authenticating "
+                "proxy in front to serve it to others",
+                exposed,
+                self.port,
+            )
         self._task = asyncio.get_running_loop().create_task(self._probe_loop())
 
     async def close(self) -> None:
@@ -230,6 +248,24 @@ class Dashboard:
             await asyncio.sleep(max(self._interval - (loop.time() - began), 0.05))
 
     # ------------------------------------------------------------------ routes
+
+    @web.middleware
+    async def _refuse_other_sites(
+        self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+    ) -> web.StreamResponse:
+        headers = request.headers
+        why = self._guard.refusal(
+            host=headers.get("Host"),
+            origin=headers.get("Origin"),
+            fetch_site=headers.get("Sec-Fetch-Site"),
+            fetch_mode=headers.get("Sec-Fetch-Mode"),
+            page=request.path == "/",
+        )
+        if why is None:
+            return await handler(request)
+        log.info("refused %s %s: %s", request.method, request.path, why)
+        error = {"type": "Forbidden", "code": "forbidden", "message": why}
+        return _json({"ok": False, "error": error}, status=403)
 
     async def _page(self, request: web.Request) -> web.Response:
         return web.Response(

@@ -19,7 +19,8 @@ import zmq.auth
 from conftest import free_port
 from netkit import ROOT, Service, clean_env
 
-from zmqcross import CacheClient, Client, ConfigurationError, FleetStatus, generate_keypair
+from zmqcross import AccessPolicy, CacheClient, Client, ConfigurationError, FleetStatus, generate_keypair
+from zmqcross.security import ACTIONS
 from zmqcross._cachestore import DEFAULT_MAX_SIZE, CachePath, decode_snapshot
 from zmqcross.cli import configure
 from zmqcross.cli.options import COMMANDS, cache_options
@@ -576,6 +577,9 @@ def test_a_fleet_of_commands_with_curve_a_config_file_and_clean_shutdowns(tmp_pa
     config.write_text(
         f'auth_token = "from-the-file"\nkeys = "{keys}"\nbridge_port = {port}\npub_port = {free_port()}\n'
         "[bridge]\ntotal_shards = 4\nshards_per_cluster = 2\n"
+        # CURVE keys get request and cache unless named: the machine hosts, the operator's key administers
+        '[bridge.permissions.keys]\n"machine-*" = ["host", "eval", "request", "cache"]\n'
+        'dashboard = ["admin", "request", "cache"]\n'
         f'[machine]\nmachine_id = "machine-1"\nbot_file = "{ROOT / "tests" / "fleet_bot.py"}"\nspawn_delay = 0\n'
     )
     env = clean_env(ZMQCROSS_CONFIG=str(config), ZMQCROSS_LOG_LEVEL="WARNING")
@@ -588,6 +592,10 @@ def test_a_fleet_of_commands_with_curve_a_config_file_and_clean_shutdowns(tmp_pa
         services.append(bridge)
         bridge.wait_line(r"listening on tcp://127\.0\.0\.1:\d+ .*CURVE on")
         bridge.wait_line(r"plan \w+: 4 shards in 2 clusters for 1 machines")
+        bridge.wait_line(
+            r"permissions by CURVE key: machine-\*: cache,eval,host,request; dashboard: admin,cache,request; "
+            "any other key: cache,request"
+        )
         machine = Service("machine", ["-m", "zmqcross", "machine", "--discord-api", api], env=env)
         services.append(machine)
         for line in ("0/2 clusters ready", "1/2 clusters ready", "2/2 clusters ready"):
@@ -651,3 +659,74 @@ def test_demo_runs_from_anywhere(tmp_path: Path) -> None:
     assert "[dashboard] total: 2000 guilds on 4 clusters" in result.stdout
     assert re.search(r"request_to_guild\(\d+\) -> 'Guild 1234'", result.stdout)
     assert re.search(r"\[demo\] done in [\d.]+ s", result.stdout)
+
+
+# --------------------------------------------------------------------------- permissions
+
+
+def test_permissions_from_file_environment_and_flags(tmp_path: Path) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(
+        'auth_token = "t"\n'
+        "[bridge.permissions]\n"
+        'default = ["request"]\n'
+        'token = ["request", "cache"]\n'
+        "[bridge.permissions.keys]\n"
+        '"machine-*" = ["host", "eval", "request", "cache"]\n'
+        'ops = "all"\n'
+        "[bridge.permissions.agents]\n"
+        'dashboard = ["request", "cache"]\n'
+    )
+    argv = ["bridge", "--config", str(config)]
+    policy = configure(argv, {}).settings["permissions"]
+    assert policy == AccessPolicy(
+        keys={"machine-*": ["host", "eval", "request", "cache"], "ops": ACTIONS},
+        agents={"dashboard": ["request", "cache"]},
+        default=["request"],
+        token=["request", "cache"],
+    )
+    assert policy.for_key("machine-7") == {"host", "eval", "request", "cache"}
+    assert policy.for_key("stranger") == {"request"}
+
+    # the same as text in a variable or a flag: WHO=ACTIONS rules separated by ";"
+    text = "machine-*=host,eval,request,cache; ops=all; agent:dashboard=request,cache; default=request; token=none"
+    from_env = configure(argv, {"ZMQCROSS_PERMISSIONS": text}).settings["permissions"]
+    assert from_env == AccessPolicy(
+        keys={"machine-*": ["host", "eval", "request", "cache"], "ops": ACTIONS},
+        agents={"dashboard": ["request", "cache"]},
+        default=["request"],
+        token=[],
+    )
+    flagged = configure([*argv, "--permissions", "key:default=admin;host-1:bot=host"], {}).settings
+    assert flagged["permissions"] == AccessPolicy(keys={"default": ["admin"], "host-1:bot": ["host"]})
+    # nothing given: the bridge's own default policy
+    assert configure(["bridge"], {"ZMQCROSS_AUTH_TOKEN": "t"}).settings["permissions"] is None
+
+
+@pytest.mark.parametrize(
+    ("file", "env", "message"),
+    [
+        ("", {"ZMQCROSS_PERMISSIONS": "machine-*=host,evl"},
+         "$ZMQCROSS_PERMISSIONS: machine-*: unknown action 'evl'; actions are admin, cache, eval, host, request"),
+        ('[bridge.permissions]\ndefualt = ["request"]\n', {},
+         "fleet.toml [bridge] permissions: unknown key 'defualt'; the table takes default, token, keys, agents"),
+        ('[bridge.permissions.keys]\nops = ["root"]\n', {},
+         "fleet.toml [bridge] permissions: keys.ops: unknown action 'root'"),
+        ("[bridge.permissions.keys]\nops = 3\n", {},
+         'keys.ops: a list of actions like ["request", "cache"], or "all" or "none", not 3'),
+        ('[bridge.permissions]\nkeys = ["ops"]\n', {}, "permissions: keys is a table of NAME = [ACTIONS]"),
+        ("", {"ZMQCROSS_PERMISSIONS": "machine-*"}, "'machine-*' is not WHO=ACTIONS"),
+        ("", {"ZMQCROSS_PERMISSIONS": "ops=admin;ops=eval"}, "ops is given twice"),
+        ("", {"ZMQCROSS_PERMISSIONS": "ops="}, "ops: no action given (none grants nothing)"),
+        ("", {"ZMQCROSS_PERMISSIONS": " ; "}, "no permission rule given"),
+        ('[machine]\npermissions = "ops=all"\n', {}, "[machine] has unknown key 'permissions'"),
+    ],
+)  # fmt: skip
+def test_bad_permissions_say_what_and_where(
+    tmp_path: Path, file: str, env: dict[str, str], message: str
+) -> None:
+    config = tmp_path / "fleet.toml"
+    config.write_text(file)
+    with pytest.raises(ConfigurationError) as caught:
+        configure(["bridge", "--config", str(config), "--auth-token", "t"], env)
+    assert message in str(caught.value)

@@ -19,6 +19,12 @@ whose keys override them for that command only::
     cache_persist_path = "/var/lib/zmqcross/cache.json"
     cache_paths = [{ path = "guilds", max_size = 10000 }, { path = "cooldowns", ttl = 60 }]
 
+    [bridge.permissions]                  # what each CURVE key may do (zmqcross.AccessPolicy)
+    default = ["request", "cache"]        # a key not named below
+    [bridge.permissions.keys]
+    "machine-*" = ["host", "eval", "request", "cache"]
+    ops = "all"
+
     [machine]
     machine_id = "machine-1"
     bot_file = "/srv/bot/bot.py"
@@ -38,6 +44,7 @@ from typing import Any
 
 from ._cachestore import CachePath
 from .errors import ConfigurationError
+from .security import ACTIONS, AccessPolicy
 
 __all__ = [
     "CONFIG_ENV",
@@ -52,6 +59,8 @@ __all__ = [
     "load_file",
     "log_level",
     "non_negative_number",
+    "permissions",
+    "permissions_data",
     "port",
     "positive_int",
     "positive_number",
@@ -307,6 +316,105 @@ def cache_paths_data(value: Any) -> tuple[CachePath, ...]:
         fields = {k: v for k, v in item.items() if k != "path"}
         paths.append(_cache_path(item["path"], fields))
     return _distinct(paths)
+
+
+# --------------------------------------------------------------------------- permissions
+# A bridge's AccessPolicy as text (a flag, a variable): rules separated by ";", each
+# WHO=ACTIONS with the actions comma-separated, or all, or none. WHO is a CURVE key name or
+# fnmatch pattern (machine-*), default (a key no rule names), token (every peer when
+# CURVE is off), agent:NAME (narrows that agent), or key:NAME for a key named like one of
+# those words. In TOML also a table: [bridge.permissions] with default and token, and the
+# tables [bridge.permissions.keys] and [bridge.permissions.agents] of NAME = [ACTIONS].
+
+_POLICY_TABLE = ("default", "token", "keys", "agents")
+_ALL, _NONE = "all", "none"
+
+
+def _action_set(where: str, value: object) -> frozenset[str]:
+    if isinstance(value, str):
+        names = value.replace(",", " ").split()
+    elif isinstance(value, list) and all(isinstance(a, str) for a in value):
+        names = [a.strip() for a in value]
+    else:
+        raise ValueError(
+            f'{where}: a list of actions like ["request", "cache"], or "all" or "none", not {value!r}'
+        )
+    if names in ([_ALL], [_NONE]):
+        return ACTIONS if names == [_ALL] else frozenset()
+    if not names and isinstance(value, str):
+        raise ValueError(f"{where}: no action given ({_NONE} grants nothing)")
+    for name in names:
+        if name not in ACTIONS:
+            raise ValueError(
+                f"{where}: unknown action {name!r}; actions are {', '.join(sorted(ACTIONS))} "
+                f"(or {_ALL}, or {_NONE})"
+            )
+    return frozenset(names)
+
+
+def _policy(
+    keys: dict[str, frozenset[str]],
+    agents: dict[str, frozenset[str]],
+    default: frozenset[str] | None,
+    token: frozenset[str] | None,
+) -> AccessPolicy:
+    given: dict[str, Any] = {"keys": keys, "agents": agents}
+    if default is not None:
+        given["default"] = default
+    if token is not None:
+        given["token"] = token
+    return AccessPolicy(**given)
+
+
+def permissions(value: str) -> AccessPolicy:
+    """An access policy as text: ``machine-*=host,eval,request,cache;ops=all;default=request,cache``."""
+    keys: dict[str, frozenset[str]] = {}
+    agents: dict[str, frozenset[str]] = {}
+    plain: dict[str, frozenset[str]] = {}
+    seen: set[str] = set()
+    for rule in (r.strip() for r in value.split(";")):
+        if not rule:
+            continue
+        who, equals, actions = (part.strip() for part in rule.partition("="))
+        if not equals or not who:
+            raise ValueError(f"{rule!r} is not WHO=ACTIONS (like machine-*=host,eval,request,cache)")
+        if who in seen:
+            raise ValueError(f"{who} is given twice")
+        seen.add(who)
+        granted = _action_set(who, actions)
+        prefix, _, name = who.partition(":")
+        if who in ("default", "token"):
+            plain[who] = granted
+        elif prefix == "agent" and name:
+            agents[name] = granted
+        elif prefix == "key" and name:
+            keys[name] = granted
+        else:  # a key name or pattern; machine ids (HOST:bot) name keys too, colon and all
+            keys[who] = granted
+    if not seen:
+        raise ValueError("no permission rule given (WHO=ACTIONS, separated by ;)")
+    return _policy(keys, agents, plain.get("default"), plain.get("token"))
+
+
+def _named(where: str, value: object) -> dict[str, frozenset[str]]:
+    if not isinstance(value, dict):
+        raise ValueError(f"{where} is a table of NAME = [ACTIONS], not {value!r}")
+    return {str(name): _action_set(f"{where}.{name}", actions) for name, actions in value.items()}
+
+
+def permissions_data(value: Any) -> AccessPolicy:
+    """An access policy as TOML data: ``{default = [...], token = [...], keys = {...}, agents = {...}}``."""
+    if not isinstance(value, dict):
+        raise ValueError(f"a table [bridge.permissions] or a text of WHO=ACTIONS rules, not {value!r}")
+    unknown = [key for key in value if key not in _POLICY_TABLE]
+    if unknown:
+        raise ValueError(f"unknown key {unknown[0]!r}; the table takes {', '.join(_POLICY_TABLE)}")
+    return _policy(
+        _named("keys", value.get("keys", {})),
+        _named("agents", value.get("agents", {})),
+        _action_set("default", value["default"]) if "default" in value else None,
+        _action_set("token", value["token"]) if "token" in value else None,
+    )
 
 
 # --------------------------------------------------------------------------- the file

@@ -24,6 +24,8 @@ from ..config import (
     host_names_data,
     log_level,
     non_negative_number,
+    permissions,
+    permissions_data,
     port,
     positive_int,
     positive_number,
@@ -142,6 +144,18 @@ BRIDGE = (
         metavar="M",
     ),
     KEYS,
+    Setting(
+        "permissions",
+        "ZMQCROSS_PERMISSIONS",
+        permissions,
+        "what each peer may do (zmqcross.AccessPolicy), as WHO=ACTIONS rules separated by ';': WHO is "
+        "a CURVE key name or pattern (machine-*), default (a key no rule names), token (every peer "
+        "without CURVE) or agent:NAME (narrows that agent); ACTIONS are host, eval, request, cache, "
+        "admin, comma-separated, or all or none; e.g. 'machine-*=host,eval,request,cache;ops=all'; in "
+        "TOML also a [bridge.permissions] table [default: unnamed keys request,cache; token all]",
+        metavar="RULES",
+        parse_data=permissions_data,
+    ),
     dataclasses.replace(DISCORD_TOKEN, help='the bot\'s Discord token, for --total-shards "auto"'),
     dataclasses.replace(DISCORD_API, help="Discord's API base for \"auto\" (an offline gateway's URL)"),
     Setting(

@@ -13,11 +13,12 @@ setting means the same thing to a script and to a command.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from .. import Bridge, CacheServer, Client, Machine
+from .. import AccessPolicy, Bridge, CacheServer, Client, Machine
 from ..client import default_machine_id
 from ..cluster.manager import ClusterManager
 from ..errors import ConfigurationError
@@ -29,12 +30,15 @@ __all__ = [
     "build_bridge",
     "build_machine",
     "describe_cache",
+    "describe_permissions",
     "run_bridge",
     "run_gateway",
     "run_machine",
     "serve_cache",
     "unless_stopped",
 ]
+
+log = logging.getLogger("zmqcross.cli")
 
 Settings = dict[str, Any]
 Say = Callable[[str], None]
@@ -73,7 +77,21 @@ async def unless_stopped(stop: asyncio.Event, work: Awaitable[T]) -> T:
 
 
 def build_bridge(settings: Settings) -> Bridge:
-    """The bridge of ``bridge`` settings, not started yet."""
+    """The bridge of ``bridge`` settings, not started yet.
+
+    With CURVE and a policy under which no key may ``host``, a warning says that every
+    machine will be refused its clusters.
+    """
+    policy = settings["permissions"] or AccessPolicy()
+    if (
+        settings["keys"]
+        and "host" not in policy.default
+        and not any("host" in a for a in policy.keys.values())
+    ):
+        log.warning(
+            "no CURVE key may host clusters: machines will be refused their shards; name their keys "
+            "in the permissions, e.g. --permissions 'machine-*=host,eval,request,cache'"
+        )
     return Bridge(
         auth_token=settings["auth_token"],
         host=settings["listen_host"],
@@ -85,6 +103,7 @@ def build_bridge(settings: Settings) -> Bridge:
         token=settings["discord_token"],
         api_base=settings["discord_api"],
         curve=server_curve(settings["keys"]),
+        permissions=settings["permissions"],
         heartbeat_interval=settings["heartbeat_interval"],
         heartbeat_timeout=settings["heartbeat_timeout"],
         metrics_port=settings["metrics_port"],
@@ -117,6 +136,20 @@ def describe_cache(settings: Settings) -> str | None:
     return f"cache: paths {', '.join(path(p) for p in options['paths'])}; {kept}"
 
 
+def _rights(actions: Any) -> str:
+    return "all" if frozenset(actions) == AccessPolicy().token else ",".join(sorted(actions)) or "none"
+
+
+def describe_permissions(settings: Settings) -> str:
+    """One line saying what the bridge's peers may do under these settings."""
+    policy = settings["permissions"] or AccessPolicy()
+    narrowed = "".join(f"; agent {a}: at most {_rights(r)}" for a, r in policy.agents.items())
+    if not settings["keys"]:
+        return f"permissions: no CURVE, every token holder: {_rights(policy.token)}{narrowed}"
+    named = "".join(f"{k}: {_rights(r)}; " for k, r in policy.keys.items())
+    return f"permissions by CURVE key: {named}any other key: {_rights(policy.default)}{narrowed}"
+
+
 async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
     """``zmqcross bridge``: plan the shards, let machines in, until stopped."""
     say = printer("bridge")
@@ -142,6 +175,7 @@ async def run_bridge(settings: Settings, stop: asyncio.Event) -> int:
             f"plan {plan.version}: {plan.total_shards} shards in {plan.total_clusters} clusters "
             f"for {len(plan.chunks)} machines"
         )
+        say(describe_permissions(settings))
         if bridge.metrics is not None:
             say(f"metrics on {bridge.metrics.url}")
         cache = describe_cache(settings)

@@ -23,6 +23,7 @@ from zmqcross.bridge import BRIDGE_EVENTS
 from zmqcross.bridge._core import BridgeCore
 from zmqcross.bridge._fleet import FleetState
 from zmqcross.bridge._settings import MAX_OPEN_PER_PEER, MAX_TIMEOUT, CoreSettings
+from zmqcross.bridge._window import MAX_UNREAD_BYTES, PROBE_EVERY_BYTES, SendWindow
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -76,6 +77,7 @@ class Outbox:
     sent: list[tuple[bytes, p.Message]] = field(default_factory=list)
     published: list[p.Message] = field(default_factory=list)
     dead: set[bytes] = field(default_factory=set)  # routes whose connection is gone
+    probes: list[tuple[bytes, float]] = field(default_factory=list)
 
     def send(self, route: bytes, msg: p.Message) -> None:
         self.sent.append((route, p.decode(p.encode(msg))))  # every send must survive the wire
@@ -88,6 +90,9 @@ class Outbox:
 
     def reachable(self, route: bytes) -> bool:
         return route not in self.dead
+
+    def probe(self, route: bytes, nonce: float) -> None:
+        self.probes.append((route, nonce))
 
     def to(self, route: bytes, kind: type | None = None) -> list[Any]:
         return [m for r, m in self.sent if r == route and (kind is None or isinstance(m, kind))]
@@ -705,3 +710,50 @@ def test_an_eval_that_cannot_be_encoded_is_refused_before_anything_opens() -> No
     assert error.reply_to == 70 and error.error.code == "serialization"
     assert len(world.core.fanouts) == 0 and world.out.to(b"r1") == []
     assert world.out.to(b"caller", p.Pong)  # the rest of the batch was served
+
+
+def test_the_send_window_asks_for_proof_and_stops_at_the_bound() -> None:
+    window = SendWindow(probe_every=100, limit=300)
+    assert window.sent(b"r", 60) is None
+    nonce = window.sent(b"r", 60)  # 120 bytes unproven: ask for proof
+    assert nonce is not None and window.sent(b"r", 100) is None  # one probe at a time
+    assert (
+        window.proven(b"r", nonce + 7) is None and window.unread(b"r") == 220
+    )  # a made-up nonce proves nothing
+    assert window.sent(b"r", 80) is None and window.may_send(b"r", now=0.0)  # 300: at the bound
+    assert window.sent(b"r", 1) is None and not window.may_send(b"r", now=1.0)  # 301 unread: over
+    assert window.stuck(now=1.5, patience=1.0) == [] and window.stuck(now=2.5, patience=1.0) == [b"r"]
+    again = window.proven(b"r", nonce)  # it read up to the probe: 120 proven, 181 still unread
+    assert window.unread(b"r") == 181 and window.may_send(b"r", now=3.0) and again is not None
+    assert window.stuck(now=9.0, patience=1.0) == []
+
+
+def test_a_peer_that_does_not_read_is_sent_nothing_more_and_then_dropped() -> None:
+    world = World()
+    world.register(b"r1", "m1")
+    world.register(b"r2", "m2")
+    window = world.core.window
+    nonce = window.sent(b"r1", PROBE_EVERY_BYTES)
+    assert nonce is not None
+    window.sent(b"r1", MAX_UNREAD_BYTES)
+    assert not window.may_send(b"r1", world.clock.monotonic())
+    world.feed(b"r2", p.Pong(sent_at=nonce))  # another peer cannot answer for it
+    assert window.unread(b"r1") > MAX_UNREAD_BYTES
+    for _ in range(5):
+        world.clock.advance(1.0)
+        world.feed(b"r1", p.Ping(sent_at=0.0))  # it keeps talking, but does not read
+        world.feed(b"r2", p.Ping(sent_at=0.0))
+        world.core.tick()
+    assert [peer.info.id for peer in world.fleet.registry] == ["m2"]
+    assert "does not read what it is sent" in world.seen[-1][1][1]
+
+
+def test_a_peer_that_proves_it_read_is_asked_again_when_much_is_still_unproven() -> None:
+    world = World()
+    world.register(b"r1", "m1")
+    window = world.core.window
+    nonce = window.sent(b"r1", PROBE_EVERY_BYTES)
+    window.sent(b"r1", 2 * PROBE_EVERY_BYTES)  # sent while the probe travelled
+    assert nonce is not None
+    world.feed(b"r1", p.Pong(sent_at=nonce))
+    assert world.out.probes == [(b"r1", nonce + 1)]

@@ -6,10 +6,16 @@ the bridge process as a whole enforces them over real CURVE connections.
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
-from conftest import FAST, wait_for
+import zmq
+import zmq.asyncio
+from conftest import FAST, TOKEN, wait_for
 
 from zmqcross import AccessPolicy, AuthenticationError, PermissionDenied
+from zmqcross import protocol as p
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -50,3 +56,53 @@ async def test_a_key_removed_from_the_allow_list_is_dismissed_and_refused(
     with pytest.raises(AuthenticationError):
         await make_client(bridge, machine_id="m9", curve=victim_key, connect_timeout=3.0)
     assert await other.request(1) == "ok"
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+async def test_a_peer_that_never_reads_its_answers_is_cut_off_before_memory_grows(
+    make_bridge, make_client
+) -> None:
+    bridge = await make_bridge(**FAST)
+    big = "x" * 1_000_000
+    bridge.on("client_request", lambda request, client: big)
+    reasons: list[str] = []
+    bridge.on("disconnect", lambda client, reason: reasons.append(reason))
+    healthy = await make_client(bridge, machine_id="healthy")
+    ctx = zmq.asyncio.Context()
+    hog = ctx.socket(zmq.DEALER)
+    hog.setsockopt(zmq.RCVHWM, 1)
+    hog.setsockopt(zmq.RCVBUF, 4096)
+    hog.setsockopt(zmq.LINGER, 0)
+    hog.connect(bridge.endpoint)
+    try:
+        register = p.Register(
+            id=1,
+            deadline=time.time() + 10,
+            protocol=p.PROTOCOL_VERSION,
+            token=TOKEN,
+            machine_id="hog",
+            agent="a",
+        )
+        await hog.send_multipart(p.encode(register))
+        await wait_for(lambda: "hog" in [c.id for c in bridge.clients], what="the hog to register")
+        before = _rss_bytes()
+        for rid in range(2, 302):  # 300 answers of 1 MB each, none of them ever read
+            await hog.send_multipart(p.encode(p.Request(id=rid, deadline=time.time() + 30, data=p.dump(rid))))
+        await wait_for(
+            lambda: any("does not read" in r for r in reasons), what="the hog to be dropped", timeout=10
+        )
+        grown = _rss_bytes() - before
+        assert grown < 160 * 1024 * 1024, (
+            f"the bridge grew by {grown / 2**20:.0f} MB for a peer that never reads"
+        )
+        assert bridge.statistics().clients == 1
+        assert await healthy.request(1) == big  # the others are served throughout
+    finally:
+        hog.close()
+        ctx.term()

@@ -47,6 +47,7 @@ from ._outgoing import BridgeCounters
 from ._routing import ClientFilter, Service, ServiceHandler, ServiceOwner
 from ._settings import MAX_TIMEOUT, CoreSettings
 from ._shell import BridgeShell, endpoint
+from ._window import SendWindow
 
 if TYPE_CHECKING:
     from ..metrics import BridgeMetrics
@@ -159,6 +160,7 @@ class Bridge:
         self._closed: asyncio.Event | None = None
         self._events = EventEmitter(BRIDGE_EVENTS, log)
         counters = BridgeCounters()
+        window = SendWindow()
         self._shell = BridgeShell(
             host=host,
             port=port,
@@ -166,6 +168,7 @@ class Bridge:
             curve=curve,
             limits=limits,
             counters=counters,
+            window=window,
             heartbeat_interval=float(heartbeat_interval),
         )
         self._fleet = FleetState(plan, options)
@@ -175,6 +178,7 @@ class Bridge:
             clock=LOOP_CLOCK,
             events=self._events,
             counters=counters,
+            window=window,
             settings=CoreSettings(
                 auth_token=auth_token,
                 epoch=secrets.token_hex(8),

@@ -54,6 +54,7 @@ from ._outgoing import BridgeCounters, Outgoing
 from ._registration import Registrar
 from ._routing import Router
 from ._settings import CoreSettings, Origin
+from ._window import MAX_UNREAD_BYTES, SendWindow
 
 __all__ = ["PROBE_DELAYS", "BridgeCore"]
 
@@ -75,9 +76,11 @@ class BridgeCore:
         events: EventEmitter,
         settings: CoreSettings,
         counters: BridgeCounters | None = None,
+        window: SendWindow | None = None,
     ) -> None:
         self.fleet = fleet
         self.counters = counters if counters is not None else BridgeCounters()
+        self.window = window if window is not None else SendWindow()
         self.open = OpenRequests(clock)
         self.fanouts = FanOuts()
         self.observers = Observers()
@@ -112,6 +115,7 @@ class BridgeCore:
         )
         self.dispatch: dict[type, Callable[[Peer, Any], None]] = {
             Ping: self._on_ping,
+            Pong: self._on_pong,
             Request: self.router.on_request,
             Send: self._on_send,
             ShardDataRequest: self._on_shard_data,
@@ -198,6 +202,12 @@ class BridgeCore:
     def _on_ping(self, peer: Peer, msg: Ping) -> None:
         self._outgoing.send(peer.routing_id, Pong(sent_at=msg.sent_at))
 
+    def _on_pong(self, peer: Peer, msg: Pong) -> None:
+        # The answer to a read probe (see ._window): everything sent before it was read.
+        nonce = self.window.proven(peer.routing_id, msg.sent_at)
+        if nonce is not None:
+            self._outgoing.probe(peer.routing_id, nonce)
+
     def _on_goodbye(self, peer: Peer, msg: Goodbye) -> None:
         self.drop(peer, f"left: {msg.reason}")
 
@@ -272,6 +282,7 @@ class BridgeCore:
         if self.fleet.registry.remove(peer.routing_id) is None:
             return
         released = self.fleet.release(peer)
+        self.window.forget(peer.routing_id)
         lost = ConnectionLost(f"client {peer.info.id!r} went away: {reason}")
         self.open.fail_peer(peer.routing_id, lost)
         self.fanouts.fail_route(peer.routing_id, lost)
@@ -290,8 +301,19 @@ class BridgeCore:
         """One heartbeat interval passed: drop the silent, publish a beacon."""
         now = self._clock.monotonic()
         timeout = self._settings.heartbeat_timeout
-        for peer in self.fleet.registry.silent(now, timeout):
+        registry = self.fleet.registry
+        for peer in registry.silent(now, timeout):
             self.drop(peer, f"silent for {now - peer.last_seen:.1f} s (heartbeat_timeout is {timeout:g} s)")
+        for route in self.window.stuck(now, timeout):
+            stuck = registry.get(route)
+            if stuck is None:
+                self.window.forget(route)
+                continue
+            self.drop(
+                stuck,
+                f"it does not read what it is sent: {self.window.unread(route)} bytes unread for over "
+                f"{timeout:g} s (MAX_UNREAD_BYTES is {MAX_UNREAD_BYTES})",
+            )
         self.publish_beacon()
 
     def connection_closed(self) -> None:

@@ -26,6 +26,9 @@ class Outgoing(Protocol):
     def publish(self, msg: Message) -> None:
         """Publish to every subscriber; lost without a trace by a slow one (beacons only)."""
 
+    def probe(self, route: bytes, nonce: float) -> None:
+        """Send ``route`` a Ping carrying ``nonce`` now, past its send bound (see :mod:`._window`)."""
+
     def reachable(self, route: bytes) -> bool:
         """Whether ``route``'s connection is still there (a probe sent now did not fail)."""
 
@@ -37,5 +40,6 @@ class BridgeCounters:
     messages_in: int = 0
     messages_out: int = 0
     sends: int = 0
+    unread_drops: int = 0  # messages not sent: the peer was over MAX_UNREAD_BYTES
     protocol_errors: int = 0
     refused_registrations: int = 0

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -17,25 +18,25 @@ import zmq
 
 from .._transport import (
     Outbox,
+    Oversized,
     Pump,
+    RoutedReceiver,
     closed_error,
     configure_socket,
     new_context,
-    receive_frames,
     send_frames,
     watch_monitor,
 )
 from ..errors import ConfigurationError
-from ..protocol import Limits, Message, answer_frames, encode
+from ..protocol import Limits, Message, Ping, answer_frames, encode
 from ..security import CurveServer, ZapHandler
 from ._core import BridgeCore
 from ._outgoing import BridgeCounters
+from ._window import SendWindow
 
 __all__ = ["BridgeShell", "endpoint"]
 
 log = logging.getLogger("zmqcross.bridge")
-
-_DONTWAIT = int(zmq.DONTWAIT)
 
 
 def endpoint(host: str, port: int) -> str:
@@ -80,6 +81,7 @@ class BridgeShell:
         curve: CurveServer | None,
         limits: Limits,
         counters: BridgeCounters,
+        window: SendWindow,
         heartbeat_interval: float,
     ) -> None:
         self.host = host
@@ -88,6 +90,7 @@ class BridgeShell:
         self._curve = curve
         self._limits = limits
         self._counters = counters
+        self._window = window
         self._heartbeat_interval = heartbeat_interval
         self._core: BridgeCore | None = None
         self._ctx: zmq.Context[Any] | None = None
@@ -171,11 +174,17 @@ class BridgeShell:
         curve = self._curve is not None
         receive = core.receive
 
-        def on_router(routed: tuple[zmq.Frame, list[bytes]]) -> None:
+        def on_router(routed: tuple[zmq.Frame, list[bytes]] | Oversized) -> None:
+            if isinstance(routed, Oversized):  # read to its end and dropped: only the answer is left
+                core.oversized(routed.first.bytes, FrameOrigin(routed.first, curve), routed.reason)
+                return
             first, body = routed
             receive(first.bytes, FrameOrigin(first, curve), body)
 
-        self._router_pump = self._pump(router, on_router, name="router", receive=_receive_routed)
+        # Frame count and total size are checked while a message is read, not after:
+        # one over them is dropped as it arrives, in slices between which the loop runs.
+        receiver = RoutedReceiver(self._limits)
+        self._router_pump = self._pump(router, on_router, name="router", receive=receiver)
         monitor = watch_monitor(router, self._on_monitor, name="router-monitor")
         self._sockets.append(monitor.sock)
         monitor.start()
@@ -273,6 +282,33 @@ class BridgeShell:
 
     def send_now(self, route: bytes, frames: list[bytes]) -> bool:
         """Write ``frames`` to ``route`` on the ROUTER; False if they could not be."""
+        window = self._window
+        if not window.may_send(route, time.monotonic()):
+            self._counters.unread_drops += 1
+            log.warning(
+                "dropped a message to %r: it has %d bytes it has not shown it read (MAX_UNREAD_BYTES)",
+                self._name(route),
+                window.unread(route),
+            )
+            return False
+        if not self._write(route, frames):
+            return False
+        nonce = window.sent(route, sum(map(len, frames)))
+        if nonce is not None:
+            self.probe(route, nonce)
+        return True
+
+    def probe(self, route: bytes, nonce: float) -> None:
+        """Ask ``route`` to prove it read what it was sent: a Ping whose Pong echoes ``nonce``."""
+        frames = encode(Ping(sent_at=nonce))
+        if self._write(route, frames):
+            self._window.sent(route, sum(map(len, frames)))
+
+    def _name(self, route: bytes) -> object:
+        peer = self._core.fleet.registry.get(route) if self._core is not None else None
+        return peer.info.id if peer is not None else route
+
+    def _write(self, route: bytes, frames: list[bytes]) -> bool:
         router = self._router
         if router is None or router.closed:
             return False
@@ -311,16 +347,6 @@ class BridgeShell:
             send_frames(pub, encode(msg))
         except zmq.Again:
             pass
-
-
-def _receive_routed(sock: zmq.Socket[Any]) -> tuple[zmq.Frame, list[bytes]]:
-    """One message from a ROUTER: its routing frame, and the frames after it."""
-    # The routing frame is kept as a zmq.Frame: its User-Id (the CURVE key ZAP admitted)
-    # and Peer-Address properties are read from it. The rest of a multipart message is
-    # already here once its first part is, so NOBLOCK cannot split it.
-    first = sock.recv(_DONTWAIT, copy=False)
-    body = receive_frames(sock) if first.more else []
-    return first, body
 
 
 def _bound_port(sock: zmq.Socket[Any]) -> int:

@@ -48,6 +48,7 @@ from ..protocol import (
     Leaving,
     Limits,
     Message,
+    Ping,
     Pong,
     Reply,
     Request,
@@ -187,6 +188,7 @@ class Client:
             EvalReply: self._on_answer,
             Assignment: self._on_assignment,
             Beacon: lambda msg: None,  # the bridge probing whether this connection is still there
+            Ping: self._on_ping,
             Batch: self._on_batch,
         }
 
@@ -526,6 +528,14 @@ class Client:
             return
         if not self._open.finish(msg.reply_to, msg):
             log.debug("ignored a late answer to request %s", msg.reply_to)
+
+    def _on_ping(self, msg: Ping) -> None:
+        # The bridge asks this client to prove it reads what it is sent (its send bound):
+        # the Pong leaves after everything before the Ping was read, which is the proof.
+        try:
+            self._channel.send(Pong(sent_at=msg.sent_at))
+        except ZmqcrossError as exc:
+            log.debug("could not answer the bridge's read probe: %s", exc)
 
     def _on_send(self, msg: Send) -> None:
         self._relay.send_to_clusters(msg.data)  # a machine passes the bridge's messages on to its bots

@@ -104,6 +104,10 @@ def _clean_environment() -> dict[str, str]:
 GUILDS = 2000
 """Guilds of the offline gateway; the dashboard looks up guild #1234."""
 
+PERMISSIONS = "machine-*=host,eval,request,cache; dashboard=eval,request,cache"
+"""The bridge's policy: CURVE keys it does not name may only request and use the cache, so
+the machines' keys are named to host clusters, the dashboard's to time evals."""
+
 
 def main(*, bot: str | os.PathLike[str] | None = None) -> int:
     """Run the demo fleet; returns the dashboard's exit status (0 when it saw every cluster)."""
@@ -141,6 +145,8 @@ def main(*, bot: str | os.PathLike[str] | None = None) -> int:
                     "2",
                     "--total-machines",
                     "2",
+                    "--permissions",
+                    PERMISSIONS,
                 ],
                 env,
             )

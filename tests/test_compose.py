@@ -177,6 +177,24 @@ def test_key_paths_agree(mode: tuple[dict[str, Any], dict[str, Any]]) -> None:
             assert settings["dashboard_key"] in made
 
 
+def test_the_bridge_policy_lets_each_key_do_its_job(mode: tuple[dict[str, Any], dict[str, Any]]) -> None:
+    # CURVE keys the policy does not name may only request and use the cache: the machines'
+    # keys must be named to host clusters, the dashboard's to time evals.
+    _, services = mode
+    _, bridge = settings_of(services["bridge"])
+    policy = bridge["permissions"]
+    assert policy is not None and bridge["keys"]
+    for name, service in services.items():
+        command, settings = settings_of(service)
+        if command == "machine":
+            rights = policy.for_key(settings["key_name"] or settings["machine_id"])
+            assert {"host", "eval", "request", "cache"} <= rights and "admin" not in rights, name
+        elif command == "dashboard":
+            rights = policy.for_key(settings["dashboard_key"])
+            assert {"eval", "request"} <= rights and not {"host", "admin"} & rights, name
+    assert policy.for_key("someone-else") == {"request", "cache"}  # least privilege stays the default
+
+
 def test_the_auth_token_has_no_default() -> None:
     with pytest.raises(MissingVariable, match="required variable ZMQCROSS_AUTH_TOKEN is missing a value"):
         load({})

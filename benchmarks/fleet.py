@@ -20,7 +20,7 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from zmqcross import Bridge, CurveServer, generate_keypair
+from zmqcross import AccessPolicy, Bridge, CurveServer, generate_keypair
 
 HERE = Path(__file__).resolve().parent
 
@@ -96,8 +96,10 @@ async def fleet(
         api = await _read_api(gateway, 30)
         port = free_port_pair()
         token = secrets.token_hex(16)
+        # CURVE keys a policy does not name may only request and use the cache: the machines host.
+        machine_keys = AccessPolicy(keys={"machine-*": ["host", "eval", "request", "cache"]})
         bridge = Bridge(auth_token=token, port=port, total_shards=total_shards, shards_per_cluster=shards_per_cluster,
-                        total_machines=machines, curve=server_curve, request_timeout=120)
+                        total_machines=machines, curve=server_curve, permissions=machine_keys, request_timeout=120)
         server = None
         if cache:
             from zmqcross import CacheServer

@@ -112,7 +112,9 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
             "bridge",
             "bridge",
             f"bridge --host {bridge_ip} --total-shards {TOTAL_SHARDS} "
-            f"--shards-per-cluster {SHARDS_PER_CLUSTER} --total-machines 2",
+            f"--shards-per-cluster {SHARDS_PER_CLUSTER} --total-machines 2 "
+            # keys it does not name may only request and use the cache: machines host, the ops host evals
+            f"--permissions 'machine-*=host,eval,request,cache; dashboard=eval,request,cache'",
         )
         bridge.wait_line(rf"listening on tcp://{bridge_ip}:{BRIDGE_PORT} .*CURVE on")
         bot = shlex.quote(str(ROOT / "tests" / "fleet_bot.py"))

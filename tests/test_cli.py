@@ -730,3 +730,26 @@ def test_bad_permissions_say_what_and_where(
     with pytest.raises(ConfigurationError) as caught:
         configure(["bridge", "--config", str(config), "--auth-token", "t"], env)
     assert message in str(caught.value)
+
+
+def test_a_curve_bridge_where_no_key_may_host_says_so(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from zmqcross.cli.serve import build_bridge
+
+    keys = tmp_path / "keys"
+    generate_keypair(keys, "bridge")
+    generate_keypair(keys / "allowed", "machine-1")
+    env = {"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_KEYS": str(keys)}
+    with caplog.at_level("WARNING", logger="zmqcross.cli"):
+        build_bridge(configure(["bridge"], env).settings)
+    assert "no CURVE key may host clusters: machines will be refused their shards" in caplog.text
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="zmqcross.cli"):
+        build_bridge(
+            configure(["bridge", "--permissions", "machine-*=host,eval,request,cache"], env).settings
+        )
+        build_bridge(
+            configure(["bridge"], {"ZMQCROSS_AUTH_TOKEN": "t"}).settings
+        )  # no CURVE: the token hosts
+    assert "may host" not in caplog.text

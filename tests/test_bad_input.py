@@ -5,12 +5,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from pathlib import Path
 
 import orjson
 import pytest
 import zmq
 import zmq.asyncio
-from conftest import TOKEN
+from conftest import TOKEN, wait_for
 
 from zmqcross import protocol as p
 from zmqcross.protocol import Limits
@@ -249,3 +250,137 @@ async def test_bridge_survives_a_flood_of_garbage(raw, witness) -> None:
     assert await peer.nothing_within(0.2)  # one answer each, no more
     assert peer.batches >= 1  # answers to a burst came batched, and each was still there
     await witness()
+
+
+# ---------------------------------------------------------------- limits enforced while receiving
+
+
+class HostileDealer:
+    """A plain (synchronous) DEALER that sends one huge message from a worker thread.
+
+    pyzmq sends 500,000 frames at about a microsecond each; a thread keeps that off
+    the event loop the bridge under test runs on.
+    """
+
+    def __init__(self, endpoint: str) -> None:
+        self.ctx = zmq.Context()
+        self.sock = self.ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.connect(endpoint)
+
+    async def send(self, frames: list[bytes], *, copy: bool = True) -> None:
+        await asyncio.to_thread(self.sock.send_multipart, frames, copy=copy)
+
+    async def receive(self, timeout: float = 30.0) -> p.Message:
+        def wait() -> list[bytes]:
+            if not self.sock.poll(int(timeout * 1000)):
+                raise AssertionError(f"no answer within {timeout} s")
+            return self.sock.recv_multipart()
+
+        return p.decode(await asyncio.to_thread(wait))
+
+    def close(self) -> None:
+        self.sock.close()
+        self.ctx.term()
+
+
+class LoopWatch:
+    """The longest time the event loop went without running a 1 ms timer."""
+
+    def __init__(self) -> None:
+        self.longest = 0.0
+        self._task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
+        while True:
+            await asyncio.sleep(0.001)
+            now = loop.time()
+            self.longest = max(self.longest, now - last)
+            last = now
+
+    async def stop(self) -> float:
+        self._task.cancel()
+        await asyncio.gather(self._task, return_exceptions=True)
+        return self.longest
+
+
+async def test_half_a_million_frames_are_refused_while_a_healthy_client_is_served(bridge, make_client) -> None:
+    bridge.on("client_request", lambda request, client: {"ok": request.data})
+    witness = await make_client(bridge, machine_id="witness")
+    dropped: list[object] = []
+    bridge.on("disconnect", lambda info, reason: dropped.append((info.id, reason)))
+    witness.on("disconnect", lambda reason: dropped.append(("witness saw", reason)))
+    errors_before = bridge.statistics().protocol_errors
+    hostile = HostileDealer(bridge.endpoint)
+    answered: list[int] = []
+    stop = asyncio.Event()
+
+    async def keep_asking() -> None:
+        n = 0
+        while not stop.is_set():
+            n += 1
+            assert await witness.request(n, timeout=10) == {"ok": n}
+            answered.append(n)
+            await asyncio.sleep(0.02)
+
+    asking = asyncio.create_task(keep_asking())
+    try:
+        await wait_for(lambda: len(answered) >= 2, what="the witness's first answers")
+        watch = LoopWatch()
+        await hostile.send([header(type="send")] + [b"x"] * 500_000)
+        answer = await hostile.receive()
+        longest_hold = await watch.stop()
+        served_during = len(answered)
+        await wait_for(lambda: len(answered) >= served_during + 3, what="answers after the attack")
+    finally:
+        stop.set()
+        await asyncio.gather(asyncio.wait_for(asking, 15))
+        hostile.close()
+    assert isinstance(answer, p.ErrorReply) and answer.error.code == "too_large"
+    assert answer.error.message == "message has 500001 frames; the limit is 4096"
+    assert bridge.statistics().protocol_errors == errors_before + 1
+    assert dropped == [] and [c.id for c in bridge.clients] == ["witness"]
+    # The bridge reads and drops the frames in slices and lets the loop run between them
+    # (about 5 ms a turn). Reading them all into a list first held it for over a second.
+    assert longest_hold < 0.25, f"the event loop was held for {longest_hold:.3f} s"
+
+
+def _status_mib(key: str) -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError(f"no {key} in /proc/self/status")
+
+
+@pytest.mark.skipif(not Path("/proc/self/clear_refs").exists(), reason="needs Linux's peak-RSS reset")
+async def test_a_message_over_the_byte_limit_is_not_kept(make_bridge, make_client) -> None:
+    limits = Limits(max_frame_bytes=1 << 20, max_message_bytes=4 << 20, max_header_bytes=1024)
+    bridge = await make_bridge(limits=limits)
+    bridge.on("client_request", lambda request, client: "fine")
+    good = await make_client(bridge, limits=limits, machine_id="good")
+    errors_before = bridge.statistics().protocol_errors
+    hostile = HostileDealer(bridge.endpoint)
+    frame = b"x" * ((1 << 20) - 64)
+    frames = 48
+    sent_mib = frames * len(frame) / (1 << 20)
+    try:
+        # The sender holds one frame: copy=False sends the same buffer 48 times.
+        base = _status_mib("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")  # VmHWM (peak RSS) starts again from now
+        await hostile.send([header(type="send")] + [frame] * frames, copy=False)
+        answer = await hostile.receive()
+        grown = _status_mib("VmHWM") - base
+    finally:
+        hostile.close()
+    assert isinstance(answer, p.ErrorReply) and answer.error.code == "too_large"
+    assert "; the limit is 4194304 (max_message_bytes)" in answer.error.message
+    assert bridge.statistics().protocol_errors == errors_before + 1
+    # libzmq makes a message readable only once all of it arrived, so it holds all 48 MiB
+    # first (measured: as much RSS as the bytes sent). On top of that the bridge may keep
+    # what is within the limit (4 MiB) until the frame that breaks it; nothing else. The
+    # old receive path copied every frame into a list: about twice the message at the peak.
+    assert grown < sent_mib + 4 + 12, f"peak RSS grew {grown:.0f} MiB for a {sent_mib:.0f} MiB message"
+    assert await good.request("after") == "fine"

@@ -1,17 +1,20 @@
-"""The write coalescing of transport.py: Cork and Outbox, fed by hand on a real event loop."""
+"""transport.py fed by hand on a real event loop: write coalescing (Cork, Outbox), receiving within limits."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zmq
 
 from zmqcross import protocol as p
-from zmqcross._transport import CORK, Outbox, new_context
+from zmqcross import _transport
+from zmqcross._transport import CORK, DISCARD_SLICE, Outbox, Oversized, Pump, RoutedReceiver, new_context
 
 
 def reply(n: int) -> list[bytes]:
@@ -94,3 +97,89 @@ def test_new_contexts_run_their_io_thread_under_sched_batch() -> None:
     finally:
         sock.close(0)
         ctx.term()
+
+
+# ---------------------------------------------------------------- RoutedReceiver and Pump
+
+
+@pytest.fixture
+def router_pair() -> Iterator[tuple[zmq.Socket[Any], zmq.Socket[Any]]]:
+    """A ROUTER and a DEALER connected over loopback TCP, both plain sockets."""
+    ctx = zmq.Context()
+    router, dealer = ctx.socket(zmq.ROUTER), ctx.socket(zmq.DEALER)
+    port = router.bind_to_random_port("tcp://127.0.0.1")
+    dealer.connect(f"tcp://127.0.0.1:{port}")
+    yield router, dealer
+    router.close(0)
+    dealer.close(0)
+    ctx.term()
+
+
+def received(router: zmq.Socket[Any], receiver: RoutedReceiver) -> tuple[list[object], int]:
+    """Call ``receiver`` until it returns something; that, and how many calls returned None."""
+    assert router.poll(5000)
+    nones = 0
+    while (result := receiver(router)) is None:
+        nones += 1
+    return ([result] if isinstance(result, Oversized) else [result[1]]), nones
+
+
+def test_a_message_within_the_limits_comes_whole(router_pair) -> None:
+    router, dealer = router_pair
+    dealer.send_multipart([b"head", b"a", b"bc"])
+    receiver = RoutedReceiver(p.Limits(max_frames=3, max_message_bytes=7, max_header_bytes=4))
+    assert received(router, receiver) == ([[b"head", b"a", b"bc"]], 0)
+
+
+def test_too_many_frames_are_read_in_slices_and_dropped(router_pair) -> None:
+    router, dealer = router_pair
+    dealer.send_multipart([b"head"] + [b"x"] * 5000)
+    dealer.send_multipart([b"next"])
+    receiver = RoutedReceiver(p.Limits(max_frames=4))
+    [result], nones = received(router, receiver)
+    assert isinstance(result, Oversized) and result.reason == "message has 5001 frames; the limit is 4"
+    assert nones == (5001 - 4) // DISCARD_SLICE  # one call per slice, none kept meanwhile
+    assert not receiver.discarding
+    assert received(router, receiver) == ([[b"next"]], 0)  # the socket is at a message boundary again
+
+
+@pytest.mark.parametrize(
+    ("frames", "total"),
+    [([b"h", b"x" * 60, b"y" * 60], 121), ([b"h", b"x" * 200, b"y", b"z"], 203)],
+    ids=["by the last frame", "with frames still to come"],
+)
+def test_too_many_bytes_are_dropped(router_pair, frames: list[bytes], total: int) -> None:
+    router, dealer = router_pair
+    dealer.send_multipart(frames)
+    receiver = RoutedReceiver(p.Limits(max_message_bytes=100, max_frame_bytes=1000, max_header_bytes=100))
+    [result], _ = received(router, receiver)
+    assert isinstance(result, Oversized)
+    assert result.reason == f"message is {total} bytes; the limit is 100 (max_message_bytes)"
+
+
+async def test_the_pump_lets_the_loop_run_while_it_discards(router_pair, monkeypatch) -> None:
+    router, dealer = router_pair
+    monkeypatch.setattr(_transport, "DRAIN_SECONDS", 0.0)  # one receive call per loop turn
+    handled: list[object] = []
+    turns_before: list[int] = []
+    turns = 0
+
+    def handle(message: object) -> None:
+        handled.append(message)
+        turns_before.append(turns)
+
+    pump = Pump(router, handle, receive=RoutedReceiver(p.Limits(max_frames=4)), name="test")
+    pump.start()
+    try:
+        dealer.send_multipart([b"head"] + [b"x"] * (20 * DISCARD_SLICE))
+        dealer.send_multipart([b"after"])
+        while len(handled) < 2:
+            await asyncio.sleep(0)
+            turns += 1
+            assert turns < 100_000, "the pump never finished"
+    finally:
+        pump.stop()
+    oversized, after = handled
+    assert isinstance(oversized, Oversized) and "the limit is 4" in oversized.reason
+    assert after[1] == [b"after"]  # type: ignore[index]
+    assert turns_before[0] >= 19  # other work ran between the slices of the discard

@@ -757,3 +757,18 @@ def test_a_peer_that_proves_it_read_is_asked_again_when_much_is_still_unproven()
     assert nonce is not None
     world.feed(b"r1", p.Pong(sent_at=nonce))
     assert world.out.probes == [(b"r1", nonce + 1)]
+
+
+def test_no_one_is_dropped_for_silence_while_the_router_reads_a_huge_message() -> None:
+    world = World()
+    world.register(b"r1", "m1")
+    world.register(b"r2", "m2")
+    world.clock.advance(10.0)  # the ROUTER was busy discarding: nobody could be heard
+    world.core.tick(hearing=False)
+    assert len(world.fleet.registry) == 2
+    world.core.oversized(b"r9", Origin(), "message has 500001 frames; the limit is 4096")
+    world.core.tick()  # silence counts again from the end of the discard
+    assert len(world.fleet.registry) == 2
+    world.clock.advance(5.0)
+    world.core.tick()
+    assert len(world.fleet.registry) == 0

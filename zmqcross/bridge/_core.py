@@ -181,8 +181,15 @@ class BridgeCore:
         )
 
     def oversized(self, route: bytes, origin: Origin, reason: str) -> None:
-        """``route`` sent a message over a limit; the shell read it to its end without keeping it."""
+        """``route`` sent a message over a limit; the shell read it to its end without keeping it.
+
+        While it did, the ROUTER handed out nothing else, so nobody could be heard: every
+        peer's silence starts again now rather than counting the time spent discarding.
+        """
         self._malformed(route, origin, MessageTooLarge(reason))
+        now = self._clock.monotonic()
+        for peer in self.fleet.registry:
+            peer.last_seen = max(peer.last_seen, now)
 
     def _from_stranger(self, route: bytes, origin: Origin, msg: Message) -> None:
         if isinstance(msg, Register):
@@ -297,12 +304,16 @@ class BridgeCore:
         if peer is not None:
             self.drop(peer, "its connection is gone (send failed: host unreachable)")
 
-    def tick(self) -> None:
-        """One heartbeat interval passed: drop the silent, publish a beacon."""
+    def tick(self, *, hearing: bool = True) -> None:
+        """One heartbeat interval passed: drop the silent, publish a beacon.
+
+        ``hearing`` is False while the shell is reading an over-limit message to its end
+        (the ROUTER gives out nothing else meanwhile): no one is dropped for silence then.
+        """
         now = self._clock.monotonic()
         timeout = self._settings.heartbeat_timeout
         registry = self.fleet.registry
-        for peer in registry.silent(now, timeout):
+        for peer in registry.silent(now, timeout) if hearing else ():
             self.drop(peer, f"silent for {now - peer.last_seen:.1f} s (heartbeat_timeout is {timeout:g} s)")
         for route in self.window.stuck(now, timeout):
             stuck = registry.get(route)

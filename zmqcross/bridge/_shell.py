@@ -101,6 +101,7 @@ class BridgeShell:
         self._sockets: list[zmq.Socket[Any]] = []
         self._zap: ZapHandler | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
+        self._receiver: RoutedReceiver | None = None
         self._outbox = Outbox(self.send_now)  # answers and fan-outs, batched per peer under load
 
     @property
@@ -184,6 +185,7 @@ class BridgeShell:
         # Frame count and total size are checked while a message is read, not after:
         # one over them is dropped as it arrives, in slices between which the loop runs.
         receiver = RoutedReceiver(self._limits)
+        self._receiver = receiver
         self._router_pump = self._pump(router, on_router, name="router", receive=receiver)
         monitor = watch_monitor(router, self._on_monitor, name="router-monitor")
         self._sockets.append(monitor.sock)
@@ -231,7 +233,8 @@ class BridgeShell:
         while True:
             await asyncio.sleep(self._heartbeat_interval)
             try:
-                core.tick()
+                receiver = self._receiver
+                core.tick(hearing=receiver is None or not receiver.discarding)
                 self._refresh_keys(core)
             except Exception:  # the heartbeat must outlive any one bad tick
                 log.exception("bridge heartbeat tick failed")

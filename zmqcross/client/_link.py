@@ -321,7 +321,11 @@ class Link:
         if isinstance(msg, Beacon):
             if self._beacon_seen is not None:
                 self._beacon_seen.set()
-            if self._state is LinkState.READY and msg.epoch != self.epoch:
+            if msg.epoch == self.epoch:
+                # The same bridge run is alive and beating: its ROUTER may be busy (reading a
+                # hostile peer's huge message to its end), which is no reason to leave it.
+                self.last_heard = time.monotonic()
+            elif self._state is LinkState.READY:
                 log.info("the bridge restarted (epoch %s -> %s); registering again", self.epoch, msg.epoch)
                 self._start_registering(LinkState.REGISTERING)
 

@@ -22,6 +22,7 @@ from zmqcross._fanout import error_frame, eval_outcome
 from zmqcross.bridge import BRIDGE_EVENTS
 from zmqcross.bridge._core import BridgeCore
 from zmqcross.bridge._fleet import FleetState
+from zmqcross.bridge._idle import IdleConnections
 from zmqcross.bridge._settings import MAX_OPEN_PER_PEER, MAX_TIMEOUT, CoreSettings
 from zmqcross.bridge._window import MAX_UNREAD_BYTES, PROBE_EVERY_BYTES, SendWindow
 
@@ -772,3 +773,15 @@ def test_no_one_is_dropped_for_silence_while_the_router_reads_a_huge_message() -
     world.clock.advance(5.0)
     world.core.tick()
     assert len(world.fleet.registry) == 0
+
+
+def test_connections_that_carry_no_registered_peer_expire() -> None:
+    idle = IdleConnections()
+    assert not idle
+    idle.accepted(7, now=0.0)
+    idle.accepted(8, now=0.0)
+    idle.accepted(9, now=5.0)
+    idle.heard(8)  # a registered peer's message came on it
+    idle.closed(9)
+    assert idle.expired(now=9.0, grace=10.0) == []
+    assert idle.expired(now=10.5, grace=10.0) == [7] and not idle

@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import zmq
 import zmq.asyncio
+import zmq.utils.monitor
 from conftest import FAST, TOKEN, wait_for
 
 from zmqcross import AccessPolicy, AuthenticationError, PermissionDenied
 from zmqcross import protocol as p
+from zmqcross.bridge import _shell as shell
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -105,4 +107,30 @@ async def test_a_peer_that_never_reads_its_answers_is_cut_off_before_memory_grow
         assert await healthy.request(1) == big  # the others are served throughout
     finally:
         hog.close()
+        ctx.term()
+
+
+async def test_a_connection_that_never_registers_is_closed_after_a_grace_period(
+    make_bridge, make_client, monkeypatch
+) -> None:
+    monkeypatch.setattr(shell, "UNREGISTERED_GRACE", 0.5)
+    bridge = await make_bridge(**FAST)
+    bridge.on("client_request", lambda request, client: "ok")
+    healthy = await make_client(bridge, machine_id="healthy")
+    ctx = zmq.asyncio.Context()
+    idler = ctx.socket(zmq.DEALER)
+    idler.setsockopt(zmq.LINGER, 0)
+    monitor = idler.get_monitor_socket(zmq.EVENT_HANDSHAKE_SUCCEEDED | zmq.EVENT_DISCONNECTED)
+    idler.connect(bridge.endpoint)
+    try:
+        seen: list[int] = []
+        while zmq.EVENT_DISCONNECTED not in seen:
+            assert await monitor.poll(5000), f"the idle connection was never closed (events {seen})"
+            seen.append(zmq.utils.monitor.parse_monitor_message(await monitor.recv_multipart())["event"])
+        assert seen[0] == zmq.EVENT_HANDSHAKE_SUCCEEDED  # a real ZeroMQ peer, only it never registered
+        assert healthy.connected and await healthy.request(1) == "ok"  # registered peers are kept
+    finally:
+        idler.disable_monitor()
+        monitor.close()
+        idler.close()
         ctx.term()

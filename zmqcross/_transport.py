@@ -447,6 +447,7 @@ def watch_monitor(sock: zmq.Socket[Any], on_event: Callable[[MonitorEvent], None
         | zmq.EVENT_HANDSHAKE_FAILED_NO_DETAIL
         | zmq.EVENT_HANDSHAKE_SUCCEEDED
         | zmq.EVENT_DISCONNECTED
+        | zmq.EVENT_ACCEPTED
     )
     monitor = sock.get_monitor_socket(events)
 

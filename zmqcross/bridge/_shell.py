@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import socket
 import time
 from collections.abc import Callable
 from typing import Any, cast
@@ -31,12 +33,15 @@ from ..errors import ConfigurationError
 from ..protocol import Limits, Message, Ping, answer_frames, encode
 from ..security import CurveServer, ZapHandler
 from ._core import BridgeCore
+from ._idle import UNREGISTERED_GRACE, IdleConnections
 from ._outgoing import BridgeCounters
 from ._window import SendWindow
 
 __all__ = ["BridgeShell", "endpoint"]
 
 log = logging.getLogger("zmqcross.bridge")
+
+_SRCFD = int(zmq.SRCFD)  # a message's property: the descriptor of the connection it came on
 
 
 def endpoint(host: str, port: int) -> str:
@@ -102,6 +107,7 @@ class BridgeShell:
         self._zap: ZapHandler | None = None
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._receiver: RoutedReceiver | None = None
+        self._idle = IdleConnections()
         self._outbox = Outbox(self.send_now)  # answers and fan-outs, batched per peer under load
 
     @property
@@ -174,13 +180,17 @@ class BridgeShell:
         self.pub_port = _bound_port(pub)
         curve = self._curve is not None
         receive = core.receive
+        idle, registry = self._idle, core.fleet.registry
 
         def on_router(routed: tuple[zmq.Frame, list[bytes]] | Oversized) -> None:
             if isinstance(routed, Oversized):  # read to its end and dropped: only the answer is left
                 core.oversized(routed.first.bytes, FrameOrigin(routed.first, curve), routed.reason)
                 return
             first, body = routed
-            receive(first.bytes, FrameOrigin(first, curve), body)
+            route = first.bytes
+            receive(route, FrameOrigin(first, curve), body)
+            if idle and registry.get(route) is not None:  # only while a new connection waits
+                idle.heard(first.get(_SRCFD))
 
         # Frame count and total size are checked while a message is read, not after:
         # one over them is dropped as it arrives, in slices between which the loop runs.
@@ -236,8 +246,14 @@ class BridgeShell:
                 receiver = self._receiver
                 core.tick(hearing=receiver is None or not receiver.discarding)
                 self._refresh_keys(core)
+                self._close_idle()
             except Exception:  # the heartbeat must outlive any one bad tick
                 log.exception("bridge heartbeat tick failed")
+
+    def _close_idle(self) -> None:
+        grace = max(UNREGISTERED_GRACE, 2 * self._heartbeat_interval)
+        for fd in self._idle.expired(time.monotonic(), grace):
+            shut_down_connection(fd, self.port)
 
     def _refresh_keys(self, core: BridgeCore) -> None:
         # A key deleted from the allow-list folder is refused by ZAP and loses its live
@@ -253,7 +269,10 @@ class BridgeShell:
         core.recheck_keys()
 
     def _on_monitor(self, event: Any) -> None:
-        if event.event == zmq.EVENT_DISCONNECTED:
+        if event.event == zmq.EVENT_ACCEPTED:
+            self._idle.accepted(int(event.value), time.monotonic())
+        elif event.event == zmq.EVENT_DISCONNECTED:
+            self._idle.closed(int(event.value))
             if self._core is not None:
                 self._core.connection_closed()
         elif event.event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL:
@@ -350,6 +369,30 @@ class BridgeShell:
             send_frames(pub, encode(msg))
         except zmq.Again:
             pass
+
+
+def shut_down_connection(fd: int, port: int) -> None:
+    """End the TCP connection behind libzmq's ``fd``, if it is still one accepted on ``port``.
+
+    libzmq owns the descriptor, so it is not closed here: a shutdown of a duplicate ends
+    the connection, libzmq sees it end and cleans up. The port check guards against a
+    descriptor number that was closed and reused for something else meanwhile.
+    """
+    try:
+        sock = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        if sock.type != socket.SOCK_STREAM or sock.getsockname()[1] != port:
+            return
+        log.warning(
+            "closed a connection from %s that did not register within the grace period", sock.getpeername()[0]
+        )
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def _bound_port(sock: zmq.Socket[Any]) -> int:

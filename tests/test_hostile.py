@@ -6,6 +6,7 @@ the bridge process as a whole enforces them over real CURVE connections.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 
@@ -133,4 +134,47 @@ async def test_a_connection_that_never_registers_is_closed_after_a_grace_period(
         idler.disable_monitor()
         monitor.close()
         idler.close()
+        ctx.term()
+
+
+async def test_a_machine_answering_status_with_garbage_fails_alone(make_bridge, make_client) -> None:
+    bridge = await make_bridge(**FAST)
+    honest = await make_client(bridge, machine_id="honest")
+    await honest.request_shard_data()
+    ctx = zmq.asyncio.Context()
+    liar = ctx.socket(zmq.DEALER)
+    liar.setsockopt(zmq.LINGER, 0)
+    liar.connect(bridge.endpoint)
+    plan = bridge.plan
+    hosting = p.Hosting(
+        plan_version=plan.version, total_shards=plan.total_shards, cluster_list=(1,), shard_list=((2, 3),)
+    )
+    register = p.Register(
+        id=1,
+        deadline=time.time() + 10,
+        protocol=p.PROTOCOL_VERSION,
+        token=TOKEN,
+        machine_id="liar",
+        agent="bot",
+        hosting=hosting,
+    )
+
+    async def answer_with_garbage() -> None:
+        while True:
+            msg = p.decode(await liar.recv_multipart())
+            if isinstance(msg, p.Request) and msg.service == p.STATUS_SERVICE:
+                await liar.send_multipart(p.encode(p.Reply(reply_to=msg.id, data=p.dump([{"id": "x"}, 7]))))
+
+    answering = asyncio.ensure_future(answer_with_garbage())
+    try:
+        await liar.send_multipart(p.encode(register))
+        await wait_for(lambda: "liar" in [c.id for c in bridge.clients], what="the liar to register")
+        status = await bridge.status()
+        by_id = {m.id: m for m in status.machines}
+        assert by_id["honest"].error is None
+        assert by_id["liar"].clusters == () and "malformed status" in (by_id["liar"].error or "")
+    finally:
+        answering.cancel()
+        await asyncio.gather(answering, return_exceptions=True)
+        liar.close()
         ctx.term()

@@ -9,13 +9,16 @@ how a request id is drawn and how a message leaves and its answer comes back
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from ._fanout import eval_outcome, eval_request, guild_of
-from .errors import ZmqcrossError
-from .protocol import GuildRequest, Message, Request, dump, result_of
+from ._readiness import READY_POLL_INTERVAL, describe_unready, unready, wanted
+from .errors import ConnectionLost, RequestTimeout, ZmqcrossError
+from .protocol import STATUS_SERVICE, GuildRequest, Message, Request, dump, result_of
+from .status import FleetStatus
 
 __all__ = ["Exchange", "FleetCalls"]
 
@@ -106,6 +109,42 @@ class FleetCalls:
         )
         return result_of(await self._exchange(msg, request_id, timeout, f"request to guild {msg.guild_id}"))
 
+    async def fleet_status(self, *, timeout: float | None = None) -> FleetStatus:
+        """The bridge's view of the whole fleet (see :meth:`Bridge.status`)."""
+        return FleetStatus.from_json(await self.call_service(STATUS_SERVICE, None, timeout=timeout))
+
+    async def wait_ready(
+        self, *, clusters: Sequence[int] | None = None, timeout: float | None = None
+    ) -> FleetStatus:
+        """Wait until every cluster of the plan (or each of ``clusters``) is ready on some machine.
+
+        Asks the bridge for the fleet's status every :data:`READY_POLL_INTERVAL` seconds and
+        returns the first status in which they all are. ``timeout`` None waits as long as it
+        takes; otherwise :class:`RequestTimeout` says which clusters are not ready and why
+        (starting on a machine, failed there, not running on any machine). A bridge that
+        does not answer for a while (restarting) is asked again until the deadline.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + float(timeout)
+        reasons: dict[int, str] | None = None  # from the latest status that arrived
+        failure: ZmqcrossError | None = None
+        while True:
+            left = self.request_timeout if deadline is None else deadline - loop.time()
+            try:
+                # A floor, so the last query before the deadline can still be answered.
+                status = await self.fleet_status(timeout=max(min(left, self.request_timeout), 0.05))
+            except (RequestTimeout, ConnectionLost) as exc:
+                failure = exc
+            else:
+                failure = None
+                reasons = unready(status, wanted(status, clusters))
+                if not reasons:
+                    return status
+            if timeout is not None and deadline is not None and loop.time() >= deadline:
+                raise RequestTimeout(_not_ready(reasons, failure, float(timeout)))
+            left = READY_POLL_INTERVAL if deadline is None else deadline - loop.time()
+            await asyncio.sleep(max(min(READY_POLL_INTERVAL, left), 0.0))
+
     async def _request(self, data: Any, *, timeout: float | None, what: str, **route: str | None) -> Any:
         timeout = self.timeout_or_default(timeout)
         request_id = self._next_request_id()
@@ -115,3 +154,13 @@ class FleetCalls:
     def timeout_or_default(self, timeout: float | None) -> float:
         """``timeout`` as a float, or the default request timeout for None."""
         return self.request_timeout if timeout is None else float(timeout)
+
+
+def _not_ready(reasons: dict[int, str] | None, failure: ZmqcrossError | None, waited: float) -> str:
+    # The latest status that arrived says most; a failed query after it is only a footnote.
+    if reasons is None:
+        return f"no fleet status within {waited:g} s: {failure.message if failure else 'no answer'}"
+    message = describe_unready(reasons, waited=waited)
+    if failure is not None:
+        message += f" (the last status query failed: {failure.message})"
+    return message

@@ -14,6 +14,7 @@ from ._calls import FleetCalls
 from .cluster._child import ClusterClient
 from .errors import ZmqcrossError
 from .protocol import DEFAULT_TIMEOUT, Message, Send, dump
+from .status import FleetStatus
 
 __all__ = ["Shard"]
 
@@ -22,7 +23,9 @@ class Shard:
     """Cross-machine calls from inside a bot, through its :class:`ClusterClient`.
 
     The calls (``broadcast_eval``, ``request``, ``call_service``, ``request_to_client``,
-    ``request_to_guild``) are :class:`~zmqcross.Client`'s, carried by the pipe.
+    ``request_to_guild``, ``fleet_status``) are :class:`~zmqcross.Client`'s, carried by the
+    pipe. :meth:`wait_ready` waits for the rest of the fleet, say before a fleet-wide
+    ``broadcast_eval`` in a task started at ready.
     """
 
     def __init__(self, cluster: ClusterClient, *, timeout: float = DEFAULT_TIMEOUT) -> None:
@@ -79,6 +82,29 @@ class Shard:
     ) -> Any:
         """Send a custom request to the cluster that owns ``guild_id`` (or ``data["guild_id"]``)."""
         return await self._calls.request_to_guild(data, guild_id=guild_id, timeout=timeout)
+
+    async def fleet_status(self, *, timeout: float | None = None) -> FleetStatus:
+        """The bridge's view of the whole fleet: machines, their clusters and states (see :meth:`Bridge.status`)."""
+        return await self._calls.fleet_status(timeout=timeout)
+
+    async def wait_ready(
+        self, *, clusters: Sequence[int] | None = None, timeout: float | None = None
+    ) -> FleetStatus:
+        """Wait until every cluster of the fleet (or each of ``clusters``) is ready; return that status.
+
+        Clusters start one after another, machine by machine: a ``broadcast_eval`` made as
+        soon as this cluster is ready fails on the others ("cluster 1 is starting, not
+        ready"); wait for them first::
+
+            await bot.machine.wait_ready(timeout=120)
+            counts = await bot.machine.broadcast_eval("len(bot.guilds)")
+
+        ``timeout`` None waits as long as it takes. When it runs out,
+        :class:`~zmqcross.RequestTimeout` names each cluster not ready and why: starting
+        or failed on a machine (with its exit code and restarts), or not running on any
+        machine. A cluster id outside the plan raises :class:`~zmqcross.ConfigurationError`.
+        """
+        return await self._calls.wait_ready(clusters=clusters, timeout=timeout)
 
     def _next_id(self) -> int:
         return self.cluster.next_id()

@@ -23,7 +23,8 @@ from zmqcross import AccessPolicy, CacheClient, Client, ConfigurationError, Flee
 from zmqcross.security import ACTIONS
 from zmqcross._cachestore import DEFAULT_MAX_SIZE, CachePath, decode_snapshot
 from zmqcross.cli import configure
-from zmqcross.cli.options import COMMANDS, cache_options
+from zmqcross.cli.options import COMMANDS, KNOWN_VARIABLES, cache_options
+from zmqcross.config import unknown_variables
 from zmqcross.cli.table import render_status, shard_ranges
 from zmqcross.status import ClusterStatus, MachineStatus
 
@@ -207,6 +208,37 @@ def test_dashboard_allowed_hosts_from_file_environment_and_flags(tmp_path: Path)
         configure(
             ["dashboard"], {"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_DASHBOARD_ALLOWED_HOSTS": "dash.lan:8080"}
         )
+
+
+def test_an_unknown_variable_is_warned_about_with_the_nearest_name() -> None:
+    env = {"ZMQCROSS_TOTAL_SHARD": "8", "ZMQCROSS_TOTAL_MACHINES": "2", "ZMQCROSS_WHATEVER": "1", "HOME": "/"}
+    assert unknown_variables(env, KNOWN_VARIABLES) == [
+        "unknown setting ZMQCROSS_TOTAL_SHARD (did you mean ZMQCROSS_TOTAL_SHARDS?); it is ignored "
+        "(`zmqcross COMMAND --help` lists each variable)",
+        "unknown setting ZMQCROSS_WHATEVER; it is ignored (`zmqcross COMMAND --help` lists each variable)",
+    ]
+    # a variable of another command is no typo: one environment often serves them all
+    assert unknown_variables({"ZMQCROSS_BOT_FILE": "b.py", "ZMQCROSS_LOOP": "asyncio"}, KNOWN_VARIABLES) == []
+
+
+def test_every_variable_the_docs_name_is_known() -> None:
+    for path in [ROOT / "README.md", *BOTS.iterdir(), *(ROOT / "zmqcross").rglob("*.py")]:
+        if path.is_file():
+            names = set(re.findall(r"ZMQCROSS_[A-Z_]*[A-Z]", path.read_text()))
+            assert names - {"ZMQCROSS_TOTAL_SHARD"} <= KNOWN_VARIABLES, (path, names - KNOWN_VARIABLES)
+
+
+def test_a_misspelt_variable_is_warned_about_at_start() -> None:
+    env = clean_env(ZMQCROSS_AUTH_TOKEN="t", ZMQCROSS_BRIDGE_PORT=str(free_port()), ZMQCROSS_TOTAL_SHARD="8")
+    result = run("status", "--connect-timeout", "1", env=env)
+    assert "unknown setting ZMQCROSS_TOTAL_SHARD (did you mean ZMQCROSS_TOTAL_SHARDS?)" in result.stderr
+    assert_one_line(result, 1, "zmqcross status: no answer from the bridge")
+
+
+def test_a_bots_script_warns_of_a_misspelt_variable(caplog: pytest.LogCaptureFixture) -> None:
+    settings = bots_settings().load("bridge", argv=[], env={"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_TOTAL_SHARD": "8"})
+    assert settings["total_shards"] == 1
+    assert "unknown setting ZMQCROSS_TOTAL_SHARD (did you mean ZMQCROSS_TOTAL_SHARDS?)" in caplog.text
 
 
 # --------------------------------------------------------------------------- one path for bots/ and the CLI

@@ -36,9 +36,10 @@ where is tested without processes.
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,7 @@ from .security import ACTIONS, AccessPolicy
 
 __all__ = [
     "CONFIG_ENV",
+    "ENV_PREFIX",
     "PRECEDENCE",
     "Setting",
     "boolean",
@@ -67,7 +69,11 @@ __all__ = [
     "resolve",
     "shard_count",
     "text",
+    "unknown_variables",
 ]
+
+ENV_PREFIX = "ZMQCROSS_"
+"""The prefix of every environment variable zmqcross reads."""
 
 CONFIG_ENV = "ZMQCROSS_CONFIG"
 """The environment variable naming a TOML file when ``--config`` is not given."""
@@ -452,6 +458,28 @@ def check_file(data: Mapping[str, Any], commands: Mapping[str, Sequence[Setting]
                     )
         elif key not in everywhere:
             raise ConfigurationError(f"{path}: unknown key {key!r}")
+
+
+def unknown_variables(env: Mapping[str, str], known: Iterable[str]) -> list[str]:
+    """A warning for each ``ZMQCROSS_*`` variable of ``env`` that is not in ``known``, with the nearest name.
+
+    A warning, not an error (the file's unknown keys are errors): the environment is
+    shared with what zmqcross does not own (a bot's own ``ZMQCROSS_``-named variables,
+    an env file written for a newer version), and refusing to start over a name that may
+    be someone else's would stop a fleet that runs. A misspelt setting is still said out
+    loud at start instead of being silently ignored.
+    """
+    names = sorted(set(known))
+    warnings = []
+    for name in sorted(env):
+        if not name.startswith(ENV_PREFIX) or name in names:
+            continue
+        close = difflib.get_close_matches(name, names, n=1, cutoff=0.8)
+        hint = f" (did you mean {close[0]}?)" if close else ""
+        warnings.append(
+            f"unknown setting {name}{hint}; it is ignored (`zmqcross COMMAND --help` lists each variable)"
+        )
+    return warnings
 
 
 # --------------------------------------------------------------------------- merging

@@ -43,10 +43,11 @@ from ..config import (
     positive_int,
     positive_number,
     resolve,
+    unknown_variables,
 )
 from ..errors import ConfigurationError, ZmqcrossError
 from ..eventloop import run
-from .options import COMMANDS
+from .options import COMMANDS, KNOWN_VARIABLES
 
 __all__ = ["Invocation", "build_parser", "configure", "main", "settings_for", "settle"]
 
@@ -263,11 +264,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 @dataclass(frozen=True, slots=True)
 class Invocation:
-    """A parsed command line: the command, its arguments and its merged settings."""
+    """A parsed command line: the command, its arguments and its merged settings.
+
+    ``warnings`` are for the log once it is set up: ``ZMQCROSS_*`` variables no setting reads.
+    """
 
     command: str
     args: argparse.Namespace
     settings: dict[str, Any]
+    warnings: tuple[str, ...] = ()
 
 
 def configure(argv: Sequence[str] | None, env: Mapping[str, str]) -> Invocation:
@@ -290,7 +295,7 @@ def settle(args: argparse.Namespace, env: Mapping[str, str]) -> Invocation:
         check_file(file, COMMANDS, path)
     flags = {s.name: getattr(args, s.name) for s in settings if hasattr(args, s.name)}
     values = resolve(args.command, settings, flags=flags, env=env, file=file, path=path or "")
-    return Invocation(args.command, args, values)
+    return Invocation(args.command, args, values, tuple(unknown_variables(env, KNOWN_VARIABLES)))
 
 
 def settings_for(
@@ -318,7 +323,10 @@ def settings_for(
     _add_settings(parser, command)
     args = parser.parse_args(argv)
     args.command = command
-    return settle(args, os.environ if env is None else env).settings
+    invocation = settle(args, os.environ if env is None else env)
+    for warning in invocation.warnings:  # before the script sets up logging: Python's last resort prints it
+        log.warning("%s", warning)
+    return invocation.settings
 
 
 def _run_async(work: Callable[[asyncio.Event], Coroutine[Any, Any, int]]) -> int:
@@ -347,6 +355,8 @@ def _dispatch(inv: Invocation) -> int:
         format="%(asctime)s %(name)s %(levelname)s: %(message)s",
         stream=sys.stderr,
     )
+    for warning in inv.warnings:
+        log.warning("%s", warning)
     if inv.command == "gateway":
         return serve.run_gateway(settings)
     if inv.command == "bridge":

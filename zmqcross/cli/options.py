@@ -16,6 +16,7 @@ from typing import Any
 
 from ..cache import DEFAULT_SAVE_INTERVAL
 from ..config import (
+    CONFIG_ENV,
     Setting,
     boolean,
     cache_paths,
@@ -33,6 +34,7 @@ from ..config import (
     text,
 )
 from ..errors import ConfigurationError
+from ..eventloop import LOOP_ENV
 from ..security import CurveClient, CurveServer
 
 __all__ = [
@@ -40,6 +42,7 @@ __all__ = [
     "COMMANDS",
     "DASHBOARD",
     "GATEWAY",
+    "KNOWN_VARIABLES",
     "MACHINE",
     "RESHARD",
     "STATUS",
@@ -387,6 +390,13 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "dashboard": DASHBOARD,
 }
 """The commands that read settings, and what each reads (also the tables a config file may have)."""
+
+KNOWN_VARIABLES = frozenset(
+    {s.env for settings in COMMANDS.values() for s in settings if s.env}
+    | {CONFIG_ENV, LOOP_ENV, "ZMQCROSS_DISCORD_GATEWAY"}  # the last read by cluster processes only
+)
+"""Every ``ZMQCROSS_*`` variable zmqcross reads. Known to any command, a name is not warned about
+by the others: one environment (a compose file, an env file) often serves every command."""
 
 
 def cache_options(settings: Mapping[str, Any]) -> dict[str, Any] | None:

@@ -142,7 +142,6 @@ class Registrar:
                 old.routing_id, Goodbye(reason=reason + "; give each process its own machine_id", retry=False)
             )
             self._drop(old, reason)
-        refresh = current is not None
         permissions = settings.policy.permissions(agent=msg.agent, key=key_name)
         info = ClientInfo(
             id=msg.machine_id,
@@ -187,7 +186,7 @@ class Registrar:
         # joiner); a short burst of beacons lets it see one without waiting an interval.
         for delay in BEACON_BURST:
             clock.call_later(delay, self._beacon)
-        if not refresh:
+        if current is None:
             log.info("client %r (agent %r) connected from %s", info.id, info.agent, address)
             self._events.emit("connect", info, msg.initial_data)
         if (

@@ -6,6 +6,7 @@ import importlib.util
 import json
 import os
 import re
+import signal
 import stat
 import subprocess
 import sys
@@ -236,7 +237,9 @@ def test_a_misspelt_variable_is_warned_about_at_start() -> None:
 
 
 def test_a_bots_script_warns_of_a_misspelt_variable(caplog: pytest.LogCaptureFixture) -> None:
-    settings = bots_settings().load("bridge", argv=[], env={"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_TOTAL_SHARD": "8"})
+    settings = bots_settings().load(
+        "bridge", argv=[], env={"ZMQCROSS_AUTH_TOKEN": "t", "ZMQCROSS_TOTAL_SHARD": "8"}
+    )
     assert settings["total_shards"] == 1
     assert "unknown setting ZMQCROSS_TOTAL_SHARD (did you mean ZMQCROSS_TOTAL_SHARDS?)" in caplog.text
 
@@ -785,3 +788,57 @@ def test_a_curve_bridge_where_no_key_may_host_says_so(
             configure(["bridge"], {"ZMQCROSS_AUTH_TOKEN": "t"}).settings
         )  # no CURVE: the token hosts
     assert "may host" not in caplog.text
+
+
+# --------------------------------------------------------------------------- a person at a terminal
+
+
+def test_a_machine_waiting_for_its_bridge_says_so_within_seconds() -> None:
+    port = free_port()
+    env = clean_env(ZMQCROSS_AUTH_TOKEN="t", ZMQCROSS_BRIDGE_PORT=str(port))
+    machine = Service("machine", ["-m", "zmqcross", "machine", "--bot", "bots/bot.py"], env=env)
+    try:
+        started = time.monotonic()
+        machine.wait_line(
+            rf"waiting for the bridge at 127\.0\.0\.1:{port} \(giving up after 30 s\)", timeout=5
+        )
+        assert time.monotonic() - started < 4
+    finally:
+        machine.stop()
+
+
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_a_closed_stdout_ends_quietly_with_the_drains_exit_code(
+    bridge: Service, tmp_path: Path, signum: int
+) -> None:
+    # `zmqcross machine ... | tee log`, then Ctrl-C: tee is gone before the drain's last line.
+    gateway = Service("gateway", ["-m", "zmqcross", "gateway", "--guilds", "10"], env=clean_env())
+    errors = tmp_path / "stderr"
+    try:
+        api = gateway.wait_line(r"ZMQCROSS_DISCORD_API=(\S+)").group(1)
+        env = clean_env(
+            ZMQCROSS_AUTH_TOKEN="right", ZMQCROSS_BRIDGE_PORT=str(bridge.port),  # type: ignore[attr-defined]
+            ZMQCROSS_DISCORD_API=api, ZMQCROSS_SPAWN_DELAY="0", ZMQCROSS_LOG_LEVEL="WARNING",
+        )  # fmt: skip
+        with errors.open("w") as stderr:
+            machine = subprocess.Popen(
+                [sys.executable, "-m", "zmqcross", "machine", "--bot", str(ROOT / "tests" / "fleet_bot.py")],
+                env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=stderr, text=True, start_new_session=True,
+            )  # fmt: skip
+        try:
+            assert machine.stdout is not None
+            for line in machine.stdout:
+                if "runs clusters" in line:
+                    break
+            machine.stdout.close()  # the reader is gone
+            os.killpg(machine.pid, signum)  # as a terminal's Ctrl-C reaches the whole group
+            assert machine.wait(40) == 0, errors.read_text()
+        finally:
+            if machine.poll() is None:
+                os.killpg(machine.pid, signal.SIGKILL)
+                machine.wait(10)
+        said = errors.read_text()
+        assert "Traceback" not in said and "Broken pipe" not in said and "BrokenPipe" not in said, said
+    finally:
+        gateway.stop()

@@ -389,6 +389,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ZmqcrossError as exc:
         _fail(command, exc.message, exc)
         return EXIT_FAILED
+    except BrokenPipeError:  # stdout's reader is gone (`zmqcross status | head`): nothing to tell it
+        from .serve import stdout_gone
+
+        stdout_gone()
+        return EXIT_FAILED
     except (OSError, zmq.ZMQError) as exc:
         _fail(command, str(exc), exc)
         return EXIT_FAILED

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,6 +28,7 @@ from ..registry import ClientInfo
 from .options import cache_options, client_curve, server_curve
 
 __all__ = [
+    "WAITING_NOTICE",
     "Stopped",
     "build_bridge",
     "build_machine",
@@ -35,6 +38,7 @@ __all__ = [
     "run_gateway",
     "run_machine",
     "serve_cache",
+    "stdout_gone",
     "unless_stopped",
 ]
 
@@ -45,13 +49,38 @@ Say = Callable[[str], None]
 T = TypeVar("T")
 
 
+WAITING_NOTICE = 2.0
+"""Seconds a machine waits for its bridge before saying that it does (the wait may last the
+whole connect timeout, 30 s by default, and a silent terminal looks like a hang)."""
+
+
 def printer(name: str) -> Say:
-    """Print ``name: text`` lines on stdout, flushed at once (the output is often a pipe)."""
+    """Print ``name: text`` lines on stdout, flushed at once (the output is often a pipe).
+
+    A reader that went away (``| tee log`` and Ctrl-C: tee dies first) loses the lines
+    and nothing else: the drain goes on and the command exits with its own status.
+    """
 
     def say(text: str) -> None:
-        print(f"{name}: {text}", flush=True)
+        try:
+            print(f"{name}: {text}", flush=True)
+        except BrokenPipeError:
+            stdout_gone()
 
     return say
+
+
+def stdout_gone() -> None:
+    """Send the rest of stdout to /dev/null: its reader is gone.
+
+    What the failed write left in the buffer, and every later line, would otherwise raise
+    again, down to the interpreter's last flush at exit ("Exception ignored ... BrokenPipeError").
+    """
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, sys.stdout.fileno())
+    finally:
+        os.close(devnull)
 
 
 class Stopped(Exception):
@@ -256,6 +285,7 @@ def build_machine(settings: Settings) -> Machine:
             "token": settings["discord_token"],
         },
         drain_timeout=settings["drain_timeout"],
+        exit_on_failed_cluster=settings["exit_on_failed_cluster"],
     )
     return machine
 
@@ -272,6 +302,13 @@ async def run_machine(settings: Settings, stop: asyncio.Event) -> int:
         "assignment", lambda share, reason: say(f"assigned clusters {list(share.cluster_list)}: {reason}")
     )
     progress = asyncio.ensure_future(Progress(machine, say).follow())
+    waiting = asyncio.ensure_future(
+        _say_while_waiting(
+            client,
+            say,
+            f"waiting for the bridge at {where} (giving up after {settings['connect_timeout']:g} s)",
+        )
+    )
     try:
         try:
             share = await unless_stopped(stop, machine.start())
@@ -296,8 +333,15 @@ async def run_machine(settings: Settings, stop: asyncio.Event) -> int:
             await machine.serve()
     finally:
         progress.cancel()
+        waiting.cancel()
     say("drained and stopped")
     return 0
+
+
+async def _say_while_waiting(client: Client, say: Say, text: str) -> None:
+    await asyncio.sleep(WAITING_NOTICE)
+    if not client.connected:
+        say(text)
 
 
 # --------------------------------------------------------------------------- gateway

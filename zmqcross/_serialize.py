@@ -12,11 +12,13 @@ from __future__ import annotations
 import collections.abc
 import datetime
 import gc
+import types
 from collections.abc import Callable
 from operator import attrgetter
 from typing import Any
 
 import discord
+from discord.ext import commands
 
 from .protocol import dump
 
@@ -140,6 +142,20 @@ def _client(client: discord.Client) -> dict[str, Any]:
     }
 
 
+def _cog(cog: commands.Cog) -> dict[str, Any]:
+    # bot.cogs maps names to these: what a caller asks "which cogs run where" wants to see.
+    return {
+        "name": cog.qualified_name,
+        "description": cog.description,
+        "commands": [command.qualified_name for command in cog.get_commands()],
+        "app_commands": [command.qualified_name for command in cog.get_app_commands()],
+    }
+
+
+def _command(command: commands.Command[Any, Any, Any]) -> dict[str, Any]:
+    return {"name": command.qualified_name, "cog": command.cog_name, "description": command.short_doc}
+
+
 _CONVERTERS: dict[type, Callable[[Any], Any]] = {
     discord.Client: _client,
     discord.Guild: _guild,
@@ -155,6 +171,9 @@ _CONVERTERS: dict[type, Callable[[Any], Any]] = {
     discord.Colour: lambda c: c.value,
     discord.Asset: lambda a: a.url,
     discord.Object: lambda o: {"id": o.id},
+    commands.Cog: _cog,
+    commands.Command: _command,
+    types.ModuleType: lambda m: m.__name__,  # bot.extensions: name -> module
     datetime.timedelta: lambda d: d.total_seconds(),
     set: list,
     frozenset: list,
@@ -163,6 +182,8 @@ _CONVERTERS: dict[type, Callable[[Any], Any]] = {
     discord.utils.SequenceProxy: list,
     collections.abc.KeysView: list,
     collections.abc.ValuesView: list,
+    # bot.cogs and bot.extensions are read-only views of a dict (types.MappingProxyType).
+    types.MappingProxyType: dict,
 }
 _RESOLVED: dict[type, Callable[[Any], Any] | None] = {}
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import free_port
-from fleetkit import TOKEN, Processes, fleet_env
+from fleetkit import TOKEN, Processes, fleet_env, wait_clusters
 
 from zmqcross import ConfigurationError
 from zmqcross._readiness import describe_unready, unready, wanted
@@ -141,6 +141,26 @@ async def test_a_task_started_at_ready_waits_for_the_fleet_then_broadcasts(procs
 
     procs.machine("machine-2")
     done = await reports_of(reports, "after_wait", {0, 1, 2, 3}, timeout=90)
-    for cid, report in done.items():
+    for report in done.values():
         assert report["own"] and report["ready"], report
         assert report.get("ok") == [0, 1, 2, 3], report
+
+
+async def test_the_readmes_porting_example_runs_on_a_fleet(procs, make_bridge, make_client, tmp_path) -> None:
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## Porting a discord.py bot") :]
+    bot = tmp_path / "bot.py"
+    bot.write_text(
+        section[section.index("```python\n") + 10 : section.index("```\n", section.index("```python"))]
+    )
+    bridge = await make_bridge(
+        auth_token=TOKEN, port=procs.port, pub_port=procs.port + 1,
+        total_shards=8, shards_per_cluster=2, total_machines=2,
+    )  # fmt: skip
+    procs.env["ZMQCROSS_BOT_FILE"] = str(bot)
+    procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await make_client(bridge, auth_token=TOKEN, agent="dashboard", machine_id="dashboard")
+    await wait_clusters(dash, [0, 1, 2, 3], timeout=60)  # setup_hook's tree.sync did not crash cluster 0
+    names = await dash.broadcast_eval("sorted(c.name for c in bot.commands)")
+    assert names == [["guilds", "help", "ping"]] * 4
+    assert await dash.broadcast_eval("[c.name for c in bot.tree.get_commands()]") == [["where"]] * 4

@@ -30,6 +30,10 @@ class ClusterStatus:
 
     ``state`` is one of starting, ready, stopping, stopped, failed, retiring (an old cluster
     still serving during a rolling restart). Times are UNIX seconds; ``uptime`` in seconds.
+    ``failed`` means the machine will not start it again: a mistake in the bot file that a
+    restart cannot fix, or the restart cap reached. ``last_error`` is why it last stopped
+    unasked (the end of its traceback, or its exit code), until it is ready again; None from
+    a machine of an older version.
     """
 
     id: int
@@ -42,6 +46,7 @@ class ClusterStatus:
     uptime: float | None
     last_heartbeat: float | None
     exit_code: int | None
+    last_error: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -64,14 +69,17 @@ class ClusterStatus:
         missing = sorted(_CLUSTER_FIELDS.keys() - data.keys())
         if missing:
             raise ValueError(f"cluster record lacks {missing}")
-        for name, kinds in _CLUSTER_FIELDS.items():
-            value = data[name]
+        # A machine of an older version sends no optional fields: they keep their defaults.
+        fields = {**_OPTIONAL_CLUSTER_DEFAULTS, **data}
+        for name, kinds in (_CLUSTER_FIELDS | _OPTIONAL_CLUSTER_FIELDS).items():
+            value = fields[name]
             if type(value) not in kinds:  # bool is not an int here, nor an int a bool
                 raise ValueError(f"cluster record field {name!r} is {value!r}")
         shards = data["shards"]
         if not all(type(shard) is int for shard in shards):
             raise ValueError(f"cluster record field 'shards' is {shards!r}")
-        return cls(**{name: data[name] for name in _CLUSTER_FIELDS} | {"shards": tuple(shards)})
+        names = _CLUSTER_FIELDS.keys() | _OPTIONAL_CLUSTER_FIELDS.keys()
+        return cls(**{name: fields[name] for name in names} | {"shards": tuple(shards)})
 
 
 _NUMBER = (int, float)
@@ -88,6 +96,12 @@ _CLUSTER_FIELDS: dict[str, tuple[type, ...]] = {
     "exit_code": (int, type(None)),
 }
 """Each field of a cluster record on the wire, and the types it may have."""
+
+_OPTIONAL_CLUSTER_FIELDS: dict[str, tuple[type, ...]] = {
+    "last_error": (str, type(None)),
+}
+"""Fields added since the first version: a record from an older machine may lack them."""
+_OPTIONAL_CLUSTER_DEFAULTS: dict[str, Any] = {"last_error": None}
 
 
 @dataclass(frozen=True, slots=True)

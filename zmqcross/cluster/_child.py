@@ -3,7 +3,16 @@
 The manager starts each cluster with the ``spawn`` method; :func:`bootstrap` records the
 cluster's data and pipe, points discord.py at the offline gateway when
 ``ZMQCROSS_DISCORD_API`` is set, then runs the user's bot file as ``__main__``. The bot
-wires itself up with ``bot.cluster = ClusterClient(bot)``.
+wires itself up with ``bot.cluster = ClusterClient(bot)``, before it connects (at module
+level, in an async main, or in ``setup_hook``).
+
+Mistakes in that wiring stop the cluster at once with the fix in the message, and the
+manager does not restart it (a restart would make the same mistake): a bot that is not
+an ``AutoShardedClient`` or has the wrong shards (checked by :class:`ClusterClient`), and
+a bot that connects to Discord, or a bot file that ends, without creating a
+``ClusterClient``. Whatever makes the bot file fail (an import error, a crash in
+``setup_hook``) is sent to the manager before the process exits (:func:`report_failure`),
+so the machine's log and status show it.
 
 All pipe work happens on the bot's own event loop, including the heartbeats: a bot
 whose loop is stuck stops heartbeating, and its manager restarts it.
@@ -13,11 +22,15 @@ from __future__ import annotations
 
 import asyncio
 import builtins
+import dataclasses
+import functools
 import logging
 import os
 import runpy
+import socket
 import sys
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
@@ -31,6 +44,7 @@ from ..errors import ConfigurationError, ConnectionLost, MessageTooLarge, Reques
 from ..messages import IncomingMessage, IncomingRequest, serve_request
 from ..protocol import (
     DEFAULT_LIMITS,
+    ErrorInfo,
     ErrorReply,
     EvalReply,
     Goodbye,
@@ -40,8 +54,9 @@ from ..protocol import (
     Reply,
     Request,
     Send,
+    encode,
 )
-from ._pipe import PipeEnd, open_pipe
+from ._pipe import PipeEnd, open_pipe, pack
 
 if TYPE_CHECKING:
     import discord
@@ -49,12 +64,22 @@ if TYPE_CHECKING:
 # discord.py is imported only inside cluster processes (and by serialize.py, used only
 # there): a bridge or machine agent importing zmqcross does not pay for it.
 
-__all__ = ["ClusterClient", "ClusterData", "bootstrap", "cluster_data"]
+__all__ = ["ClusterClient", "ClusterData", "bootstrap", "cluster_data", "report_failure"]
 
 log = logging.getLogger("zmqcross.cluster")
 
 SHUTDOWN_GRACE = 10.0
 """Seconds a cluster waits for discord.py to close its connections before it exits anyway."""
+
+MAX_REPORTED_TRACEBACK = 16_000
+"""Characters of a failing cluster's traceback sent to its manager (the end is kept)."""
+REPORT_TIMEOUT = 2.0
+"""Seconds a failing cluster waits to hand its report to a manager that does not read."""
+
+_THE_FIX = (
+    "commands.AutoShardedBot(..., shard_ids=list(data.shard_list), shard_count=data.total_shards) "
+    "(or discord.AutoShardedClient with the same arguments), where data = zmqcross.cluster_data()"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +113,8 @@ class ClusterData:
 @dataclass(slots=True)
 class _Current:
     data: ClusterData
-    conn: Connection | None
+    conn: Connection | None  # None once a ClusterClient took it
+    report_fd: int | None = None  # the pipe's socket, kept for report_failure after the loop is gone
 
 
 _CURRENT: _Current | None = None
@@ -114,10 +140,73 @@ def bootstrap(bot_file: str, data: ClusterData, conn: Connection) -> None:
     if api:
         _go_offline(api)
         data = ClusterData(**{**_as_dict(data), "offline": True})
-    _CURRENT = _Current(data, conn)
+    _CURRENT = current = _Current(data, conn, report_fd=os.dup(conn.fileno()))
+    _require_cluster_client()
     sys.argv = [bot_file]
     sys.path.insert(0, os.path.dirname(os.path.abspath(bot_file)))
-    runpy.run_path(bot_file, run_name="__main__")
+    try:
+        runpy.run_path(bot_file, run_name="__main__")
+    except Exception as exc:
+        if not report_failure(exc):
+            raise  # the manager is gone: multiprocessing prints the traceback instead
+        sys.exit(1)  # the manager logs the traceback it was sent
+    if current.conn is not None:
+        error = ConfigurationError(
+            f"cluster {data.cluster_id}: the bot file {os.path.basename(bot_file)} finished without "
+            "creating a ClusterClient (and without running the bot?). Add bot.cluster = "
+            f"zmqcross.ClusterClient(bot), then bot.run(...), with the bot built as {_THE_FIX}"
+        )
+        if not report_failure(error):
+            log.error("%s", error.message)
+        sys.exit(1)
+
+
+def report_failure(exc: BaseException) -> bool:
+    """Tell the manager why this cluster is about to exit; False if it could not be told.
+
+    Sent as an :class:`ErrorReply` with no ``reply_to`` straight to the pipe's socket:
+    by now discord.py's event loop (and the pipe's transport on it) may be closed.
+    """
+    if _CURRENT is None or _CURRENT.report_fd is None:
+        return False
+    fd, _CURRENT.report_fd = _CURRENT.report_fd, None
+    info = ErrorInfo.from_exception(exc)
+    if info.traceback and len(info.traceback) > MAX_REPORTED_TRACEBACK:
+        info = dataclasses.replace(info, traceback="...\n" + info.traceback[-MAX_REPORTED_TRACEBACK:])
+    try:
+        with socket.socket(fileno=fd) as sock:
+            sock.settimeout(REPORT_TIMEOUT)
+            sock.sendall(b"".join(pack(encode(ErrorReply(error=info)))))
+    except OSError:
+        return False
+    return True
+
+
+def _require_cluster_client() -> None:
+    # discord.py connects through Client.connect, or AutoShardedClient.connect (which does
+    # not call the former). Refusing there happens before any IDENTIFY: a bot without a
+    # ClusterClient spends no session start and holds no guild another cluster holds.
+    import discord
+
+    for cls in (discord.Client, discord.AutoShardedClient):
+        cls.connect = _checked(cls.connect)  # type: ignore[method-assign]
+
+
+def _checked(
+    connect: Callable[..., Coroutine[Any, Any, None]],
+) -> Callable[..., Coroutine[Any, Any, None]]:
+    @functools.wraps(connect)
+    async def checked(self: discord.Client, *args: Any, **kwargs: Any) -> None:
+        if _CURRENT is not None and _CURRENT.conn is not None:
+            raise ConfigurationError(
+                f"cluster {_CURRENT.data.cluster_id}: the bot was about to connect to Discord without "
+                "creating a ClusterClient, so its machine could neither see nor reach it. Add "
+                "bot.cluster = zmqcross.ClusterClient(bot) before bot.run(...), with the bot built as "
+                + _THE_FIX
+            )
+        await connect(self, *args, **kwargs)
+
+    return checked
 
 
 def _as_dict(data: ClusterData) -> dict[str, Any]:
@@ -144,8 +233,36 @@ def _go_offline(api: str) -> None:
     log.info("offline Discord: REST %s, gateway %s", api, gateway)
 
 
+def _check_sharding(bot: discord.Client, data: ClusterData) -> None:
+    """Raise :class:`ConfigurationError`, naming the fix, unless ``bot`` runs exactly this cluster's shards."""
+    import discord
+
+    where = f"cluster {data.cluster_id} runs shards {list(data.shard_list)} of {data.total_shards}"
+    if not isinstance(bot, discord.AutoShardedClient):
+        raise ConfigurationError(
+            f"cluster {data.cluster_id}: ClusterClient needs an AutoShardedClient, not a "
+            f"{type(bot).__name__}: discord.py would run one unsharded session in every cluster, each "
+            f"holding every guild and answering every event. Use {_THE_FIX}"
+        )
+    if bot.shard_ids is None:
+        raise ConfigurationError(
+            f"cluster {data.cluster_id}: the bot has no shard_ids, so discord.py would run every shard "
+            f"in every cluster; {where}. Use {_THE_FIX}"
+        )
+    if sorted(bot.shard_ids) != sorted(data.shard_list) or bot.shard_count != data.total_shards:
+        raise ConfigurationError(
+            f"cluster {data.cluster_id}: the bot has shard_ids={list(bot.shard_ids)}, "
+            f"shard_count={bot.shard_count}, but {where}. Use {_THE_FIX}"
+        )
+
+
 class ClusterClient:
     """Joins a discord.py bot to its cluster manager: ``bot.cluster = ClusterClient(bot)``.
+
+    ``bot`` must be a ``discord.AutoShardedClient`` (or ``commands.AutoShardedBot``) built with
+    ``shard_ids=list(data.shard_list), shard_count=data.total_shards`` from
+    :func:`cluster_data`; anything else raises :class:`~zmqcross.ConfigurationError` naming
+    the fix, and the manager does not restart the cluster.
 
     It reports heartbeats and readiness over the pipe, runs broadcast evals, and hands
     requests routed to this cluster (``request_to_guild``) to handlers registered with
@@ -161,6 +278,7 @@ class ClusterClient:
         if _CURRENT is None or _CURRENT.conn is None:
             cluster_data()  # raises the explanation
             raise ConfigurationError("a ClusterClient already took this cluster's pipe")
+        _check_sharding(bot, _CURRENT.data)
         self.bot = bot
         self.data = _CURRENT.data
         self._conn: Connection | None = _CURRENT.conn

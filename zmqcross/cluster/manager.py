@@ -7,34 +7,34 @@ reach the clusters, and requests from the bots reach the bridge.
 A cluster is restarted when its process exits unasked, when it misses heartbeats for
 ``heartbeat_timeout`` seconds (its event loop is stuck), or when it is not ready within
 ``spawn_timeout`` of starting; at most ``restarts.max_restarts`` times per
-``restarts.interval`` seconds, after which it is left stopped and ``error`` fires.
+``restarts.interval`` seconds, after which it is left failed and ``cluster_failed`` and
+``error`` fire. A cluster that reports a mistake in the bot file (no ``ClusterClient``, a
+bot that is not an ``AutoShardedClient``, the wrong shards) fails at once, unrestarted.
+What a failing cluster reported (its traceback) is logged, and its last lines shown in
+its status's ``last_error``.
 
-A cluster's states and every move between them are in :class:`ClusterState` and
-:data:`CLUSTER_TRANSITIONS`; statuses show the states' values.
+A cluster's states, every move between them and the restart decision are in
+``_lifecycle.py`` (:class:`ClusterState`, :data:`CLUSTER_TRANSITIONS`); statuses show the
+states' values.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import enum
 import functools
 import itertools
 import logging
 import multiprocessing
 import os
 import time
-from collections import deque
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .._events import EventEmitter, Handler
 from .._fanout import FanOut, FanOuts, Gather
 from .._relaying import EvalRoute, forward_eval, reply_slots
-from .._requests import OpenRequests
-from .._transitions import Transitions
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
 from ..planning import ShardData, shard_for_guild
 from ..protocol import (
@@ -55,6 +55,17 @@ from ..protocol import (
 )
 from ..status import ClusterStatus
 from ._child import ClusterData, bootstrap
+from ._lifecycle import (
+    CLUSTER_TRANSITIONS,
+    DEFAULT_RESTARTS,
+    ClusterState,
+    GiveUp,
+    RestartPolicy,
+    _Cluster,
+    after_exit,
+    error_summary,
+    is_fatal,
+)
 from ._pipe import PipeEnd, open_pipe
 
 __all__ = [
@@ -68,54 +79,12 @@ __all__ = [
 
 log = logging.getLogger("zmqcross.cluster")
 
-MANAGER_EVENTS = ("cluster_create", "cluster_exit", "cluster_ready", "error")
+MANAGER_EVENTS = ("cluster_create", "cluster_exit", "cluster_failed", "cluster_ready", "error")
 """Events a :class:`ClusterManager` emits; see :meth:`ClusterManager.on`."""
 
 Respond = Callable[[Message], object]
 Upstream = Callable[[Message, Callable[[Message | ZmqcrossError], object]], None]
 
-
-@dataclass(frozen=True, slots=True)
-class RestartPolicy:
-    """At most ``max_restarts`` automatic restarts of one cluster within ``interval`` seconds."""
-
-    max_restarts: int = 5
-    interval: float = 60.0
-
-
-class ClusterState(enum.Enum):
-    """Where one cluster process is; the values are what :class:`ClusterStatus` shows."""
-
-    STARTING = "starting"
-    """Its process runs; discord.py is not ready yet."""
-    READY = "ready"
-    """It heartbeats and serves evals and guild requests."""
-    STOPPING = "stopping"
-    """Asked to close its Discord connections and exit."""
-    STOPPED = "stopped"
-    """No process (never started, exited, or stopped); the watchdog may start it again."""
-    FAILED = "failed"
-    """Exited too often within the restart policy's interval: left stopped until the manager closes."""
-
-
-CLUSTER_TRANSITIONS = Transitions(
-    "a cluster",
-    {
-        ClusterState.STOPPED: {
-            ClusterState.STARTING,
-            ClusterState.FAILED,
-            # Stopping and the exit watcher both see the process gone; whichever is second
-            # finds the cluster stopped already.
-            ClusterState.STOPPED,
-        },
-        # A process can die at any point; its exit makes the cluster stopped.
-        ClusterState.STARTING: {ClusterState.READY, ClusterState.STOPPING, ClusterState.STOPPED},
-        ClusterState.READY: {ClusterState.STOPPING, ClusterState.STOPPED},
-        ClusterState.STOPPING: {ClusterState.STOPPED},
-        ClusterState.FAILED: {ClusterState.STOPPED},  # the manager closing reaps it
-    },
-)
-"""Every move a cluster may make; :meth:`_Cluster.move` raises :class:`IllegalTransition` for any other."""
 
 # Every eval and guild request checks its clusters' state. Looking a member up on its
 # Enum class costs ~150 ns on Python 3.11, a module global ~10 ns: the hot checks use this.
@@ -123,32 +92,6 @@ _READY = ClusterState.READY
 
 RETIRING = "retiring"
 """The status of an old cluster still serving during a rolling restart (a view, not a state)."""
-
-
-@dataclass(eq=False)
-class _Cluster:
-    id: int
-    shards: tuple[int, ...]
-    process: Any = None
-    pipe: PipeEnd | None = None
-    state: ClusterState = ClusterState.STOPPED  # changed only through move()
-    started: float = 0.0  # monotonic
-    started_at: float | None = None  # wall clock, for status
-    last_beat: float = 0.0
-    last_beat_at: float | None = None
-    guilds: int | None = None
-    exit_code: int | None = None
-    stopping: bool = False
-    restarts: int = 0
-    recent: deque[float] = field(default_factory=deque)
-    ready: asyncio.Event = field(default_factory=asyncio.Event)
-    exited: asyncio.Event = field(default_factory=asyncio.Event)
-    open: OpenRequests = field(default_factory=OpenRequests)
-
-    def move(self, new: ClusterState) -> None:
-        """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""
-        CLUSTER_TRANSITIONS.check(self.state, new)
-        self.state = new
 
 
 class ClusterManager:
@@ -175,7 +118,7 @@ class ClusterManager:
         token: str | None = None,
         env: Mapping[str, str] | None = None,
         respawn: bool = True,
-        restarts: RestartPolicy = RestartPolicy(),
+        restarts: RestartPolicy = DEFAULT_RESTARTS,
         spawn_delay: float = 5.0,
         spawn_timeout: float = 120.0,
         heartbeat_interval: float = 1.0,
@@ -241,7 +184,8 @@ class ClusterManager:
 
     def on(self, name: str, handler: Handler | None = None) -> Any:
         """Register a handler: ``cluster_create(id)``, ``cluster_ready(id)``,
-        ``cluster_exit(id, exit_code)``, ``error(exception)``."""
+        ``cluster_exit(id, exit_code)``, ``cluster_failed(id, error)`` (it will not be started
+        again; ``error`` is a :class:`ZmqcrossError` saying why), ``error(exception)``."""
         return self._events.on(name, handler) if handler is not None else self._events.on(name)
 
     @property
@@ -273,6 +217,7 @@ class ClusterManager:
             uptime=time.time() - c.started_at if alive and c.started_at is not None else None,
             last_heartbeat=c.last_beat_at,
             exit_code=c.exit_code,
+            last_error=c.last_error,
         )
 
     def statuses(self) -> list[ClusterStatus]:
@@ -300,15 +245,28 @@ class ClusterManager:
         order = sorted(self._clusters.values(), key=lambda c: c.id)
         for index, cluster in enumerate(order, 1):
             await self._start(cluster)
+            # A cluster that dies before it is ready does not hold up the others: its
+            # restarts are the watchdog's business, and a broken cluster 0 must not keep
+            # cluster 1 from ever starting.
+            ready, exited = cluster.ready, cluster.exited
+            waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(exited.wait())]
             try:
-                await asyncio.wait_for(cluster.ready.wait(), timeout)
-            except TimeoutError:
-                log.warning(
-                    "cluster %d not ready after %g s; the watchdog will restart it", cluster.id, timeout
-                )
-            else:
+                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for wait in waits:
+                    wait.cancel()
+            if ready.is_set():
                 log.info(
                     "cluster %d ready (shards %s): %d/%d", cluster.id, list(cluster.shards), index, len(order)
+                )
+            elif exited.is_set():
+                then = "it failed" if cluster.state is ClusterState.FAILED else "it is being restarted"
+                log.warning(
+                    "cluster %d exited before it was ready (%s); starting the next cluster", cluster.id, then
+                )
+            else:
+                log.warning(
+                    "cluster %d not ready after %g s; the watchdog will restart it", cluster.id, timeout
                 )
             if delay and index < len(order):
                 await asyncio.sleep(delay)
@@ -402,6 +360,7 @@ class ClusterManager:
         await asyncio.to_thread(process.start)  # spawning execs a new interpreter: keep the loop free
         child.close()
         c.process, c.stopping, c.exit_code, c.guilds = process, False, None, None
+        c.report, c.killed = None, None
         c.move(ClusterState.STARTING)
         c.ready, c.exited = asyncio.Event(), asyncio.Event()
         c.started, c.started_at = time.monotonic(), time.time()
@@ -446,6 +405,8 @@ class ClusterManager:
         wanted = c.stopping
         c.move(ClusterState.STOPPED)
         c.ready.clear()
+        if not wanted and c.report is None:
+            c.last_error = c.killed or f"exited with code {code}"
         log.log(logging.INFO if wanted else logging.WARNING, "cluster %d exited with code %s", c.id, code)
         self._events.emit("cluster_exit", c.id, code)
         if not wanted and self._running and self.respawn and self._clusters.get(c.id) is c:
@@ -457,30 +418,34 @@ class ClusterManager:
             c.exit_code = c.process.exitcode
 
     def _schedule_respawn(self, c: _Cluster) -> None:
-        now = time.monotonic()
-        while c.recent and now - c.recent[0] > self.restarts.interval:
-            c.recent.popleft()
-        if len(c.recent) >= self.restarts.max_restarts:
+        decision = after_exit(c, now=time.monotonic(), policy=self.restarts, report=c.report)
+        if isinstance(decision, GiveUp):
             c.move(ClusterState.FAILED)
-            error = ZmqcrossError(
-                f"cluster {c.id} needed {len(c.recent)} restarts within {self.restarts.interval:g} s; "
-                "not restarting it again (see its log)"
-            )
+            c.last_error = f"{decision.reason}; last error:\n{c.last_error}"
+            error = ZmqcrossError(f"{decision.reason}; its last error: {c.last_error.splitlines()[-1]}")
             log.error("%s", error.message)
+            self._events.emit("cluster_failed", c.id, error)
             self._events.emit("error", error)
             return
-        c.recent.append(now)
-        c.restarts += 1
-        task = asyncio.get_running_loop().create_task(self._respawn(c))
+        task = asyncio.get_running_loop().create_task(self._respawn(c, decision.delay))
         self._respawns.add(task)
         task.add_done_callback(self._respawns.discard)
 
-    async def _respawn(self, c: _Cluster) -> None:
-        await asyncio.sleep(min(0.5 * len(c.recent), 5.0))  # back off when it keeps failing
+    async def _respawn(self, c: _Cluster, delay: float) -> None:
+        await asyncio.sleep(delay)
         if self._running and c.state is ClusterState.STOPPED:
             await self._start(c)
 
+    def _reported(self, c: _Cluster, info: ErrorInfo) -> None:
+        # The cluster's last words before it exits: kept until its exit decides what next.
+        c.report, c.last_error = info, error_summary(info)
+        if is_fatal(info):
+            log.error("cluster %d: %s", c.id, info.message)
+        else:
+            log.error("cluster %d failed: %s", c.id, (info.traceback or c.last_error).rstrip())
+
     def _kill(self, c: _Cluster, why: str) -> None:
+        c.killed = f"killed: it {why}"
         log.warning("cluster %d %s; killing it", c.id, why)
         if c.process is not None and c.process.is_alive():
             c.process.kill()
@@ -523,8 +488,11 @@ class ClusterManager:
             c.last_beat, c.last_beat_at, c.guilds = time.monotonic(), msg.sent_at, msg.guilds
             if msg.ready and c.state is ClusterState.STARTING:
                 c.move(ClusterState.READY)
+                c.last_error = None
                 c.ready.set()
                 self._events.emit("cluster_ready", c.id)
+        elif isinstance(msg, ErrorReply) and msg.reply_to is None:  # see _child.report_failure
+            self._reported(c, msg.error)
         elif isinstance(msg, (EvalReply, Reply, ErrorReply)):
             if not c.open.finish(msg.reply_to, msg) and msg.reply_to is not None:
                 self._fanouts.absorb(msg.reply_to, c, msg)

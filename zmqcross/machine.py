@@ -6,6 +6,11 @@ a standby starts clusters when it is handed a lost machine's chunk, a machine wi
 SIGTERM/SIGINT it drains: it tells the bridge it is leaving (a standby takes over at
 once), lets in-flight work finish within a bound, closes each cluster's Discord
 connections properly, and returns.
+
+A cluster that failed for good (a mistake in the bot file, or its restart cap reached)
+is shown in status as ``failed`` with its ``last_error``. With ``exit_on_failed_cluster``
+the machine then drains and :meth:`serve` raises, so ``zmqcross machine`` exits with
+status 1 and a supervisor (systemd's ``Restart=on-failure``) starts it again.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 from .client import Client, LinkState
 from .cluster.manager import ClusterManager
+from .errors import ZmqcrossError
 from .planning import ShardData
 
 __all__ = ["Machine"]
@@ -33,7 +39,8 @@ class Machine:
     """Runs ``bot_file`` for this machine's share of the plan and keeps following the bridge.
 
     ``client`` must use ``agent="bot"``; ``manager_options`` go to every :class:`ClusterManager`
-    (``spawn_delay``, ``heartbeat_timeout``, ``restarts``...).
+    (``spawn_delay``, ``heartbeat_timeout``, ``restarts``...). With ``exit_on_failed_cluster``,
+    a cluster that will not be restarted again makes :meth:`serve` drain the machine and raise.
     """
 
     def __init__(
@@ -43,6 +50,7 @@ class Machine:
         *,
         manager_options: Mapping[str, Any] | None = None,
         drain_timeout: float = DRAIN_TIMEOUT,
+        exit_on_failed_cluster: bool = False,
     ) -> None:
         self.bot_file = bot_file
         self.client = client
@@ -52,6 +60,9 @@ class Machine:
         self._changes: asyncio.Queue[tuple[ShardData, str]] = asyncio.Queue()
         self._follower: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
+        self.exit_on_failed_cluster = exit_on_failed_cluster
+        self._failure: ZmqcrossError | None = None
+        self._failed = asyncio.Event()
         client.on("assignment", lambda data, reason: self._changes.put_nowait((data, reason)))
 
     @property
@@ -80,17 +91,38 @@ class Machine:
         await self.serve()
 
     async def serve(self) -> None:
-        """Serve until SIGTERM or SIGINT, then :meth:`drain`."""
+        """Serve until SIGTERM or SIGINT, then :meth:`drain`.
+
+        With ``exit_on_failed_cluster``, a cluster failing for good also ends it: the
+        machine drains, then this raises :class:`ZmqcrossError` saying which cluster and why.
+        """
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
+        waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(self._failed.wait())]
         try:
-            await stop.wait()
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         finally:
+            for wait in waits:
+                wait.cancel()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
-            await self.drain("the machine is shutting down")
+            failed = self._failure is not None and not stop.is_set()
+            await self.drain("a cluster failed" if failed else "the machine is shutting down")
+        if failed and self._failure is not None:
+            raise ZmqcrossError(
+                f"{self._failure.message}; the machine exits (exit_on_failed_cluster) so that its "
+                "supervisor restarts it"
+            )
+
+    def _cluster_failed(self, cluster_id: int, error: ZmqcrossError) -> None:
+        if self.exit_on_failed_cluster and self._failure is None:
+            log.error(
+                "machine %r stops: cluster %d failed (exit_on_failed_cluster)", self.client.id, cluster_id
+            )
+            self._failure = error
+            self._failed.set()
 
     async def drain(self, reason: str = "draining") -> None:
         """Leave the fleet cleanly (see the module docstring); safe to call twice."""
@@ -121,6 +153,7 @@ class Machine:
 
     async def _run_share(self, share: ShardData) -> None:
         manager = ClusterManager.from_shard_data(self.bot_file, share, **self._options)
+        manager.on("cluster_failed", self._cluster_failed)
         self.manager = manager
         self.client.listen(manager)
         await manager.spawn()

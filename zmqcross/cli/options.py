@@ -262,6 +262,15 @@ MACHINE = (
         default=15.0,
         metavar="SECONDS",
     ),
+    Setting(
+        "exit_on_failed_cluster",
+        "ZMQCROSS_EXIT_ON_FAILED_CLUSTER",
+        boolean,
+        "when a cluster fails for good (a mistake in the bot file, or its restart cap reached), "
+        "drain and exit with status 1 so a supervisor (systemd Restart=on-failure) restarts the "
+        "machine (off: keep serving the other clusters; status shows the failed one)",
+        default=False,
+    ),
     CONNECT_TIMEOUT,
     Setting(
         "drain_timeout",

@@ -4,8 +4,9 @@ The script fetches ``/api/fleet`` about once a second and rebuilds the fleet's p
 DOM from it (no page reload). Every value is written with ``textContent``, never
 ``innerHTML``: guild names and error messages come from the fleet. Numbers a test or a
 script may want to read carry element ids and ``data-*`` attributes (``#total-guilds
-[data-value]``, ``tr.cluster[data-cluster][data-state][data-guilds]``, ``#guild-result
-[data-status]``); ``body[data-loaded]`` turns true after the first snapshot is shown.
+[data-value]``, ``tr.cluster[data-cluster][data-state][data-guilds]``, ``tr.cluster-error``
+under a cluster with a ``last_error``, ``#guild-result[data-status]``); ``body[data-loaded]``
+turns true after the first snapshot is shown.
 """
 
 from __future__ import annotations
@@ -170,7 +171,13 @@ function machineSection(m, answeredById, takenAt) {
   if (m.leaving) title.append(badge("leaving", "b-warn"));
   if (m.error) title.append(badge("no answer", "b-bad"), el("span", {class: "sub"}, m.error));
   const body = el("tbody");
-  for (const c of m.clusters) body.append(clusterRow(m, c, answeredById.get(c.id), takenAt));
+  for (const c of m.clusters) {
+    body.append(clusterRow(m, c, answeredById.get(c.id), takenAt));
+    if (c.last_error) {  // why it last stopped: its traceback's last lines, or its exit code
+      body.append(el("tr", {class: "cluster-error", "data-cluster": c.id, "data-machine": m.id},
+        el("td", {colspan: HEAD.length}, el("pre", {}, c.last_error))));
+    }
+  }
   if (!m.clusters.length) {
     body.append(el("tr", {}, el("td", {colspan: HEAD.length, class: "dim"},
       m.standby ? "standby: runs no cluster until one is handed over" : "no clusters")));
@@ -231,6 +238,12 @@ function render(snap) {
       if (m.standby) alerts.push(["warn", m.id + " is a STANDBY"]);
       if (m.leaving) alerts.push(["warn", m.id + " is LEAVING"]);
       if (m.error) alerts.push(["bad", m.id + " did not answer: " + m.error]);
+      for (const c of m.clusters) {
+        if (c.state === "failed") {
+          const why = c.last_error ? ": " + c.last_error.split("\\n")[0] : "";
+          alerts.push(["bad", "cluster " + c.id + " FAILED on " + m.id + " and is not restarted" + why]);
+        }
+      }
     }
     const sections = machines.map((m) => machineSection(m, answeredById, fleet.taken_at));
     if (sum.unassigned.length) {

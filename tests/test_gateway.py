@@ -29,6 +29,7 @@ from zmqcross.gateway import (
 )
 from zmqcross.gateway.discordpy import gateway_url_for
 from zmqcross.gateway.guilds import BOT_USER_ID, MEMBER_ROLE, guild_index
+from zmqcross.gateway.people import member_ids
 from zmqcross.gateway.wire import ZSTD_AVAILABLE, CloseCode, Identify, check_identify
 
 GUILDS = 40
@@ -397,11 +398,15 @@ async def test_plain_json_identify_ready_and_guilds(server: GatewayServer) -> No
         assert [m["t"] for m in creates] == ["GUILD_CREATE"] * len(creates)
         assert [m["s"] for m in creates] == list(range(2, 2 + len(creates)))
         assert [m["d"]["id"] for m in creates] == [g["id"] for g in data["guilds"]]
-        # The only member the offline guilds know of is the bot.
-        await gateway.send(8, {"guild_id": data["guilds"][0]["id"], "query": "", "limit": 0, "nonce": "n"})
+        # Every member of the guild comes back: the bot, the owner and its generated users.
+        first = data["guilds"][0]["id"]
+        await gateway.send(8, {"guild_id": first, "query": "", "limit": 0, "nonce": "n"})
         chunk = await gateway.receive()
         assert chunk["t"] == "GUILD_MEMBERS_CHUNK" and chunk["d"]["nonce"] == "n"
-        assert [m["user"]["id"] for m in chunk["d"]["members"]] == [str(BOT_USER_ID)]
+        index = guild_index(first, GUILDS)
+        assert index is not None
+        assert [m["user"]["id"] for m in chunk["d"]["members"]] == [str(u) for u in member_ids(index)]
+        assert (chunk["d"]["chunk_index"], chunk["d"]["chunk_count"]) == (0, 1)
         assert all(frame.type is aiohttp.WSMsgType.TEXT for frame in gateway.frames)
     assert server.statistics().plain_connections == 1
 

@@ -29,10 +29,12 @@ __all__ = [
     "BOT_USER_ID",
     "CATEGORY_CHANNEL",
     "GUILD_EPOCH_OFFSET",
+    "JOINED_AT",
     "MEMBERS_ONLY_CHANNEL",
     "MEMBER_ROLE",
     "OWNER_USER_ID",
     "TEXT_CHANNEL",
+    "USER_EPOCH_OFFSET",
     "VOICE_CHANNEL",
     "application",
     "bot_member",
@@ -40,20 +42,21 @@ __all__ = [
     "guild_id",
     "guild_index",
     "guild_stub",
-    "members_chunk",
+    "member_count",
     "ready",
     "shard_guild_indices",
     "shard_of",
     "synthetic_guild",
+    "user_object",
 ]
 
 # Milliseconds after the Discord epoch (2015) of guild 0's snowflake: late 2019.
 GUILD_EPOCH_OFFSET: Final = 150_000_000_000
-_USER_EPOCH_OFFSET: Final = 140_000_000_000
+USER_EPOCH_OFFSET: Final = 140_000_000_000
 
-BOT_USER_ID: Final = (_USER_EPOCH_OFFSET << 22) | 1
+BOT_USER_ID: Final = (USER_EPOCH_OFFSET << 22) | 1
 """The bot's user id; also its application id, as for real bot applications."""
-OWNER_USER_ID: Final = (_USER_EPOCH_OFFSET << 22) | 2
+OWNER_USER_ID: Final = (USER_EPOCH_OFFSET << 22) | 2
 """Owner of every synthetic guild and of the application (never the bot)."""
 APPLICATION_ID: Final = BOT_USER_ID
 
@@ -69,11 +72,12 @@ _VIEW_CHANNEL: Final = 1 << 10
 _ADMINISTRATOR: Final = 1 << 3
 # Discord's default @everyone permissions for a new guild.
 _EVERYONE_PERMISSIONS: Final = "2248473465835073"
-_JOINED_AT: Final = "2020-01-01T00:00:00.000000+00:00"
+JOINED_AT: Final = "2020-01-01T00:00:00.000000+00:00"
 _BOT_NAME: Final = "zmqcross-offline"
 
 
-def _user(user_id: int, username: str, *, bot: bool) -> dict[str, Any]:
+def user_object(user_id: int, username: str, *, bot: bool) -> dict[str, Any]:
+    """A public user object (what ``GET /users/{id}`` and a message's ``author`` carry)."""
     return {
         "id": str(user_id),
         "username": username,
@@ -87,9 +91,14 @@ def _user(user_id: int, username: str, *, bot: bool) -> dict[str, Any]:
     }
 
 
+def member_count(index: int) -> int:
+    """How many members guild ``index`` has: the bot, the owner and ``1 + index % 100`` users."""
+    return 3 + index % 100
+
+
 def bot_user() -> dict[str, Any]:
     """The bot's own user, as ``GET /users/@me`` and READY's ``user`` carry it (a fresh dict)."""
-    user = _user(BOT_USER_ID, _BOT_NAME, bot=True)
+    user = user_object(BOT_USER_ID, _BOT_NAME, bot=True)
     user.update(verified=True, mfa_enabled=False, flags=0, locale="en-US", email=None)
     return user
 
@@ -103,7 +112,7 @@ def application() -> dict[str, Any]:
         "icon": None,
         "bot_public": True,
         "bot_require_code_grant": False,
-        "owner": _user(OWNER_USER_ID, "owner", bot=False),
+        "owner": user_object(OWNER_USER_ID, "owner", bot=False),
         "verify_key": "0" * 64,
         "team": None,
         "flags": 0,
@@ -164,7 +173,7 @@ def bot_member(index: int) -> dict[str, Any]:
     return {
         "user": bot_user(),
         "roles": [str(gid | ADMIN_ROLE)],
-        "joined_at": _JOINED_AT,
+        "joined_at": JOINED_AT,
         "premium_since": None,
         "nick": None,
         "avatar": None,
@@ -220,9 +229,9 @@ def _text_channel(channel_id: int, name: str, position: int, parent: int) -> dic
 def synthetic_guild(index: int) -> dict[str, Any]:
     """Guild ``index`` as its GUILD_CREATE ``d`` carries it (a fresh dict; callers may mutate it).
 
-    ``member_count`` varies (``2 + index % 100``) so sums over guilds are not trivially
-    ``2 * N``; ``members`` holds only the bot, which is what a bot without the members
-    intent keeps anyway.
+    ``member_count`` varies (:func:`member_count`) so sums over guilds are not trivially
+    ``k * N``; ``members`` holds only the bot, which is what a bot without the members
+    intent keeps anyway (the others come in member chunks, see :mod:`.people`).
     """
     gid = guild_id(index)
     category = gid | CATEGORY_CHANNEL
@@ -289,8 +298,8 @@ def synthetic_guild(index: int) -> dict[str, Any]:
             voice,
         ],
         "members": [bot_member(index)],
-        "member_count": 2 + index % 100,
-        "joined_at": _JOINED_AT,
+        "member_count": member_count(index),
+        "joined_at": JOINED_AT,
         "large": False,
         "unavailable": False,
         "lazy": True,
@@ -330,17 +339,3 @@ def ready(
         "user_settings": {},
         "_trace": ["zmqcross-offline-gateway"],
     }
-
-
-def members_chunk(index: int, nonce: object = None) -> dict[str, Any]:
-    """GUILD_MEMBERS_CHUNK's ``d`` for guild ``index``: one chunk holding the bot, its only known member."""
-    chunk: dict[str, Any] = {
-        "guild_id": str(guild_id(index)),
-        "members": [bot_member(index)],
-        "chunk_index": 0,
-        "chunk_count": 1,
-        "not_found": [],
-    }
-    if nonce is not None:
-        chunk["nonce"] = nonce
-    return chunk

@@ -18,6 +18,7 @@ import collections
 import contextlib
 import logging
 import math
+import time
 import uuid
 from dataclasses import dataclass
 from types import TracebackType
@@ -28,6 +29,11 @@ import yarl
 from aiohttp import WSMsgType, web
 
 from . import guilds as world
+from . import people
+from .interactions import Commands, Interactions
+from .messages import Channels, Snowflakes
+from .offline import OfflineApi
+from .rest import RestApi, json_response
 from .wire import (
     DEFAULT_HEARTBEAT_INTERVAL,
     MAX_CLIENT_PAYLOAD_BYTES,
@@ -38,6 +44,7 @@ from .wire import (
     check_identify,
     check_resume,
     encoder_for,
+    for_intents,
     payload,
 )
 
@@ -117,12 +124,6 @@ class _Connection:
         await self.ws.close(code=code)
 
 
-def _json(data: Any, status: int = 200) -> web.Response:
-    # Exactly "application/json": discord.py compares the header verbatim, and the
-    # "; charset=utf-8" that web.json_response appends makes it treat the body as text.
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
-
-
 class GatewayServer:
     """A local Discord REST + Gateway v10 server holding ``guilds`` synthetic guilds.
 
@@ -163,6 +164,23 @@ class GatewayServer:
         self._live: dict[str, _Connection] = {}  # session id -> the connection it runs on
         self._counters: collections.Counter[str] = collections.Counter()
         self._background: set[asyncio.Task[None]] = set()
+        clock = time.time
+        snowflakes = Snowflakes(clock)
+        self._channels = Channels(guilds, snowflakes, clock)
+        commands = Commands(snowflakes)
+        interactions = Interactions(self._channels, commands, snowflakes, clock)
+        self._rest = RestApi(
+            channels=self._channels,
+            commands=commands,
+            interactions=interactions,
+            events=self,
+            guild_count=guilds,
+            prefix=API_PREFIX,
+            clock=clock,
+        )
+        self._offline = OfflineApi(
+            shards=self, channels=self._channels, interactions=interactions, guild_count=guilds, clock=clock
+        )
 
     # --- lifetime ---------------------------------------------------------------------------
 
@@ -175,6 +193,8 @@ class GatewayServer:
         app.router.add_get(f"{API_PREFIX}/oauth2/applications/@me", self._application)
         app.router.add_get(f"{API_PREFIX}/gateway", self._gateway_info)
         app.router.add_get(f"{API_PREFIX}/gateway/bot", self._gateway_bot)
+        self._rest.add_routes(app.router)
+        self._offline.add_routes(app.router)
         app.router.add_get("/", self._websocket)
         runner = web.AppRunner(app, access_log=None, shutdown_timeout=CLOSE_TIMEOUT)
         await runner.setup()
@@ -264,6 +284,41 @@ class GatewayServer:
                 sent += 1
         return sent
 
+    def live_shards(self, guild_id: int) -> list[tuple[int, int]]:
+        """``(shard_id, shard_count)`` of each live session holding ``guild_id`` (Discord's
+        routing: shard ``(guild_id >> 22) % shard_count``)."""
+        return [shard for shard in self.connected_shards() if world.shard_of(guild_id, shard[1]) == shard[0]]
+
+    def connected_shards(self) -> list[tuple[int, int]]:
+        """``(shard_id, shard_count)`` of each live session."""
+        return [
+            (c.session.shard_id, c.session.shard_count) for c in self._live.values() if c.session is not None
+        ]
+
+    async def dispatch_guild(self, guild_id: int, event: str, data: Any) -> int:
+        """Send ``event`` about ``guild_id`` to the sessions of the shard that holds it, as each
+        session's intents let it see it (see :func:`~.wire.for_intents`).
+
+        Sessions waiting for a RESUME keep it. Returns how many live connections got it.
+        """
+        sent = 0
+        bot_id = str(world.BOT_USER_ID)
+        holders = [
+            s for s in self._sessions.values() if world.shard_of(guild_id, s.shard_count) == s.shard_id
+        ]
+        for session in holders:
+            seen = for_intents(event, data, session.intents, bot_id=bot_id)
+            if seen is None:
+                continue
+            connection = self._live.get(session.session_id)
+            if connection is None:
+                session.dispatch(event, seen)  # kept for the RESUME
+                continue
+            with contextlib.suppress(ConnectionError):
+                await connection.send_dispatch(event, seen)
+                sent += 1
+        return sent
+
     async def disconnect_shard(self, shard_id: int, *, code: int = CloseCode.UNKNOWN_ERROR) -> int:
         """Close the live connections of shard ``shard_id`` with ``code``; their sessions stay
         resumable, so discord.py RESUMEs (with 4000). Returns how many were closed."""
@@ -280,9 +335,10 @@ class GatewayServer:
             if (
                 self._token is not None
                 and request.path not in _UNAUTHENTICATED_ROUTES
+                and not self._rest.is_token_free(request.path)
                 and request.headers.get("Authorization") != f"Bot {self._token}"
             ):
-                return _json({"message": "401: Unauthorized", "code": 0}, status=401)
+                return json_response({"message": "401: Unauthorized", "code": 0}, status=401)
         try:
             response: web.StreamResponse = await handler(request)
         except web.HTTPException as exc:
@@ -290,17 +346,17 @@ class GatewayServer:
             log.warning(
                 "offline Discord has no %s %s: answering %d", request.method, request.path, exc.status
             )
-            return _json({"message": f"{exc.status}: {exc.reason}", "code": 0}, status=exc.status)
+            return json_response({"message": f"{exc.status}: {exc.reason}", "code": 0}, status=exc.status)
         return response
 
     async def _users_me(self, request: web.Request) -> web.Response:
-        return _json(world.bot_user())
+        return json_response(world.bot_user())
 
     async def _application(self, request: web.Request) -> web.Response:
-        return _json(world.application())
+        return json_response(world.application())
 
     async def _gateway_info(self, request: web.Request) -> web.Response:
-        return _json({"url": self.gateway_url})
+        return json_response({"url": self.gateway_url})
 
     async def _gateway_bot(self, request: web.Request) -> web.Response:
         remaining = max(0, SESSION_START_TOTAL - self._counters["identifies"])
@@ -310,7 +366,7 @@ class GatewayServer:
             "reset_after": 86_400_000,
             "max_concurrency": self._max_concurrency,
         }
-        return _json(
+        return json_response(
             {"url": self.gateway_url, "shards": self._recommended_shards, "session_start_limit": limit}
         )
 
@@ -321,9 +377,9 @@ class GatewayServer:
         try:
             encoder = encoder_for(compress)
         except ValueError as exc:
-            return _json({"message": str(exc), "code": 50035}, status=400)
+            return json_response({"message": str(exc), "code": 50035}, status=400)
         if request.query.get("encoding", "json") != "json":
-            return _json({"message": "only encoding=json is offered", "code": 50035}, status=400)
+            return json_response({"message": "only encoding=json is offered", "code": 50035}, status=400)
         ws = web.WebSocketResponse(max_msg_size=MAX_CLIENT_PAYLOAD_BYTES, timeout=CLOSE_TIMEOUT)
         await ws.prepare(request)
         connection = _Connection(ws, encoder, self._counters)
@@ -444,17 +500,27 @@ class GatewayServer:
         return None
 
     async def _members_chunks(self, connection: _Connection, session: Session, data: Any) -> None:
-        """Answer REQUEST_GUILD_MEMBERS for the guilds of this shard; the bot is their only member."""
+        """Answer REQUEST_GUILD_MEMBERS for the guilds of this shard with their members (:mod:`.people`)."""
         if not isinstance(data, dict):
             return
         requested = data.get("guild_id")
         wanted: list[Any] = requested if isinstance(requested, list) else [requested]
+        raw_ids = data.get("user_ids")
+        if raw_ids is not None and not isinstance(raw_ids, list):
+            raw_ids = [raw_ids]
+        user_ids = None if raw_ids is None else [int(u) for u in raw_ids if str(u).isdigit()]
+        query = data.get("query") if isinstance(data.get("query"), str) else ""
+        raw_limit = data.get("limit")
+        limit = raw_limit if isinstance(raw_limit, int) else 0
         for guild in wanted:
             index = world.guild_index(guild, self._guild_count)
             if (
-                index is not None
-                and world.shard_of(world.guild_id(index), session.shard_count) == session.shard_id
+                index is None
+                or world.shard_of(world.guild_id(index), session.shard_count) != session.shard_id
             ):
-                await connection.send_dispatch(
-                    "GUILD_MEMBERS_CHUNK", world.members_chunk(index, data.get("nonce"))
-                )
+                continue
+            chunks = people.member_chunks(
+                index, query=query, limit=limit, user_ids=user_ids, nonce=data.get("nonce")
+            )
+            for chunk in chunks:
+                await connection.send_dispatch("GUILD_MEMBERS_CHUNK", chunk)

@@ -48,6 +48,7 @@ __all__ = [
     "check_resume",
     "dispatch_payload",
     "encoder_for",
+    "for_intents",
     "payload",
 ]
 
@@ -166,6 +167,7 @@ class Identify:
 
     shard_id: int
     shard_count: int
+    intents: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -200,7 +202,8 @@ def check_identify(data: Any, *, token: str | None) -> Identify | CloseCode:
         or not 0 <= shard[0] < shard[1]
     ):
         return CloseCode.INVALID_SHARD
-    return Identify(shard_id=shard[0], shard_count=shard[1])
+    intents = data.get("intents", 0)
+    return Identify(shard_id=shard[0], shard_count=shard[1], intents=intents if type(intents) is int else 0)
 
 
 def check_resume(data: Any, *, token: str | None) -> Resume | CloseCode:
@@ -214,6 +217,46 @@ def check_resume(data: Any, *, token: str | None) -> Resume | CloseCode:
     return Resume(session_id=data["session_id"], sequence=sequence if type(sequence) is int else 0)
 
 
+GUILD_MEMBERS_INTENT: Final = 1 << 1
+GUILD_MESSAGES_INTENT: Final = 1 << 9
+GUILD_MESSAGE_TYPING_INTENT: Final = 1 << 11
+MESSAGE_CONTENT_INTENT: Final = 1 << 15
+# Guild events a session receives only with this intent (Discord's intents table).
+_EVENT_INTENTS: Final = {
+    "MESSAGE_CREATE": GUILD_MESSAGES_INTENT,
+    "MESSAGE_UPDATE": GUILD_MESSAGES_INTENT,
+    "MESSAGE_DELETE": GUILD_MESSAGES_INTENT,
+    "MESSAGE_DELETE_BULK": GUILD_MESSAGES_INTENT,
+    "TYPING_START": GUILD_MESSAGE_TYPING_INTENT,
+    "GUILD_MEMBER_ADD": GUILD_MEMBERS_INTENT,
+    "GUILD_MEMBER_UPDATE": GUILD_MEMBERS_INTENT,
+    "GUILD_MEMBER_REMOVE": GUILD_MEMBERS_INTENT,
+}
+_CONTENT_FIELDS: Final = ("content", "embeds", "attachments", "components", "poll")
+
+
+def for_intents(event: str, data: Any, intents: int, *, bot_id: str) -> Any:
+    """``data`` as a session with ``intents`` gets ``event``, or None when it does not get it.
+
+    Discord sends guild message, typing and member events only to sessions with their intent,
+    and without MESSAGE_CONTENT empties ``content``, ``embeds``, ``attachments``,
+    ``components`` and ``poll`` of messages, except the bot's own and those mentioning it.
+    """
+    needed = _EVENT_INTENTS.get(event)
+    if needed is not None and not intents & needed:
+        return None
+    if (
+        event in ("MESSAGE_CREATE", "MESSAGE_UPDATE")
+        and isinstance(data, dict)
+        and not intents & MESSAGE_CONTENT_INTENT
+        and (data.get("author") or {}).get("id") != bot_id
+        and not any(isinstance(m, dict) and m.get("id") == bot_id for m in data.get("mentions") or [])
+    ):
+        data = {**data, **{k: "" if k == "content" else [] for k in _CONTENT_FIELDS if k in data}}
+        data.pop("poll", None)
+    return data
+
+
 class Session:
     """One identified shard session: numbers its dispatches, keeps the tail a RESUME replays.
 
@@ -221,12 +264,13 @@ class Session:
     resume it, which is what discord.py sends back in RESUME's ``seq``.
     """
 
-    __slots__ = ("_replay", "sequence", "session_id", "shard_count", "shard_id")
+    __slots__ = ("_replay", "intents", "sequence", "session_id", "shard_count", "shard_id")
 
     def __init__(self, session_id: str, shard: Identify, *, replay_limit: int = MAX_REPLAY_EVENTS) -> None:
         self.session_id = session_id
         self.shard_id = shard.shard_id
         self.shard_count = shard.shard_count
+        self.intents = shard.intents
         self.sequence = 0
         """The ``s`` of the last dispatch."""
         self._replay: collections.deque[tuple[int, bytes]] = collections.deque(maxlen=replay_limit)

@@ -1,0 +1,122 @@
+"""Test and inspection endpoints of the offline Discord (``/_offline/...``; no Discord equivalent).
+
+``POST /_offline/dispatch`` plays the world: it delivers an event to the live gateway sessions
+of the shard that holds a guild, filling in Discord's fields for a user's message or a slash
+command. ``GET /_offline/messages`` shows what the bot sent, so a test can say "!ping" and read
+"pong". Request and answer shapes are in the README ("Offline Discord endpoints").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import orjson
+from aiohttp import web
+
+from . import guilds as world
+from .interactions import Interactions
+from .messages import Channels, RestError
+from .rest import json_response
+
+__all__ = ["OfflineApi", "ShardDirectory"]
+
+
+class ShardDirectory(Protocol):
+    """What the gateway knows about its sessions, and how it delivers to them."""
+
+    def live_shards(self, guild_id: int) -> list[tuple[int, int]]:
+        """``(shard_id, shard_count)`` of every live session that holds ``guild_id``."""
+        ...
+
+    def connected_shards(self) -> list[tuple[int, int]]:
+        """``(shard_id, shard_count)`` of every live session."""
+        ...
+
+    async def dispatch_guild(self, guild_id: int, event: str, data: Any) -> int: ...
+
+
+def _error(status: int, message: str) -> web.Response:
+    return json_response({"message": message, "code": 0}, status)
+
+
+class OfflineApi:
+    """The ``/_offline`` routes over the gateway's sessions and the REST stores."""
+
+    def __init__(
+        self,
+        *,
+        shards: ShardDirectory,
+        channels: Channels,
+        interactions: Interactions,
+        guild_count: int,
+        clock: Callable[[], float],
+    ) -> None:
+        self._shards = shards
+        self._channels = channels
+        self._interactions = interactions
+        self._guild_count = guild_count
+        self._clock = clock
+
+    def add_routes(self, router: web.UrlDispatcher) -> None:
+        """Register ``POST /_offline/dispatch`` and ``GET /_offline/messages``."""
+        router.add_post("/_offline/dispatch", self._dispatch)
+        router.add_get("/_offline/messages", self._messages)
+
+    async def _dispatch(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(400, 'the body must be JSON: {"guild_id": ..., "event": ..., "data": {...}}')
+        if not isinstance(body, dict) or not isinstance(body.get("event"), str) or not body["event"]:
+            return _error(
+                400, 'the body needs "event" (a dispatch name such as MESSAGE_CREATE) and "guild_id"'
+            )
+        event: str = body["event"].upper()
+        data = body.get("data", {})
+        raw_guild = body.get("guild_id")
+        index = world.guild_index(raw_guild, self._guild_count) if isinstance(raw_guild, int | str) else None
+        if index is None:
+            return _error(
+                404,
+                f"guild_id {body.get('guild_id')!r} is not one of the offline Discord's {self._guild_count} guilds "
+                "(guild i has id zmqcross.gateway.guild_id(i))",
+            )
+        gid = world.guild_id(index)
+        holders = self._shards.live_shards(gid)
+        if not holders:
+            connected = sorted(set(self._shards.connected_shards()))
+            return _error(
+                404,
+                f"no live gateway session holds guild {gid}: it belongs to shard (guild_id >> 22) % shard_count; "
+                f"connected shards (id, count): {connected or 'none'}",
+            )
+        if not isinstance(data, dict):
+            return _error(400, '"data" must be a JSON object')
+        try:
+            if event == "MESSAGE_CREATE":
+                data = self._channels.user_message(index, data)
+            elif event == "INTERACTION_CREATE":
+                data = self._interactions.create(index, data)
+            else:
+                data = {"guild_id": str(gid), **data}
+        except RestError as error:
+            return _error(400, error.message)
+        delivered = await self._shards.dispatch_guild(gid, event, data)
+        shard_id, shard_count = holders[0]
+        return json_response(
+            {
+                "event": event,
+                "guild_id": str(gid),
+                "shard_id": shard_id,
+                "shard_count": shard_count,
+                "sessions": len(holders),
+                "delivered": delivered,
+                "data": data,
+            }
+        )
+
+    async def _messages(self, request: web.Request) -> web.StreamResponse:
+        channel_id = request.query.get("channel_id")
+        guild_id = request.query.get("guild_id")
+        return json_response({"messages": self._channels.records(channel_id=channel_id, guild_id=guild_id)})

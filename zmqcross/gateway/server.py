@@ -2,8 +2,10 @@
 
 An unmodified ``discord.AutoShardedClient`` (after :func:`point_discord_py_at`) logs in
 with any token, identifies its shards, receives READY and one GUILD_CREATE per synthetic
-guild of each shard (see :mod:`.guilds`), and can be forced to RESUME. This module is the
-I/O boundary: decisions about payloads live in :mod:`.wire` and :mod:`.guilds`.
+guild of each shard (see :mod:`.guilds`), and can be forced to RESUME. A bot's commands run
+too: REST routes in :mod:`.rest`, test endpoints (``/_offline/dispatch``, ``/_offline/messages``)
+in :mod:`.offline`. This module is the I/O boundary of the gateway: decisions about payloads
+live in :mod:`.wire`, :mod:`.guilds`, :mod:`.people`, :mod:`.messages` and :mod:`.interactions`.
 
 Sessions follow Discord's rules closely enough for discord.py's reconnect logic: a
 connection the server drops (or that just vanishes) leaves a resumable session that

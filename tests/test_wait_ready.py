@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from conftest import free_port
 from fleetkit import TOKEN, Processes, fleet_env, wait_clusters
 
 from zmqcross import ConfigurationError
 from zmqcross._readiness import describe_unready, unready, wanted
-from zmqcross.gateway import GatewayServer
+from zmqcross.gateway import GatewayServer, guild_id, shard_of
 from zmqcross.status import ClusterStatus, FleetStatus, MachineStatus
 
 pytestmark = pytest.mark.timeout(150)
@@ -146,7 +147,9 @@ async def test_a_task_started_at_ready_waits_for_the_fleet_then_broadcasts(procs
         assert report.get("ok") == [0, 1, 2, 3], report
 
 
-async def test_the_readmes_porting_example_runs_on_a_fleet(procs, make_bridge, make_client, tmp_path) -> None:
+async def test_the_readmes_porting_example_runs_on_a_fleet(
+    procs, make_bridge, make_client, tmp_path, gateway
+) -> None:
     readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
     section = readme[readme.index("## Porting a discord.py bot") :]
     bot = tmp_path / "bot.py"
@@ -164,3 +167,44 @@ async def test_the_readmes_porting_example_runs_on_a_fleet(procs, make_bridge, m
     names = await dash.broadcast_eval("sorted(c.name for c in bot.commands)")
     assert names == [["guilds", "help", "ping"]] * 4
     assert await dash.broadcast_eval("[c.name for c in bot.tree.get_commands()]") == [["where"]] * 4
+
+    # Users talk to it: "!ping" in a guild of every shard is answered by the cluster that
+    # holds the shard, once; the slash command synced by cluster 0 alone answers too.
+    base = f"http://127.0.0.1:{gateway.port}/_offline"
+    guilds = {shard_of(guild_id(i), 8): guild_id(i) for i in range(64)}
+    assert sorted(guilds) == list(range(8))
+    async with aiohttp.ClientSession() as http:
+
+        async def dispatch(body: dict[str, Any]) -> dict[str, Any]:
+            async with http.post(f"{base}/dispatch", json=body) as response:
+                assert response.status == 200, await response.text()
+                answer: dict[str, Any] = await response.json()
+                return answer
+
+        async def sent(guild: int) -> list[dict[str, Any]]:
+            async with http.get(f"{base}/messages", params={"guild_id": str(guild)}) as response:
+                found: list[dict[str, Any]] = (await response.json())["messages"]
+                return found
+
+        for guild in guilds.values():
+            assert (
+                await dispatch(
+                    {"guild_id": str(guild), "event": "MESSAGE_CREATE", "data": {"content": "!ping"}}
+                )
+            )["delivered"] == 1
+        for shard, guild in guilds.items():
+            end = time.monotonic() + 15
+            while [m["content"] for m in await sent(guild)] != ["pong"]:
+                assert time.monotonic() < end, (
+                    f"no single pong in guild {guild} (shard {shard}): {await sent(guild)}"
+                )
+                await asyncio.sleep(0.1)
+        slash = await dispatch(
+            {"guild_id": str(guilds[5]), "event": "INTERACTION_CREATE", "data": {"name": "where"}}
+        )
+        assert slash["delivered"] == 1
+        end = time.monotonic() + 15
+        while not (answers := [m for m in await sent(guilds[5]) if m["kind"] == "interaction_response"]):
+            assert time.monotonic() < end, "the slash command was never answered"
+            await asyncio.sleep(0.1)
+        assert answers[0]["content"] == "cluster 2, shard 5"

@@ -27,6 +27,10 @@ def test_demo_runs_the_fleet_and_exits_zero() -> None:
     assert len(counts) == 4 and sum(counts) == 2000
     assert "[dashboard] total: 2000 guilds on 4 clusters" in out
     assert re.search(r"request_to_guild\(\d+\) -> 'Guild 1234' on cluster \d \(shard \d\)", out)
+    # A user's command end to end: said in guild #1234 on the offline Discord, answered by the
+    # cluster holding its shard (cluster = shard // 2 in the demo's plan).
+    pong = re.search(r"'@bot ping' in guild \d+ -> 'pong from cluster (\d) \(shard (\d)\)'", out)
+    assert pong and int(pong.group(1)) == int(pong.group(2)) // 2, out
     assert re.search(r"broadcast_eval\('1 \+ 1'\) over 4 clusters: p50 [\d.]+ ms, p99 [\d.]+ ms", out)
     seconds = float(re.search(r"\[demo\] done in ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
     assert seconds < 60

@@ -4,7 +4,8 @@ It ships inside the package so `zmqcross demo` runs anywhere; ``bots/bot.py`` ru
 same file, so there is one example bot to read and to change. The same file runs against
 real Discord (set DISCORD_TOKEN) and against the offline gateway (ZMQCROSS_DISCORD_API, as
 `make demo` sets it). It answers ``request_to_guild({"guild_id": ...})`` with the guild
-as the demo's dashboard prints it, and ``!guilds`` with a count over the whole fleet.
+as the demo's dashboard prints it, "@bot ping" with the cluster and shard that answered, and
+``!guilds`` with a count over the whole fleet.
 """
 
 from __future__ import annotations
@@ -48,6 +49,12 @@ def guild_info(request):  # type: ignore[no-untyped-def]
 
 @bot.event
 async def on_message(message: discord.Message) -> None:
+    # "@bot ping": answered by the cluster whose shard holds the guild. A mention carries its
+    # text without the privileged message-content intent, so this works on real Discord too.
+    if bot.user is not None and bot.user in message.mentions and message.content.endswith(" ping"):
+        shard = message.guild.shard_id if message.guild is not None else None
+        await message.reply(f"pong from cluster {bot.cluster.id} (shard {shard})")  # type: ignore[attr-defined]
+        return
     # A command that needs the whole fleet: every cluster on every machine answers.
     if message.content == "!guilds":
         counts = await bot.machine.broadcast_eval("len(bot.guilds)")  # type: ignore[attr-defined]

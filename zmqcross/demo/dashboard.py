@@ -12,12 +12,15 @@ import statistics
 import sys
 import time
 
+import aiohttp
+
 from ..cli.admin import admin_client
 from ..cli.options import STATUS
 from ..client import Client
 from ..config import resolve
 from ..errors import ZmqcrossError
 from ..gateway import guild_id
+from ..gateway.guilds import BOT_USER_ID
 
 __all__ = ["main", "wait_for_fleet"]
 
@@ -53,6 +56,8 @@ async def show_fleet() -> None:
             flush=True,
         )
 
+        await ping_through_discord()
+
         samples = []
         for _ in range(100):
             t0 = time.perf_counter()
@@ -64,6 +69,41 @@ async def show_fleet() -> None:
             f"{statistics.median(samples):.2f} ms, p99 {samples[98]:.2f} ms (100 calls)",
             flush=True,
         )
+
+
+async def ping_through_discord(timeout: float = 15.0) -> None:
+    """Say "@bot ping" in guild #1234 through the offline Discord and print the bot's answer.
+
+    The message reaches the gateway session of the guild's shard, so the cluster holding
+    that shard answers: a user's command, end to end, on the fleet.
+    """
+    api = os.environ.get("ZMQCROSS_DISCORD_API")
+    if not api:
+        return  # against real Discord there is no one to say it
+    offline = api.split("/api/")[0] + "/_offline"
+    content = f"<@{BOT_USER_ID}> ping"
+    started = time.perf_counter()
+    async with aiohttp.ClientSession() as http:
+        body = {"guild_id": str(GUILD), "event": "MESSAGE_CREATE", "data": {"content": content}}
+        async with http.post(f"{offline}/dispatch", json=body) as response:
+            if response.status != 200:
+                raise ZmqcrossError(
+                    f"the offline Discord did not deliver the message: {await response.text()}"
+                )
+        end = time.monotonic() + timeout
+        while True:
+            async with http.get(f"{offline}/messages", params={"guild_id": str(GUILD)}) as response:
+                replies = [m for m in (await response.json())["messages"] if m["content"].startswith("pong")]
+            if replies:
+                break
+            if time.monotonic() > end:
+                raise TimeoutError(f"nobody answered {content!r} in guild {GUILD} within {timeout:g} s")
+            await asyncio.sleep(0.05)
+    print(
+        f"[dashboard] '@bot ping' in guild {GUILD} -> {replies[0]['content']!r} "
+        f"({(time.perf_counter() - started) * 1000:.0f} ms through Discord)",
+        flush=True,
+    )
 
 
 def main() -> int:

@@ -166,6 +166,11 @@ async def failed_at_once(manager: ClusterManager, gateway: GatewayServer) -> Clu
         assert status.state == "failed" and status.restarts == 0 and status.pid is None
         assert gateway.statistics().identifies == identifies  # refused before any IDENTIFY
         assert status.last_error is not None
+        first, message = status.last_error.splitlines()  # the message alone: it names the fix
+        assert (
+            first == "cluster 0 is not restarted: a restart cannot fix a mistake in the bot file; last error:"
+        )
+        assert message.startswith("ConfigurationError: cluster 0: ")
         assert ClusterStatus.from_json(status.to_json()) == status  # carried on the wire as it is
         return status
     finally:

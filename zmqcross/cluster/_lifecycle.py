@@ -124,14 +124,18 @@ class _Cluster:
 
 
 def error_summary(info: ErrorInfo) -> str:
-    """A reported failure for status: ``Type: message``, then the traceback's last lines."""
+    """A reported failure for status: the traceback's last lines, ending with ``Type: message``.
+
+    A mistake in the bot file is its message alone: the message names the fix, and the
+    frames would only be zmqcross's own.
+    """
     headline = f"{info.type}: {info.message}"
-    if not info.traceback:
+    if not info.traceback or is_fatal(info):
         return headline
-    lines = info.traceback.rstrip().splitlines()
-    # The traceback ends with the headline already; keep the frames that lead to it.
-    tail = lines[-LAST_ERROR_LINES:]
-    return "\n".join(tail) if tail and tail[-1].startswith(info.type) else "\n".join([*tail, headline])
+    tail = info.traceback.rstrip().splitlines()[-LAST_ERROR_LINES:]
+    # A traceback ends with the exception's line (its type perhaps qualified, a.b.Type: ...).
+    ends_with_it = bool(tail) and tail[-1].split(":", 1)[0].rsplit(".", 1)[-1] == info.type
+    return "\n".join(tail if ends_with_it else [*tail, headline])
 
 
 def is_fatal(info: ErrorInfo | None) -> bool:

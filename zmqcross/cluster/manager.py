@@ -261,9 +261,8 @@ class ClusterManager:
                 )
             elif exited.is_set():
                 then = "it failed" if cluster.state is ClusterState.FAILED else "it is being restarted"
-                log.warning(
-                    "cluster %d exited before it was ready (%s); starting the next cluster", cluster.id, then
-                )
+                more = "; starting the next cluster" if index < len(order) else ""
+                log.warning("cluster %d exited before it was ready (%s)%s", cluster.id, then, more)
             else:
                 log.warning(
                     "cluster %d not ready after %g s; the watchdog will restart it", cluster.id, timeout
@@ -440,7 +439,7 @@ class ClusterManager:
         # The cluster's last words before it exits: kept until its exit decides what next.
         c.report, c.last_error = info, error_summary(info)
         if is_fatal(info):
-            log.error("cluster %d: %s", c.id, info.message)
+            log.error("%s", info.message)  # it names the cluster and the fix
         else:
             log.error("cluster %d failed: %s", c.id, (info.traceback or c.last_error).rstrip())
 

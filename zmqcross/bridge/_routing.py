@@ -18,7 +18,7 @@ from typing import Any, Protocol
 from .._clock import Clock
 from .._events import EventEmitter, Handler
 from .._fanout import FanOut, FanOuts, Gather, hop_deadline, select_clusters
-from .._requests import OpenRequests
+from .._requests import OpenRequests, Outcome
 from ..errors import (
     ClientNotFound,
     ConfigurationError,
@@ -266,15 +266,11 @@ class Router:
             )
             respond(readdress(error, msg.id))
             return
-        now = self._clock.time()
-        deadline = hop_deadline(min(msg.deadline, now + MAX_TIMEOUT), now)
-        sub_id = self._open.next_id()
-        self._open.add(
-            request_id=sub_id,
-            timeout=max(deadline - now, 0.0),
-            what=f"request to guild {msg.guild_id} on machine {target.info.id!r}",
-            on_done=lambda outcome: respond(readdress(outcome, msg.id)),
-            peer=target.routing_id,
+        sub_id, deadline = self._hop(
+            msg.deadline,
+            target,
+            f"request to guild {msg.guild_id} on machine {target.info.id!r}",
+            lambda outcome: respond(readdress(outcome, msg.id)),
         )
         self._outgoing.send(target.routing_id, dataclasses.replace(msg, id=sub_id, deadline=deadline))
 
@@ -329,20 +325,32 @@ class Router:
         def forward(outcome: Any) -> None:
             observed(readdress(outcome, origin_id))  # body bytes pass through untouched
 
-        # Answer a little before the caller gives up, so it hears which hop was slow.
-        now = self._clock.time()
-        deadline = hop_deadline(min(msg.deadline, now + MAX_TIMEOUT), now)
-        request_id = self._open.next_id()
-        self._open.add(
-            request_id=request_id,
-            timeout=max(deadline - now, 0.0),
-            what=f"request relayed to client {target.info.id!r}",
-            on_done=forward,
-            peer=target.routing_id,
+        request_id, deadline = self._hop(
+            msg.deadline, target, f"request relayed to client {target.info.id!r}", forward
         )
         self._outgoing.send(
             target.routing_id, Request(id=request_id, deadline=deadline, data=msg.data, origin=origin.info.id)
         )
+
+    def _hop(
+        self, deadline: float, target: Peer, what: str, on_done: Callable[[Outcome], object]
+    ) -> tuple[int, float]:
+        """Open a request to ``target``: its id, and the deadline to send on.
+
+        The hop answers a little before its caller gives up (so the caller hears which hop
+        was slow), and never later than MAX_TIMEOUT from now, whatever the caller wrote.
+        """
+        now = self._clock.time()
+        hop = hop_deadline(min(deadline, now + MAX_TIMEOUT), now)
+        request_id = self._open.next_id()
+        self._open.add(
+            request_id=request_id,
+            timeout=max(hop - now, 0.0),
+            what=what,
+            on_done=on_done,
+            peer=target.routing_id,
+        )
+        return request_id, hop
 
     def find_target(self, client_id: str | None, agent: str | None) -> Peer:
         """The one connected client with that id, or the one with that agent name."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -21,12 +22,12 @@ from conftest import free_port
 from netkit import ROOT, Service, clean_env
 
 from zmqcross import AccessPolicy, CacheClient, Client, ConfigurationError, FleetStatus, generate_keypair
-from zmqcross.security import ACTIONS
 from zmqcross._cachestore import DEFAULT_MAX_SIZE, CachePath, decode_snapshot
 from zmqcross.cli import configure
 from zmqcross.cli.options import COMMANDS, KNOWN_VARIABLES, cache_options
-from zmqcross.config import unknown_variables
 from zmqcross.cli.table import render_status, shard_ranges
+from zmqcross.config import unknown_variables
+from zmqcross.security import ACTIONS
 from zmqcross.status import ClusterStatus, MachineStatus
 
 BOTS = ROOT / "bots"
@@ -540,7 +541,14 @@ def test_status_table_reads_like_a_table() -> None:
     assert re.search(r"^machine-2\s+bot\s+10\.0\.0\.3\s+-\s+no\s+yes\s*$", text, re.MULTILINE)
     assert re.search(r"^0\s+machine-1\s+0-1\s+4242\s+ready\s+16\s+2m05s\s+1\s+0\.4s ago$", text, re.MULTILINE)
     assert "unassigned: clusters 1" in text and "standbys: machine-2" in text
+    assert "last error" not in text
     assert shard_ranges([5, 0, 1, 2, 7, 8]) == "0-2,5,7-8"
+    failed = dataclasses.replace(
+        cluster, id=1, state="failed", last_error="Traceback (most recent call last):\nRuntimeError: no cogs"
+    )
+    machines = (dataclasses.replace(machines[0], clusters=(cluster, failed)), *machines[1:])
+    text = render_status(dataclasses.replace(status, machines=machines))
+    assert "cluster 1 on machine-1, last error:\n    Traceback (most recent call last):\n    RuntimeError: no cogs" in text
 
 
 # --------------------------------------------------------------------------- errors, as a person sees them

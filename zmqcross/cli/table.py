@@ -109,6 +109,10 @@ def render_status(status: FleetStatus) -> str:
         )
     else:
         lines.append("no clusters are running")
+    for c, m in clusters:
+        if c.last_error:  # why it last stopped unasked: the last lines, indented under its id
+            lines += ["", f"cluster {c.id} on {m.id}, last error:"]
+            lines += [f"    {line}" for line in c.last_error.splitlines()[-6:]]
     unassigned = f"clusters {', '.join(map(str, status.unassigned))}" if status.unassigned else "none"
     lines += ["", f"unassigned: {unassigned}"]
     if status.standbys:

@@ -381,6 +381,33 @@ GATEWAY = (
         metavar="K",
     ),
     Setting(
+        "gateway_max_concurrency",
+        "ZMQCROSS_GATEWAY_MAX_CONCURRENCY",
+        positive_int,
+        "enforce Discord's identify rate limit: N buckets (shard_id %% N), one IDENTIFY per bucket per "
+        "--identify-window, refused with op 9 as Discord does [default: no limit]",
+        flag="--max-concurrency",
+        metavar="N",
+    ),
+    Setting(
+        "gateway_identify_window",
+        "ZMQCROSS_GATEWAY_IDENTIFY_WINDOW",
+        positive_number,
+        "seconds a bucket stays taken after an accepted IDENTIFY (Discord: 5)",
+        default=5.0,
+        flag="--identify-window",
+        metavar="SECONDS",
+    ),
+    Setting(
+        "gateway_session_budget",
+        "ZMQCROSS_GATEWAY_SESSION_BUDGET",
+        positive_int,
+        "enforce a session-start budget: after N IDENTIFYs a day the next closes with 4004 and "
+        "ends every session, as Discord does [default: no limit]",
+        flag="--session-budget",
+        metavar="N",
+    ),
+    Setting(
         "gateway_token",
         "ZMQCROSS_GATEWAY_TOKEN",
         text,

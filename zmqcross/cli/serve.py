@@ -361,6 +361,11 @@ def run_gateway(settings: Settings) -> int:
     ]
     if settings["gateway_shards_hint"] is not None:
         argv += ["--shards-hint", str(settings["gateway_shards_hint"])]
+    argv += ["--identify-window", str(settings["gateway_identify_window"])]
+    if settings["gateway_max_concurrency"] is not None:
+        argv += ["--max-concurrency", str(settings["gateway_max_concurrency"])]
+    if settings["gateway_session_budget"] is not None:
+        argv += ["--session-budget", str(settings["gateway_session_budget"])]
     if settings["gateway_token"] is not None:
         argv += ["--token", settings["gateway_token"]]
     return gateway_main(argv)

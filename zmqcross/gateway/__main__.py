@@ -38,6 +38,31 @@ def _parser() -> argparse.ArgumentParser:
         help="shards recommended by /gateway/bot (default: one per 1,000 guilds)",
     )
     parser.add_argument("--token", default=None, help="accept only this bot token (default: any)")
+    # Off by default: the fleet paces nothing across processes yet (issue 16), so existing
+    # fleets would be refused. See zmqcross.gateway.limits for what Discord does.
+    parser.add_argument(
+        "--max-concurrency",
+        type=int,
+        default=None,
+        metavar="N",
+        help="enforce Discord's identify rate limit with N buckets (shard_id %% N), one IDENTIFY "
+        "per bucket per --identify-window, refused with op 9 (default: no limit)",
+    )
+    parser.add_argument(
+        "--identify-window",
+        type=float,
+        default=5.0,
+        metavar="SECONDS",
+        help="seconds a bucket stays taken after an accepted IDENTIFY (default 5, Discord's)",
+    )
+    parser.add_argument(
+        "--session-budget",
+        type=int,
+        default=None,
+        metavar="N",
+        help="session starts allowed a day; the IDENTIFY after N closes with 4004 and ends every "
+        "session, as on Discord (default: no limit)",
+    )
     return parser
 
 
@@ -52,6 +77,9 @@ async def _serve(args: argparse.Namespace) -> None:
         guilds=args.guilds,
         token=args.token,
         recommended_shards=args.shards_hint,
+        max_concurrency=args.max_concurrency,
+        identify_window=args.identify_window,
+        session_budget=args.session_budget,
     )
     async with server:
         print(f"ZMQCROSS_DISCORD_API={server.api_base}", flush=True)
@@ -64,6 +92,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.guilds < 0 or (args.shards_hint is not None and args.shards_hint < 1):
         parser.error("--guilds must be >= 0 and --shards-hint >= 1")
+    if args.max_concurrency is not None and args.max_concurrency < 1:
+        parser.error("--max-concurrency must be >= 1")
+    if args.identify_window < 0 or (args.session_budget is not None and args.session_budget < 0):
+        parser.error("--identify-window and --session-budget must be >= 0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     asyncio.run(_serve(args))
     return 0

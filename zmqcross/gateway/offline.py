@@ -3,7 +3,9 @@
 ``POST /_offline/dispatch`` plays the world: it delivers an event to the live gateway sessions
 of the shard that holds a guild, filling in Discord's fields for a user's message or a slash
 command. ``GET /_offline/messages`` shows what the bot sent, so a test can say "!ping" and read
-"pong". Request and answer shapes are in the README ("Offline Discord endpoints").
+"pong". ``GET /_offline/identifies`` and ``GET /_offline/sessions`` show every IDENTIFY
+(accepted or refused, and why) and the live sessions. Request and answer shapes are in the
+README ("Offline Discord endpoints").
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from .interactions import Interactions
 from .messages import Channels, RestError
 from .rest import json_response
 
-__all__ = ["OfflineApi", "ShardDirectory"]
+__all__ = ["GatewayInspection", "OfflineApi", "ShardDirectory"]
 
 
 class ShardDirectory(Protocol):
@@ -36,6 +38,14 @@ class ShardDirectory(Protocol):
     async def dispatch_guild(self, guild_id: int, event: str, data: Any) -> int: ...
 
 
+class GatewayInspection(Protocol):
+    """What the gateway shows of its IDENTIFYs and sessions (JSON-ready records)."""
+
+    def identifies(self) -> list[dict[str, Any]]: ...
+
+    def live_sessions(self) -> list[dict[str, Any]]: ...
+
+
 def _error(status: int, message: str) -> web.Response:
     return json_response({"message": message, "code": 0}, status)
 
@@ -47,12 +57,14 @@ class OfflineApi:
         self,
         *,
         shards: ShardDirectory,
+        gateway: GatewayInspection,
         channels: Channels,
         interactions: Interactions,
         guild_count: int,
         clock: Callable[[], float],
     ) -> None:
         self._shards = shards
+        self._gateway = gateway
         self._channels = channels
         self._interactions = interactions
         self._guild_count = guild_count
@@ -62,6 +74,8 @@ class OfflineApi:
         """Register ``POST /_offline/dispatch`` and ``GET /_offline/messages``."""
         router.add_post("/_offline/dispatch", self._dispatch)
         router.add_get("/_offline/messages", self._messages)
+        router.add_get("/_offline/identifies", self._identifies)
+        router.add_get("/_offline/sessions", self._sessions)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -120,3 +134,9 @@ class OfflineApi:
         channel_id = request.query.get("channel_id")
         guild_id = request.query.get("guild_id")
         return json_response({"messages": self._channels.records(channel_id=channel_id, guild_id=guild_id)})
+
+    async def _identifies(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"identifies": self._gateway.identifies()})
+
+    async def _sessions(self, request: web.Request) -> web.StreamResponse:
+        return json_response({"sessions": self._gateway.live_sessions()})

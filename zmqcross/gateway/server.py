@@ -33,6 +33,7 @@ from aiohttp import WSMsgType, web
 from . import guilds as world
 from . import people
 from .interactions import Commands, Interactions
+from .limits import BUDGET_EXHAUSTED, DISCORD_IDENTIFY_WINDOW, SESSION_RESET_AFTER, IdentifyLimits
 from .messages import Channels, Snowflakes
 from .offline import OfflineApi
 from .rest import RestApi, json_response
@@ -61,8 +62,6 @@ MAX_SESSIONS: Final = 1024
 """Sessions kept for RESUME; the oldest is forgotten first."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds to wait for a client's close frame, and for handlers when the server stops."""
-SESSION_START_TOTAL: Final = 1000
-"""``session_start_limit.total`` of ``/gateway/bot``, as for an unverified bot."""
 
 # A client closing with these ends its session (Discord's rule); any other end keeps it resumable.
 _SESSION_ENDING_CLOSES: Final = frozenset({1000, 1001})
@@ -95,7 +94,7 @@ class _Connection:
     """One gateway WebSocket. A lock keeps "number, compress, send" atomic: the zlib stream
     must be sent in the order it was compressed, and ``s`` must rise on every connection."""
 
-    __slots__ = ("closed_by_server", "counters", "encoder", "lock", "session", "ws")
+    __slots__ = ("closed_by_server", "counters", "encoder", "lock", "session", "since", "ws")
 
     def __init__(
         self, ws: web.WebSocketResponse, encoder: FrameEncoder, counters: collections.Counter[str]
@@ -105,6 +104,7 @@ class _Connection:
         self.encoder = encoder
         self.lock = asyncio.Lock()
         self.session: Session | None = None
+        self.since = 0.0  # wall-clock time the session was attached (IDENTIFY or RESUME)
         self.closed_by_server = False
 
     async def send(self, message: bytes) -> None:
@@ -134,7 +134,15 @@ class GatewayServer:
 
     ``token`` None accepts any token; otherwise REST answers 401 and IDENTIFY/RESUME close
     with 4004 for any other. ``recommended_shards`` is the ``shards`` of ``/gateway/bot``
-    (default one per 1,000 guilds); ``max_concurrency`` its ``session_start_limit``'s.
+    (default one per 1,000 guilds).
+
+    Discord's identify limits (see :mod:`.limits`) are enforced only when asked for:
+    ``max_concurrency`` N buckets IDENTIFYs by ``shard_id % N`` and refuses (op 9, d=false) a
+    second one in a bucket within ``identify_window`` seconds; ``session_budget`` N refuses
+    (close 4004, live sessions terminated) an IDENTIFY arriving after N were seen in
+    ``session_reset_after`` seconds. Both default to None (no limit): today's fleet paces
+    nothing across processes, so existing fleet tests, the demo and the benchmark would be
+    refused; the bridge's fleet-wide IDENTIFY queue will turn Discord's (1, 5.0) on.
     """
 
     def __init__(
@@ -145,7 +153,10 @@ class GatewayServer:
         guilds: int = 100,
         token: str | None = None,
         recommended_shards: int | None = None,
-        max_concurrency: int = 1,
+        max_concurrency: int | None = None,
+        identify_window: float = DISCORD_IDENTIFY_WINDOW,
+        session_budget: int | None = None,
+        session_reset_after: float = SESSION_RESET_AFTER,
         heartbeat_interval: float = DEFAULT_HEARTBEAT_INTERVAL,
     ) -> None:
         if guilds < 0:
@@ -157,7 +168,13 @@ class GatewayServer:
         self._guild_count = guilds
         self._token = token
         self._recommended_shards = recommended_shards or max(1, math.ceil(guilds / 1000))
-        self._max_concurrency = max_concurrency
+        self._limits = IdentifyLimits(
+            max_concurrency=max_concurrency,
+            identify_window=identify_window,
+            session_budget=session_budget,
+            reset_after=session_reset_after,
+            now=time.monotonic(),
+        )
         self._heartbeat_interval = heartbeat_interval
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
@@ -181,7 +198,12 @@ class GatewayServer:
             clock=clock,
         )
         self._offline = OfflineApi(
-            shards=self, channels=self._channels, interactions=interactions, guild_count=guilds, clock=clock
+            shards=self,
+            gateway=self,
+            channels=self._channels,
+            interactions=interactions,
+            guild_count=guilds,
+            clock=clock,
         )
 
     # --- lifetime ---------------------------------------------------------------------------
@@ -291,6 +313,25 @@ class GatewayServer:
         routing: shard ``(guild_id >> 22) % shard_count``)."""
         return [shard for shard in self.connected_shards() if world.shard_of(guild_id, shard[1]) == shard[0]]
 
+    def identifies(self) -> list[dict[str, Any]]:
+        """Every IDENTIFY seen, oldest first: ``time`` (wall clock), ``shard`` ``[id, count]``,
+        ``bucket`` (None without ``max_concurrency``), ``accepted``, ``reason`` (None,
+        ``"rate_limited"``, ``"session_start_limit"``) and, once accepted, ``session_id``."""
+        return self._limits.records()
+
+    def live_sessions(self) -> list[dict[str, Any]]:
+        """The live gateway sessions, by shard: ``session_id``, ``shard`` ``[id, count]``, ``since``."""
+        sessions = [
+            {
+                "session_id": c.session.session_id,
+                "shard": [c.session.shard_id, c.session.shard_count],
+                "since": c.since,
+            }
+            for c in self._live.values()
+            if c.session is not None
+        ]
+        return sorted(sessions, key=lambda s: (s["shard"][0], s["since"]))
+
     def connected_shards(self) -> list[tuple[int, int]]:
         """``(shard_id, shard_count)`` of each live session."""
         return [
@@ -361,13 +402,7 @@ class GatewayServer:
         return json_response({"url": self.gateway_url})
 
     async def _gateway_bot(self, request: web.Request) -> web.Response:
-        remaining = max(0, SESSION_START_TOTAL - self._counters["identifies"])
-        limit = {
-            "total": SESSION_START_TOTAL,
-            "remaining": remaining,
-            "reset_after": 86_400_000,
-            "max_concurrency": self._max_concurrency,
-        }
+        limit = self._limits.session_start_limit(now=time.monotonic())
         return json_response(
             {"url": self.gateway_url, "shards": self._recommended_shards, "session_start_limit": limit}
         )
@@ -449,9 +484,30 @@ class GatewayServer:
         indices = world.shard_guild_indices(verdict.shard_id, verdict.shard_count, self._guild_count)
         if len(indices) > MAX_GUILDS_PER_SHARD:
             return CloseCode.SHARDING_REQUIRED
+        # Judged and attached without an await in between: simultaneous IDENTIFYs cannot both
+        # take a bucket. Refusals imitate Discord; the docs' words are in .limits.
+        judged = self._limits.judge(
+            verdict.shard_id, verdict.shard_count, now=time.monotonic(), at=time.time()
+        )
+        if judged.refused == BUDGET_EXHAUSTED:
+            log.warning("IDENTIFY of shard %d refused: session-start budget exhausted", verdict.shard_id)
+            self._terminate_all_sessions(connection)
+            return CloseCode.AUTHENTICATION_FAILED
+        if judged.refused is not None:
+            log.warning(
+                "IDENTIFY of shard %d refused: bucket %s identified less than %.3g s ago",
+                verdict.shard_id,
+                judged.bucket,
+                self._limits.identify_window,
+            )
+            self._counters["invalid_sessions"] += 1
+            await connection.send(payload(Op.INVALID_SESSION, False))
+            return None
         session = Session(uuid.uuid4().hex, verdict)
+        self._limits.note_session(session.session_id)
         self._remember(session)
         self._live[session.session_id], connection.session = connection, session
+        connection.since = time.time()
         self._counters["identifies"] += 1
         ready = world.ready(
             session_id=session.session_id,
@@ -469,6 +525,17 @@ class GatewayServer:
             "shard %d/%d identified: %d guilds sent", verdict.shard_id, verdict.shard_count, len(indices)
         )
         return None
+
+    def _terminate_all_sessions(self, refused: _Connection) -> None:
+        """Discord's answer to an exhausted session budget: every active session ends (the token is
+        reset, so they close with 4004 and cannot resume). ``refused`` is closed by its handler."""
+        self._sessions.clear()
+        for connection in [c for c in self._connections if c is not refused and c.session is not None]:
+            connection.session = None
+            task = asyncio.create_task(connection.close(CloseCode.AUTHENTICATION_FAILED))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        self._live.clear()
 
     def _remember(self, session: Session) -> None:
         while len(self._sessions) >= MAX_SESSIONS:
@@ -489,6 +556,7 @@ class GatewayServer:
             return None
         previous = self._live.get(session.session_id)
         self._live[session.session_id], connection.session = connection, session
+        connection.since = time.time()
         if previous is not None:
             previous.session = None  # a session lives on one connection; the old one is stale
             # Closed in the background: waiting for its close frame would stall this resume.

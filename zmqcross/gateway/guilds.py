@@ -43,6 +43,7 @@ __all__ = [
     "guild_index",
     "guild_stub",
     "member_count",
+    "member_record",
     "ready",
     "shard_guild_indices",
     "shard_of",
@@ -169,10 +170,14 @@ def guild_stub(index: int) -> dict[str, Any]:
 
 def bot_member(index: int) -> dict[str, Any]:
     """The bot's member in guild ``index``; it holds the Admin role so permission checks pass."""
-    gid = guild_id(index)
+    return member_record(bot_user(), guild_id(index) | ADMIN_ROLE)
+
+
+def member_record(user: dict[str, Any], role_id: int) -> dict[str, Any]:
+    """A guild member object as Discord sends it: ``user`` with one role and no nickname."""
     return {
-        "user": bot_user(),
-        "roles": [str(gid | ADMIN_ROLE)],
+        "user": user,
+        "roles": [str(role_id)],
         "joined_at": JOINED_AT,
         "premium_since": None,
         "nick": None,

@@ -16,12 +16,12 @@ from typing import Any, Final
 from .guilds import (
     ADMIN_ROLE,
     BOT_USER_ID,
-    JOINED_AT,
     MEMBER_ROLE,
     OWNER_USER_ID,
     USER_EPOCH_OFFSET,
     bot_member,
     guild_id,
+    member_record,
     user_object,
 )
 
@@ -88,22 +88,8 @@ def member(index: int, user_id: int) -> dict[str, Any] | None:
         return None
     found = user(user_id)
     assert found is not None
-    gid = guild_id(index)
     role = ADMIN_ROLE if user_id == OWNER_USER_ID else MEMBER_ROLE
-    return {
-        "user": found,
-        "roles": [str(gid | role)],
-        "joined_at": JOINED_AT,
-        "premium_since": None,
-        "nick": None,
-        "avatar": None,
-        "banner": None,
-        "deaf": False,
-        "mute": False,
-        "pending": False,
-        "flags": 0,
-        "communication_disabled_until": None,
-    }
+    return member_record(found, guild_id(index) | role)
 
 
 def _members(index: int, ids: Iterable[int]) -> list[dict[str, Any]]:

@@ -3,18 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import socket
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import discord
 import pytest
 
 import zmqcross
 from zmqcross import Bridge, Client, CurveClient, CurveServer, generate_keypair
-from zmqcross.gateway import GatewayServer
+from zmqcross.gateway import GatewayServer, point_discord_py_at
 
 TOKEN = "test-token"
 
@@ -154,3 +156,14 @@ def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
 
 
 __all__ = ["FAST", "TOKEN", "Keys", "free_port", "wait_for", "zmqcross"]
+
+
+@contextlib.contextmanager
+def discord_py_pointed_at(server: GatewayServer) -> Iterator[None]:
+    """Point discord.py at ``server`` and restore its real URLs afterwards."""
+    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
+    point_discord_py_at(server.api_base, server.gateway_url)
+    try:
+        yield
+    finally:
+        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved

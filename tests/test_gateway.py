@@ -8,7 +8,7 @@ import re
 import signal
 import sys
 import zlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -17,12 +17,12 @@ import discord.gateway
 import discord.http
 import orjson
 import pytest
+from conftest import discord_py_pointed_at
 
 import zmqcross.gateway
 from zmqcross.gateway import (
     GatewayServer,
     guild_id,
-    point_discord_py_at,
     shard_guild_indices,
     shard_of,
     synthetic_guild,
@@ -44,17 +44,6 @@ class Bot(discord.AutoShardedClient):
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
         return None
-
-
-@contextlib.contextmanager
-def discord_py_pointed_at(server: GatewayServer) -> Iterator[None]:
-    """Point discord.py at ``server`` and restore its real URLs afterwards."""
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    point_discord_py_at(server.api_base, server.gateway_url)
-    try:
-        yield
-    finally:
-        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 
 @pytest.fixture

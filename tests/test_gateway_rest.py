@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import aiohttp
@@ -15,9 +15,10 @@ import discord.gateway
 import discord.http
 import pytest
 import yarl
+from conftest import discord_py_pointed_at
 from discord.ext import commands
 
-from zmqcross.gateway import GatewayServer, guild_id, point_discord_py_at, shard_of
+from zmqcross.gateway import GatewayServer, guild_id, shard_of
 from zmqcross.gateway.guilds import BOT_USER_ID, OWNER_USER_ID, TEXT_CHANNEL, member_count
 from zmqcross.gateway.people import generated_user_id, member_chunks, member_ids
 from zmqcross.gateway.ratelimit import RateLimiter
@@ -65,16 +66,6 @@ class PingBot(commands.AutoShardedBot):
     async def on_message(self, message: discord.Message) -> None:
         self.seen.append(message)
         await self.process_commands(message)
-
-
-@contextlib.contextmanager
-def discord_py_pointed_at(server: GatewayServer) -> Iterator[None]:
-    saved = discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY
-    point_discord_py_at(server.api_base, server.gateway_url)
-    try:
-        yield
-    finally:
-        discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
 
 
 @pytest.fixture

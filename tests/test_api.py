@@ -32,6 +32,7 @@ PUBLIC = [
     "CurveServer",
     "DEFAULT_TIMEOUT",
     "FleetStatus",
+    "IdentifyParams",
     "IncomingMessage",
     "IncomingRequest",
     "Limits",

@@ -177,7 +177,7 @@ async def test_disconnect_event_on_silence(make_bridge, make_client) -> None:
     bridge.on("disconnect", lambda client, reason: reasons.put_nowait((client.id, reason)))
     client = await make_client(bridge, machine_id="quiet")
     # Stop this client's heartbeats without closing its socket: it goes silent, as a frozen process would.
-    for task in client._tasks:  # noqa: SLF001
+    for task in client._tasks:
         task.cancel()
     client_id, reason = await asyncio.wait_for(reasons.get(), 5)
     assert client_id == "quiet" and reason.startswith("silent for") and "heartbeat_timeout is 0.5 s" in reason
@@ -232,11 +232,37 @@ async def test_total_shards_auto_asks_the_discord_api(make_bridge, aiohttp_gatew
     bridge = await make_bridge(
         total_shards="auto", token="Bot abc", api_base=aiohttp_gateway, total_machines=1
     )
-    assert bridge.plan.total_shards == 6
+    # Discord recommends 6; with max_concurrency 4 every bucket gets as many shards: 8.
+    assert bridge.plan.total_shards == 8
+    queue = bridge.identify_queue()
+    assert queue is not None and queue["max_concurrency"] == 4
+    assert queue["budget"]["remaining"] == 990 and queue["budget"]["reserve"] == 20
     with pytest.raises(ConfigurationError, match='total_shards="auto": GET .* answered 401'):
         await make_bridge(total_shards="auto", token="wrong", api_base=aiohttp_gateway)
     with pytest.raises(ConfigurationError, match="needs the bot token"):
         await make_bridge(total_shards="auto")
+    with pytest.raises(ConfigurationError, match="gave a malformed session_start_limit"):
+        await make_bridge(total_shards="auto", token="malformed", api_base=aiohttp_gateway)
+
+
+async def test_a_bridge_with_a_token_paces_by_discords_limits_and_by_settings_without(
+    make_bridge, aiohttp_gateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    told = await make_bridge(total_shards=4, token="abc", api_base=aiohttp_gateway, max_concurrency=2)
+    queue = told.identify_queue()
+    assert queue is not None and queue["max_concurrency"] == 4  # Discord's word wins over the setting
+    assert "Discord says 4 for this bot: using Discord's" in caplog.text
+    # Discord unreachable or refusing: the bridge starts, pacing by its settings, and says so.
+    refused = await make_bridge(total_shards=4, token="wrong", api_base=aiohttp_gateway, max_concurrency=2)
+    queue = refused.identify_queue()
+    assert queue is not None and queue["max_concurrency"] == 2 and queue["budget"] is None
+    assert "cannot ask Discord for its IDENTIFY limits" in caplog.text
+    plain = await make_bridge(total_shards=4, session_budget=50, session_reserve=5)
+    queue = plain.identify_queue()
+    assert queue is not None and queue["max_concurrency"] == 1
+    assert queue["budget"] == {"total": 50, "remaining": 50, "reserve": 5, "reset_in": pytest.approx(86400, abs=5)}
+    with pytest.raises(ConfigurationError, match="max_concurrency must be an integer >= 1"):
+        Bridge(auth_token=TOKEN, max_concurrency=0)
 
 
 @pytest.fixture
@@ -244,9 +270,12 @@ async def aiohttp_gateway():
     from aiohttp import web
 
     async def gateway_bot(request: web.Request) -> web.Response:
+        if request.headers.get("Authorization") == "Bot malformed":
+            return web.json_response({"url": "ws://x", "shards": 6, "session_start_limit": {"total": "x"}})
         if request.headers.get("Authorization") != "Bot abc":
             return web.json_response({"message": "401: Unauthorized"}, status=401)
-        return web.json_response({"url": "ws://x", "shards": 6, "session_start_limit": {}})
+        limit = {"total": 1000, "remaining": 990, "reset_after": 3_600_000, "max_concurrency": 4}
+        return web.json_response({"url": "ws://x", "shards": 6, "session_start_limit": limit})
 
     app = web.Application()
     app.router.add_get("/api/v10/gateway/bot", gateway_bot)
@@ -254,7 +283,7 @@ async def aiohttp_gateway():
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # noqa: SLF001
+    port = site._server.sockets[0].getsockname()[1]
     yield f"http://127.0.0.1:{port}/api/v10"
     await runner.cleanup()
 

@@ -4,6 +4,7 @@ A :class:`Bridge` plans the shards and connects every machine; a :class:`Client`
 machine agent (or a dashboard) talking to it. See README.md for the whole picture.
 """
 
+from ._identify import IdentifyParams
 from .bridge import Bridge, BridgeStatistics
 from .cache import CacheClient, CachePath, CacheServer, CacheStatistics
 from .client import Client, ClientStatistics
@@ -64,6 +65,7 @@ __all__ = [
     "CurveServer",
     "DEFAULT_TIMEOUT",
     "FleetStatus",
+    "IdentifyParams",
     "IncomingMessage",
     "IncomingRequest",
     "Limits",

@@ -60,6 +60,7 @@ __all__ = [
     "host_names_data",
     "load_file",
     "log_level",
+    "non_negative_int",
     "non_negative_number",
     "permissions",
     "permissions_data",
@@ -160,6 +161,14 @@ def positive_int(value: str) -> int:
     number = _int(value)
     if number < 1:
         raise ValueError(f"{number} is not a positive integer")
+    return number
+
+
+def non_negative_int(value: str) -> int:
+    """An integer of at least 0."""
+    number = _int(value)
+    if number < 0:
+        raise ValueError(f"{number} is negative")
     return number
 
 

@@ -39,6 +39,11 @@ or a bot's own metrics, do not collide). What is exported:
 ``zmqcross_cache_*``                       with a :class:`CacheServer`: entries, value bytes,
                                            hits, misses, writes, evictions, expirations, saves
                                            and ``hit_ratio`` (once there was a lookup)
+``zmqcross_identify_*``                    the IDENTIFY queue: ``waiting`` shards, ``grants_total``,
+                                           ``holds_total``, ``wait_seconds_total`` handed out,
+                                           ``holding`` (1 while the budget reserve stops grants)
+``zmqcross_session_budget_*``              Discord's session budget as the bridge counts it:
+                                           ``remaining``, ``total``, ``reserve`` (when known)
 =========================================  =====================================================
 
 Values that come from the fleet's status are fetched when Prometheus scrapes (one
@@ -65,7 +70,7 @@ import math
 import time
 from collections import Counter as Tally
 from collections.abc import Awaitable, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Self
+from typing import TYPE_CHECKING, Any, Self
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Histogram
@@ -200,12 +205,38 @@ class _BridgeCollector:
         yield _counter(
             "zmqcross_status_failures", "fleet status queries that failed at scrape", owner.status_failures
         )
+        queue = bridge.identify_queue()
+        if queue is not None:
+            yield from _identify_families(queue)
         status = owner.last_status
         if status is not None:
             yield from _fleet_families(status)
         cache = owner.cache
         if cache is not None:
             yield from _cache_families(cache)
+
+
+def _identify_families(queue: dict[str, Any]) -> Iterator[Metric]:
+    yield _gauge("zmqcross_identify_waiting", "shards waiting for their IDENTIFY slot", queue["waiting"])
+    yield _counter("zmqcross_identify_grants", "IDENTIFY slots granted", queue["granted"])
+    yield _counter(
+        "zmqcross_identify_holds", "IDENTIFY asks held by the session budget reserve", queue["held"]
+    )
+    yield _counter(
+        "zmqcross_identify_wait_seconds", "seconds of waiting handed out with grants", queue["waited"]
+    )
+    yield _gauge(
+        "zmqcross_identify_holding",
+        "1 while the budget reserve stops every IDENTIFY",
+        float(bool(queue["holding"])),
+    )
+    budget = queue["budget"]
+    if budget is not None:
+        yield _gauge(
+            "zmqcross_session_budget_remaining", "session starts left today, as counted", budget["remaining"]
+        )
+        yield _gauge("zmqcross_session_budget_total", "session starts a day", budget["total"])
+        yield _gauge("zmqcross_session_budget_reserve", "session starts never granted", budget["reserve"])
 
 
 def _fleet_families(status: FleetStatus) -> Iterator[Metric]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from ._identify import IdentifyParams
 from .errors import ConfigurationError
 
 __all__ = [
@@ -163,6 +164,8 @@ class ShardData:
 
     ``shard_list`` has one list of shard ids per cluster, ``cluster_list`` the global ids of
     those clusters. Both are empty for a standby machine: the plan is fully taken.
+    ``identify`` is how the fleet paces IDENTIFYs (the machine's clusters need it to pace
+    on their own when the bridge is out of reach).
     """
 
     total_shards: int
@@ -170,6 +173,7 @@ class ShardData:
     cluster_list: tuple[int, ...]
     total_clusters: int
     plan_version: str
+    identify: IdentifyParams = field(default_factory=IdentifyParams)
 
     @property
     def standby(self) -> bool:
@@ -184,6 +188,7 @@ class ShardData:
             "cluster_list": self.cluster_list,
             "total_clusters": self.total_clusters,
             "plan_version": self.plan_version,
+            "identify": self.identify.to_json(),
         }
 
     @classmethod
@@ -195,6 +200,7 @@ class ShardData:
             cluster_list=tuple(int(c) for c in data["cluster_list"]),
             total_clusters=int(data["total_clusters"]),
             plan_version=str(data["plan_version"]),
+            identify=IdentifyParams.from_json(data.get("identify")),
         )
 
 

@@ -428,6 +428,7 @@ class Heartbeat:
     sent_at: float
     ready: bool
     guilds: int | None = None
+    waiting: str | None = None  # what a starting cluster waits for before it may IDENTIFY
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -445,6 +446,7 @@ class Assignment:
     total_clusters: int
     plan_version: str
     reason: str
+    identify: JSON = None  # IdentifyParams.to_json(): how the fleet paces IDENTIFYs
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -33,7 +33,8 @@ class ClusterStatus:
     ``failed`` means the machine will not start it again: a mistake in the bot file that a
     restart cannot fix, or the restart cap reached. ``last_error`` is why it last stopped
     unasked (the end of its traceback, or its exit code), until it is ready again; None from
-    a machine of an older version.
+    a machine of an older version. ``waiting`` says what a starting cluster waits for
+    before it may IDENTIFY (its slot in the fleet's IDENTIFY queue, or why there is none).
     """
 
     id: int
@@ -47,6 +48,7 @@ class ClusterStatus:
     last_heartbeat: float | None
     exit_code: int | None
     last_error: str | None = None
+    waiting: str | None = None
 
     @property
     def ready(self) -> bool:
@@ -99,9 +101,10 @@ _CLUSTER_FIELDS: dict[str, tuple[type, ...]] = {
 
 _OPTIONAL_CLUSTER_FIELDS: dict[str, tuple[type, ...]] = {
     "last_error": (str, type(None)),
+    "waiting": (str, type(None)),
 }
 """Fields added since the first version: a record from an older machine may lack them."""
-_OPTIONAL_CLUSTER_DEFAULTS: dict[str, Any] = {"last_error": None}
+_OPTIONAL_CLUSTER_DEFAULTS: dict[str, Any] = {"last_error": None, "waiting": None}
 
 
 @dataclass(frozen=True, slots=True)
@@ -138,7 +141,11 @@ class MachineStatus:
 
 @dataclass(frozen=True, slots=True)
 class FleetStatus:
-    """The whole fleet at one moment: the plan, every client, and clusters nobody runs."""
+    """The whole fleet at one moment: the plan, every client, and clusters nobody runs.
+
+    ``identify`` is the bridge's IDENTIFY queue: per bucket the shards waiting for a slot,
+    grants and holds so far, why it holds (``holding``) and Discord's session budget.
+    """
 
     plan_version: str
     total_shards: int
@@ -147,6 +154,7 @@ class FleetStatus:
     standbys: tuple[str, ...]
     unassigned: tuple[int, ...]
     taken_at: float
+    identify: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON data."""
@@ -165,6 +173,7 @@ class FleetStatus:
             standbys=tuple(data["standbys"]),
             unassigned=tuple(data["unassigned"]),
             taken_at=data["taken_at"],
+            identify=data.get("identify"),
         )
 
     def cluster_hosts(self) -> dict[int, list[str]]:

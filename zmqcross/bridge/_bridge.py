@@ -7,6 +7,7 @@ core (:mod:`._core`) and the I/O shell (:mod:`._shell`), and delegates to them.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import logging
 import secrets
@@ -16,9 +17,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from .._clock import LOOP_CLOCK
-from .._discord_api import fetch_recommended_shards
+from .._discord_api import GatewayBot, fetch_gateway_bot
 from .._events import EventEmitter, Handler
 from .._fanout import eval_outcome, eval_request, guild_of
+from .._identify import DISCORD_IDENTIFY_WINDOW, IDENTIFY_SERVICE, LOCAL_RECHECK
 from ..errors import ClientNotFound, ConfigurationError
 from ..messages import IncomingRequest
 from ..planning import ClusterListParser, ShardPlan, build_plan
@@ -42,6 +44,8 @@ from ..security import AccessPolicy, CurveServer
 from ..status import FleetStatus
 from ._core import BridgeCore
 from ._fleet import PLAN_OPTIONS, FleetState
+from ._identify import IdentifyQueue
+from ._identify_service import IdentifyService, IdentifySettings
 from ._observers import Observer
 from ._outgoing import BridgeCounters
 from ._routing import ClientFilter, Service, ServiceHandler, ServiceOwner
@@ -56,7 +60,15 @@ __all__ = ["BRIDGE_EVENTS", "Bridge", "BridgeStatistics"]
 
 log = logging.getLogger("zmqcross.bridge")
 
-BRIDGE_EVENTS = ("client_message", "client_request", "connect", "disconnect", "error", "ready")
+BRIDGE_EVENTS = (
+    "client_message",
+    "client_request",
+    "connect",
+    "disconnect",
+    "error",
+    "identify_held",
+    "ready",
+)
 """Events a :class:`Bridge` emits; see :meth:`Bridge.on`."""
 
 
@@ -96,7 +108,14 @@ class Bridge:
     ``port`` is the ROUTER's port and ``pub_port`` the PUB's (default ``port + 1``);
     ``port=0`` picks free ports, readable from :attr:`port` and :attr:`pub_port` after
     :meth:`start`. ``total_shards="auto"`` asks Discord (``token`` is the bot token;
-    ``api_base`` or ``$ZMQCROSS_DISCORD_API`` redirects the call). With ``curve`` set,
+    ``api_base`` or ``$ZMQCROSS_DISCORD_API`` redirects the call) and rounds its answer up
+    to a multiple of ``max_concurrency``.
+
+    The bridge paces the whole fleet's IDENTIFYs (:meth:`identify_queue`): per rate-limit
+    bucket ``shard_id % max_concurrency`` one per ``identify_window`` (plus a margin), and
+    never past ``session_reserve`` of Discord's daily session budget. With a ``token`` it
+    asks Discord for ``max_concurrency`` and the budget; without one ``max_concurrency``
+    (default 1) and ``session_budget`` (default: not counted) say them. With ``curve`` set,
     only allow-listed client keys get in; ``auth_token`` is checked in every case.
     A client silent for ``heartbeat_timeout`` seconds is dropped with a ``disconnect``.
     With ``metrics_port`` set, Prometheus metrics are served on ``metrics_host:metrics_port``
@@ -125,6 +144,10 @@ class Bridge:
         request_timeout: float = DEFAULT_TIMEOUT,
         metrics_port: int | None = None,
         metrics_host: str = "127.0.0.1",
+        max_concurrency: int | None = None,
+        identify_window: float = DISCORD_IDENTIFY_WINDOW,
+        session_budget: int | None = None,
+        session_reserve: int | None = None,
     ) -> None:
         if not isinstance(auth_token, str) or not auth_token:
             raise ConfigurationError("auth_token must be a non-empty string; every client must present it")
@@ -153,6 +176,11 @@ class Bridge:
         # An impossible plan fails here, at construction, not at start.
         plan = build_plan(total_shards, **options) if total_shards != "auto" else None
         self._discord = (token, api_base)
+        self._identify_settings = IdentifySettings(
+            max_concurrency, identify_window, session_budget, session_reserve
+        )
+        self._identify: IdentifyService | None = None
+        self._heartbeat_interval = float(heartbeat_interval)
         self._request_timeout = float(request_timeout)
         self._limits = limits
         self._metrics_address = (metrics_host, metrics_port)
@@ -192,6 +220,7 @@ class Bridge:
         self._router = self._core.router
         self._router.add_service(STATUS_SERVICE, self._serve_status, action="request")
         self._router.add_service(RESHARD_SERVICE, self._serve_reshard, action="admin")
+        self._router.add_service(IDENTIFY_SERVICE, self._serve_identify, action="host")
         self._curve_on = curve is not None
 
     # ------------------------------------------------------------------ lifetime
@@ -200,11 +229,20 @@ class Bridge:
         """Resolve the shard plan, start the ZAP handler, bind both sockets, begin heartbeats."""
         if self._shell.running:
             raise RuntimeError("this bridge is already started")
+        discord = await self._ask_discord()
         if not self._fleet.started:
-            token, api_base = self._discord
-            shards = await fetch_recommended_shards(token or "", base=api_base)
+            assert discord is not None  # _ask_discord raised otherwise
+            # Every bucket gets as many shards as any other: round up to max_concurrency.
+            concurrency = discord.max_concurrency
+            shards = -(-discord.shards // concurrency) * concurrency
             self._fleet.begin(shards)
-            log.info('total_shards="auto": Discord recommends %d shards', shards)
+            log.info(
+                'total_shards="auto": Discord recommends %d shards; %d with max_concurrency %d',
+                discord.shards,
+                shards,
+                concurrency,
+            )
+        self._start_identify_queue(discord)
         self._closed = asyncio.Event()
         self._shell.start(self._core)
         try:
@@ -224,6 +262,47 @@ class Bridge:
             len(plan.chunks),
         )
         self._events.emit("ready")
+
+    async def _ask_discord(self) -> GatewayBot | None:
+        token, api_base = self._discord
+        auto = not self._fleet.started
+        if not token and not auto:
+            return None
+        try:
+            return await fetch_gateway_bot(token or "", base=api_base)
+        except ConfigurationError as exc:
+            if auto:
+                raise ConfigurationError(f'total_shards="auto": {exc.message}') from None
+            log.warning(
+                "cannot ask Discord for its IDENTIFY limits (%s); pacing by the bridge's settings",
+                exc.message,
+            )
+            return None
+
+    def _start_identify_queue(self, discord: GatewayBot | None) -> None:
+        settings = self._identify_settings
+        params = settings.params(discord)
+        self._fleet.identify = params
+        now = LOOP_CLOCK.monotonic()
+        # Machines that paced on their own while no bridge answered may still do so for a
+        # heartbeat and a recheck after this one starts: grant nothing before that.
+        guard = params.interval + LOCAL_RECHECK + self._heartbeat_interval
+        budget = settings.budget(discord, now=now)
+        queue = IdentifyQueue(params, budget=budget, now=now, start_guard=guard)
+        self._identify = IdentifyService(queue, self._fleet, clock=LOOP_CLOCK, events=self._events)
+        log.info(
+            "IDENTIFY queue: max_concurrency %d, one per %.3g s per bucket, session budget %s",
+            params.max_concurrency,
+            params.interval,
+            "not counted"
+            if budget is None
+            else f"{budget.remaining}/{budget.total} (reserve {budget.reserve})",
+        )
+
+    async def _serve_identify(self, request: IncomingRequest, client: ClientInfo) -> Any:
+        if self._identify is None:
+            raise ConfigurationError("the bridge is not started")
+        return await self._identify(request, client)
 
     async def _start_metrics(self) -> None:
         host, port = self._metrics_address
@@ -510,7 +589,14 @@ class Bridge:
             return_exceptions=True,
         )
         by_id = dict(zip([p.info.id for p in asked], answers, strict=True))
-        return self._fleet.status(by_id, taken_at=time.time())
+        status = self._fleet.status(by_id, taken_at=time.time())
+        return dataclasses.replace(status, identify=self.identify_queue())
+
+    def identify_queue(self) -> dict[str, Any] | None:
+        """The IDENTIFY queue now: waiting shards per bucket, grants, holds, the session budget."""
+        if self._identify is None:
+            return None
+        return self._identify.queue.snapshot(now=LOOP_CLOCK.monotonic())
 
     async def _serve_status(self, request: IncomingRequest, client: ClientInfo) -> Any:
         return (await self.status()).to_json()

@@ -7,9 +7,11 @@ machine runs what and returns the messages that say so; the core sends them.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from typing import Any
 
+from .._identify import IdentifyParams
 from ..errors import ConfigurationError
 from ..planning import Placement, ShardData, ShardPlan, build_plan
 from ..protocol import Assignment, Hosting
@@ -35,6 +37,7 @@ class FleetState:
         self._options = dict(options)
         self._plan = plan
         self._placement = Placement(plan) if plan is not None else None
+        self.identify = IdentifyParams()  # how IDENTIFYs are paced; the bridge sets it at start
 
     # ------------------------------------------------------------------ the plan
 
@@ -121,7 +124,7 @@ class FleetState:
         clusters = self.placement.assign(peer.info.id, max_clusters=max_clusters)
         peer.clusters, peer.standby = clusters, not clusters
         peer.plan_version = self.plan.version if clusters else None
-        data = self.placement.shard_data(clusters)
+        data = dataclasses.replace(self.placement.shard_data(clusters), identify=self.identify)
         if clusters:
             log.info(
                 "machine %r runs clusters %s (shards %s)",
@@ -159,6 +162,7 @@ class FleetState:
             total_clusters=data.total_clusters,
             plan_version=data.plan_version,
             reason=reason,
+            identify=self.identify.to_json(),
         )
 
     def release(self, peer: Peer) -> tuple[int, ...]:

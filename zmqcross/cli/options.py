@@ -24,6 +24,7 @@ from ..config import (
     host_names,
     host_names_data,
     log_level,
+    non_negative_int,
     non_negative_number,
     permissions,
     permissions_data,
@@ -159,8 +160,45 @@ BRIDGE = (
         metavar="RULES",
         parse_data=permissions_data,
     ),
-    dataclasses.replace(DISCORD_TOKEN, help='the bot\'s Discord token, for --total-shards "auto"'),
-    dataclasses.replace(DISCORD_API, help="Discord's API base for \"auto\" (an offline gateway's URL)"),
+    dataclasses.replace(
+        DISCORD_TOKEN,
+        help="the bot's Discord token: the bridge asks Discord for its IDENTIFY limits (and the shard "
+        'count, with --total-shards "auto")',
+    ),
+    dataclasses.replace(DISCORD_API, help="Discord's API base for /gateway/bot (an offline gateway's URL)"),
+    Setting(
+        "max_concurrency",
+        "ZMQCROSS_MAX_CONCURRENCY",
+        positive_int,
+        "IDENTIFY rate-limit buckets (Discord's max_concurrency), for a bridge without the Discord "
+        "token; with it Discord's value is used [default: 1]",
+        metavar="N",
+    ),
+    Setting(
+        "identify_window",
+        "ZMQCROSS_IDENTIFY_WINDOW",
+        positive_number,
+        "seconds between two IDENTIFYs of one bucket, before the bridge's margin (Discord: 5; less "
+        "only for an offline gateway run with a shorter --identify-window)",
+        default=5.0,
+        metavar="SECONDS",
+    ),
+    Setting(
+        "session_budget",
+        "ZMQCROSS_SESSION_BUDGET",
+        non_negative_int,
+        "session starts left today, for a bridge without the Discord token (with it, Discord's "
+        "session_start_limit is used) [default: not counted]",
+        metavar="N",
+    ),
+    Setting(
+        "session_reserve",
+        "ZMQCROSS_SESSION_RESERVE",
+        non_negative_int,
+        "session starts the bridge never grants: it stops granting IDENTIFYs when the day's budget "
+        "would fall below this [default: 2%% of the day's total]",
+        metavar="N",
+    ),
     Setting(
         "heartbeat_interval",
         "ZMQCROSS_HEARTBEAT_INTERVAL",
@@ -242,9 +280,9 @@ MACHINE = (
         "spawn_delay",
         "ZMQCROSS_SPAWN_DELAY",
         non_negative_number,
-        "seconds between one cluster being ready and the next starting (Discord allows one IDENTIFY "
-        "per 5 s; 0 for an offline gateway)",
-        default=5.0,
+        "seconds between two cluster starts (0: all at once; their IDENTIFYs wait for turns in "
+        "the bridge's queue either way)",
+        default=0.0,
         metavar="SECONDS",
     ),
     Setting(
@@ -383,9 +421,10 @@ GATEWAY = (
     Setting(
         "gateway_max_concurrency",
         "ZMQCROSS_GATEWAY_MAX_CONCURRENCY",
-        positive_int,
-        "enforce Discord's identify rate limit: N buckets (shard_id %% N), one IDENTIFY per bucket per "
-        "--identify-window, refused with op 9 as Discord does [default: no limit]",
+        non_negative_int,
+        "Discord's identify rate limit: N buckets (shard_id %% N), one IDENTIFY per bucket per "
+        "--identify-window, refused with op 9 as Discord does (0: no limit)",
+        default=1,
         flag="--max-concurrency",
         metavar="N",
     ),
@@ -429,7 +468,9 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
 
 KNOWN_VARIABLES = frozenset(
     {s.env for settings in COMMANDS.values() for s in settings if s.env}
-    | {CONFIG_ENV, LOOP_ENV, "ZMQCROSS_DISCORD_GATEWAY"}  # the last read by cluster processes only
+    | {CONFIG_ENV, LOOP_ENV}
+    # read by cluster processes only
+    | {"ZMQCROSS_DISCORD_GATEWAY", "ZMQCROSS_DISCORD_REST", "ZMQCROSS_IDENTIFY_QUEUE"}
 )
 """Every ``ZMQCROSS_*`` variable zmqcross reads. Known to any command, a name is not warned about
 by the others: one environment (a compose file, an env file) often serves every command."""

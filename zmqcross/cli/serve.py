@@ -137,6 +137,10 @@ def build_bridge(settings: Settings) -> Bridge:
         heartbeat_timeout=settings["heartbeat_timeout"],
         metrics_port=settings["metrics_port"],
         metrics_host=settings["metrics_host"],
+        max_concurrency=settings["max_concurrency"],
+        identify_window=settings["identify_window"],
+        session_budget=settings["session_budget"],
+        session_reserve=settings["session_reserve"],
     )
 
 

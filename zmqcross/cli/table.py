@@ -7,7 +7,7 @@ from typing import Any
 
 from ..status import ClusterStatus, FleetStatus, MachineStatus
 
-__all__ = ["render_plan", "render_status", "shard_ranges"]
+__all__ = ["render_identify", "render_plan", "render_status", "shard_ranges"]
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -110,6 +110,9 @@ def render_status(status: FleetStatus) -> str:
     else:
         lines.append("no clusters are running")
     for c, m in clusters:
+        if c.waiting:
+            lines += ["", f"cluster {c.id} on {m.id} waits: {c.waiting}"]
+    for c, m in clusters:
         if c.last_error:  # why it last stopped unasked: the last lines, indented under its id
             lines += ["", f"cluster {c.id} on {m.id}, last error:"]
             lines += [f"    {line}" for line in c.last_error.splitlines()[-6:]]
@@ -117,7 +120,34 @@ def render_status(status: FleetStatus) -> str:
     lines += ["", f"unassigned: {unassigned}"]
     if status.standbys:
         lines.append(f"standbys: {', '.join(status.standbys)}")
+    if status.identify is not None:
+        lines += ["", *render_identify(status.identify)]
     return "\n".join(lines)
+
+
+def render_identify(queue: dict[str, Any]) -> list[str]:
+    """The bridge's IDENTIFY queue (``FleetStatus.identify``) in a few lines."""
+    lines = [
+        f"identify queue: max_concurrency {queue['max_concurrency']}, one IDENTIFY per "
+        f"{queue['interval']:g} s per bucket; {queue['waiting']} waiting, {queue['granted']} granted, "
+        f"{queue['held']} held"
+    ]
+    for bucket in queue["buckets"]:
+        lines.append(
+            f"    bucket {bucket['bucket']}: shards {shard_ranges(bucket['waiting'])} wait, "
+            f"free in {bucket['free_in']:g} s"
+        )
+    budget = queue.get("budget")
+    if budget is None:
+        lines.append("session budget: not counted (no Discord token at the bridge, no session_budget)")
+    else:
+        lines.append(
+            f"session budget: {budget['remaining']} of {budget['total']} left today, {budget['reserve']} "
+            f"kept in reserve, resets in {duration(budget['reset_in'])}"
+        )
+    if queue.get("holding"):
+        lines.append(f"HOLDING: {queue['holding']}")
+    return lines
 
 
 def render_plan(answer: dict[str, Any]) -> str:

@@ -25,6 +25,7 @@ from typing import Any
 
 from .._calls import FleetCalls
 from .._events import EventEmitter, Handler
+from .._identify import IdentifyParams
 from .._relaying import eval_route
 from .._requests import OpenRequests
 from .._transport import closed_error
@@ -415,6 +416,16 @@ class Client:
         """The bridge's view of the whole fleet (see :meth:`Bridge.status`)."""
         return FleetStatus.from_json(await self.call_service(STATUS_SERVICE, None, timeout=timeout))
 
+    async def wait_ready(
+        self, *, clusters: Sequence[int] | None = None, timeout: float | None = None
+    ) -> FleetStatus:
+        """Wait until every cluster of the fleet (or each of ``clusters``) is ready; return that status.
+
+        See :meth:`zmqcross.Shard.wait_ready`: a ``timeout`` that runs out raises
+        :class:`~zmqcross.RequestTimeout` naming each cluster not ready and why.
+        """
+        return await self._calls.wait_ready(clusters=clusters, timeout=timeout)
+
     async def reshard(
         self,
         *,
@@ -568,6 +579,7 @@ class Client:
             cluster_list=msg.cluster_list,
             total_clusters=msg.total_clusters,
             plan_version=msg.plan_version,
+            identify=IdentifyParams.from_json(msg.identify),
         )
         log.info(
             "the bridge assigns clusters %s of plan %s: %s",

@@ -5,7 +5,8 @@ DOM from it (no page reload). Every value is written with ``textContent``, never
 ``innerHTML``: guild names and error messages come from the fleet. Numbers a test or a
 script may want to read carry element ids and ``data-*`` attributes (``#total-guilds
 [data-value]``, ``tr.cluster[data-cluster][data-state][data-guilds]``, ``tr.cluster-error``
-under a cluster with a ``last_error``, ``#guild-result[data-status]``); ``body[data-loaded]``
+under a cluster with a ``last_error``, ``#guild-result[data-status]``, ``#identify-waiting
+[data-value]``, ``#session-budget[data-value]``); ``body[data-loaded]``
 turns true after the first snapshot is shown.
 """
 
@@ -84,6 +85,8 @@ PAGE = """<!doctype html>
     <div class="card"><div class="label">eval p50</div><div class="value" id="eval-p50">-</div></div>
     <div class="card"><div class="label">eval p99</div><div class="value" id="eval-p99">-</div></div>
     <div class="card"><div class="label">status query</div><div class="value" id="status-ms">-</div></div>
+    <div class="card"><div class="label">IDENTIFY queue</div><div class="value" id="identify-waiting">-</div></div>
+    <div class="card"><div class="label">session budget</div><div class="value" id="session-budget">-</div></div>
   </div>
   <ul id="alerts"></ul>
   <section class="box">
@@ -224,6 +227,18 @@ function render(snap) {
     setValue("plan-shards", fleet.total_shards);
     setValue("total-guilds", sum.guilds);
     setValue("total-restarts", sum.restarts);
+    const queue = fleet.identify;
+    if (queue) {
+      setValue("identify-waiting", queue.waiting);
+      $("identify-waiting").title = queue.granted + " granted, " + queue.held + " held; max_concurrency "
+        + queue.max_concurrency + ", one per " + queue.interval + " s per bucket";
+      const budget = queue.budget;
+      setValue("session-budget", budget ? budget.remaining + " / " + budget.total : "not counted");
+      if (queue.holding) alerts.push(["bad", "IDENTIFY queue HOLDS every shard: " + queue.holding]);
+      for (const b of queue.buckets) {
+        alerts.push(["warn", "bucket " + b.bucket + ": shards " + b.waiting.join(", ") + " wait for their IDENTIFY turn"]);
+      }
+    }
     for (const id of sum.unassigned) alerts.push(["bad", "cluster " + id + " is DOWN: no machine runs it"]);
     for (const id of sum.down) {
       if (!sum.unassigned.includes(id)) alerts.push(["bad", "cluster " + id + " is DOWN: not ready"]);
@@ -239,6 +254,7 @@ function render(snap) {
       if (m.leaving) alerts.push(["warn", m.id + " is LEAVING"]);
       if (m.error) alerts.push(["bad", m.id + " did not answer: " + m.error]);
       for (const c of m.clusters) {
+        if (c.waiting) alerts.push(["warn", "cluster " + c.id + " on " + m.id + " waits: " + c.waiting]);
         if (c.state === "failed") {
           const why = c.last_error ? ": " + c.last_error.split("\\n")[0] : "";
           alerts.push(["bad", "cluster " + c.id + " FAILED on " + m.id + " and is not restarted" + why]);

@@ -92,9 +92,9 @@ class Shard:
     ) -> FleetStatus:
         """Wait until every cluster of the fleet (or each of ``clusters``) is ready; return that status.
 
-        Clusters start one after another, machine by machine: a ``broadcast_eval`` made as
-        soon as this cluster is ready fails on the others ("cluster 1 is starting, not
-        ready"); wait for them first::
+        Clusters become ready one after another, as their IDENTIFYs get their turns: a
+        ``broadcast_eval`` made as soon as this cluster is ready fails on the others
+        ("cluster 1 is starting, not ready"); wait for them first::
 
             await bot.machine.wait_ready(timeout=120)
             counts = await bot.machine.broadcast_eval("len(bot.guilds)")

@@ -2,7 +2,9 @@
 
 The manager starts each cluster with the ``spawn`` method; :func:`bootstrap` records the
 cluster's data and pipe, points discord.py at the offline gateway when
-``ZMQCROSS_DISCORD_API`` is set, then runs the user's bot file as ``__main__``. The bot
+``ZMQCROSS_DISCORD_API`` is set (or at a REST proxy or another gateway, see
+:func:`_point_discord_py`), then runs the user's bot file as ``__main__``. Every IDENTIFY
+waits for its turn in the fleet's queue (:mod:`zmqcross.cluster._pacing`). The bot
 wires itself up with ``bot.cluster = ClusterClient(bot)``, before it connects (at module
 level, in an async main, or in ``setup_hook``).
 
@@ -31,13 +33,14 @@ import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import TYPE_CHECKING, Any
 
 from .._evaluation import compile_script, load_function, start_script
 from .._events import EventEmitter, Handler
 from .._fanout import error_frame
+from .._identify import IdentifyParams
 from .._relaying import EvalRoute, eval_reply_frames, eval_route
 from .._requests import OpenRequests
 from ..errors import ConfigurationError, ConnectionLost, MessageTooLarge, RequestTimeout, ZmqcrossError
@@ -54,8 +57,11 @@ from ..protocol import (
     Reply,
     Request,
     Send,
+    dump,
     encode,
+    result_of,
 )
+from ._pacing import IdentifyTurns
 from ._pipe import PipeEnd, open_pipe, pack
 
 if TYPE_CHECKING:
@@ -98,6 +104,8 @@ class ClusterData:
     heartbeat_interval: float = 1.0
     offline: bool = False
     env: tuple[tuple[str, str], ...] = ()
+    identify: IdentifyParams = field(default_factory=IdentifyParams)
+    in_fleet: bool = False
 
     @property
     def first_shard_id(self) -> int:
@@ -136,9 +144,7 @@ def bootstrap(bot_file: str, data: ClusterData, conn: Connection) -> None:
     logging.basicConfig(
         level=os.environ.get("ZMQCROSS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s"
     )
-    api = os.environ.get("ZMQCROSS_DISCORD_API")
-    if api:
-        _go_offline(api)
+    if _point_discord_py():
         data = ClusterData(**{**_as_dict(data), "offline": True})
     _CURRENT = current = _Current(data, conn, report_fd=os.dup(conn.fileno()))
     _require_cluster_client()
@@ -213,24 +219,41 @@ def _as_dict(data: ClusterData) -> dict[str, Any]:
     return {name: getattr(data, name) for name in ClusterData.__slots__}
 
 
-def _go_offline(api: str) -> None:
+def _point_discord_py() -> bool:
+    """Point discord.py where the environment says; True when that is the offline gateway.
+
+    Three independent settings: ``ZMQCROSS_DISCORD_API`` is the offline gateway (its REST
+    base, and its gateway on the same host and port); ``ZMQCROSS_DISCORD_REST`` only moves
+    the REST base (a proxy in front of Discord); ``ZMQCROSS_DISCORD_GATEWAY`` only moves the
+    gateway. None of them changes IDENTIFY pacing.
+    """
+    api = os.environ.get("ZMQCROSS_DISCORD_API") or None
+    rest = os.environ.get("ZMQCROSS_DISCORD_REST") or api
+    gateway = os.environ.get("ZMQCROSS_DISCORD_GATEWAY") or None
+    if rest is None and gateway is None:
+        return False
+    from ..gateway.discordpy import gateway_url_for, point_discord_py
+
+    if gateway is None and api is not None:
+        gateway = gateway_url_for(api)
+    point_discord_py(rest=rest, gateway=gateway)
+    log.info("discord.py: REST %s, gateway %s", rest or "Discord's", gateway or "Discord's")
+    return api is not None
+
+
+def _warn_if_hooked(bot: discord.Client) -> None:
     import discord
 
-    from ..gateway import point_discord_py_at
-
-    gateway = (
-        os.environ.get("ZMQCROSS_DISCORD_GATEWAY") or api.split("/api/")[0].replace("http", "ws", 1) + "/"
-    )
-    point_discord_py_at(api, gateway)
-
-    # discord.py waits 5 s before each IDENTIFY after the first, for Discord's rate limit.
-    # The offline gateway has no such limit; against real Discord this stays untouched.
-    async def identify_at_once(self: discord.Client, shard_id: int | None, *, initial: bool = False) -> None:
-        return None
-
-    discord.Client.before_identify_hook = identify_at_once  # type: ignore[method-assign]
-    discord.AutoShardedClient.before_identify_hook = identify_at_once  # type: ignore[method-assign]
-    log.info("offline Discord: REST %s, gateway %s", api, gateway)
+    own = type(bot).before_identify_hook
+    if (
+        own is not discord.Client.before_identify_hook
+        and own is not discord.AutoShardedClient.before_identify_hook
+    ):
+        log.warning(
+            "%s.before_identify_hook is replaced by the fleet's IDENTIFY queue (it paces every "
+            "cluster of every machine); set ZMQCROSS_IDENTIFY_QUEUE=off to keep your own",
+            type(bot).__name__,
+        )
 
 
 def _check_sharding(bot: discord.Client, data: ClusterData) -> None:
@@ -289,6 +312,20 @@ class ClusterClient:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._namespace = {"__builtins__": builtins, "bot": bot, "discord": discord, "asyncio": asyncio}
         self._dump_result = dump_result
+        self._waiting: str | None = None
+        self._turns: set[asyncio.Future[None]] = set()  # IDENTIFYs waiting for their turn
+        self._closing = False
+        self.identify_turns = IdentifyTurns(
+            cluster_id=self.data.cluster_id,
+            total_shards=self.data.total_shards,
+            params=self.data.identify,
+            ask=self._ask_service,
+            report=self._report_waiting,
+            in_fleet=self.data.in_fleet,
+        )
+        if os.environ.get("ZMQCROSS_IDENTIFY_QUEUE", "on").lower() != "off":
+            _warn_if_hooked(bot)
+            bot.before_identify_hook = self._before_identify  # type: ignore[method-assign]
         self._login = bot.login
         bot.login = self._login_then_serve  # type: ignore[method-assign]
         try:
@@ -345,8 +382,42 @@ class ClusterClient:
     def _beat(self) -> None:
         if self._pipe is not None:
             self._pipe.send(
-                Heartbeat(sent_at=time.time(), ready=self.bot.is_ready(), guilds=len(self.bot.guilds))
+                Heartbeat(
+                    sent_at=time.time(),
+                    ready=self.bot.is_ready(),
+                    guilds=len(self.bot.guilds),
+                    waiting=self._waiting,
+                )
             )
+
+    # ------------------------------------------------------------------ IDENTIFY pacing
+
+    async def _before_identify(self, shard_id: int | None, *, initial: bool = False) -> None:
+        # discord.py's hook: called before every IDENTIFY of every shard, initial or not.
+        turn = asyncio.ensure_future(
+            self.identify_turns.wait_turn(shard_id if shard_id is not None else self.data.first_shard_id)
+        )
+        self._turns.add(turn)
+        try:
+            await turn
+        except asyncio.CancelledError:
+            if self._closing:
+                # Stopped while waiting: discord.py would retry the connection forever
+                # (launch_shard does), so the process ends here, its connections closed.
+                raise SystemExit(0) from None
+            raise
+        finally:
+            self._turns.discard(turn)
+
+    def _report_waiting(self, waiting: str | None) -> None:
+        if waiting != self._waiting:
+            self._waiting = waiting
+            self._beat()  # the machine's status (and spawn timer) learn it now
+
+    async def _ask_service(self, service: str, data: Any, timeout: float) -> Any:
+        request_id = self.next_id()
+        msg = Request(id=request_id, deadline=time.time() + timeout, data=dump(data), service=service)
+        return result_of(await self.call(msg, request_id, timeout, f"{service} service call"))
 
     async def _report_ready(self) -> None:
         await self.bot.wait_until_ready()
@@ -448,11 +519,14 @@ class ClusterClient:
 
     async def _shutdown(self) -> None:
         # Close Discord's connections properly (no zombie sessions), then let bot.run() return.
+        self._closing = True
         try:
             await asyncio.wait_for(self.bot.close(), SHUTDOWN_GRACE)
         except Exception:
             log.exception("cluster %d: closing discord.py failed; exiting anyway", self.id)
             os._exit(1)
+        for turn in list(self._turns):
+            turn.cancel()  # a shard still waiting to IDENTIFY ends the process (see _before_identify)
 
     # ------------------------------------------------------------------ upstream (Shard API)
 

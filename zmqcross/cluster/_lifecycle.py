@@ -116,6 +116,7 @@ class _Cluster:
     report: ErrorInfo | None = None  # what the running process said before it exited, if anything
     killed: str | None = None  # why the watchdog killed the running process
     last_error: str | None = None  # for status: why it last stopped unasked, until it is ready again
+    waiting: str | None = None  # what it waits for before it may IDENTIFY, as it last said
 
     def move(self, new: ClusterState) -> None:
         """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""

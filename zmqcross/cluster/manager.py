@@ -34,6 +34,7 @@ from typing import Any
 
 from .._events import EventEmitter, Handler
 from .._fanout import FanOut, FanOuts, Gather
+from .._identify import IdentifyParams
 from .._relaying import EvalRoute, forward_eval, reply_slots
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
 from ..planning import ShardData, shard_for_guild
@@ -99,8 +100,9 @@ class ClusterManager:
 
     ``shard_list`` has one list of shard ids per cluster and ``cluster_list`` their global
     ids, as :meth:`Client.request_shard_data` returns them (see :meth:`from_shard_data`).
-    Clusters start one after another, each ``spawn_delay`` seconds after the previous
-    one is ready (Discord allows one IDENTIFY per 5 s per bucket). ``shard_list`` may also be
+    Clusters start ``spawn_delay`` seconds apart (0: all at once); each IDENTIFY waits for its
+    turn in the fleet's queue (``identify``: how the bridge paces them; a manager without a
+    bridge paces its clusters by the same rule on its own). ``shard_list`` may also be
     a flat list of shard ids, cut into clusters of ``shards_per_cluster``. ``token`` sets
     ``DISCORD_TOKEN`` and ``env`` more variables in the cluster processes.
     """
@@ -119,11 +121,12 @@ class ClusterManager:
         env: Mapping[str, str] | None = None,
         respawn: bool = True,
         restarts: RestartPolicy = DEFAULT_RESTARTS,
-        spawn_delay: float = 5.0,
+        spawn_delay: float = 0.0,
         spawn_timeout: float = 120.0,
         heartbeat_interval: float = 1.0,
         heartbeat_timeout: float = 15.0,
         limits: Limits = DEFAULT_LIMITS,
+        identify: IdentifyParams | None = None,
     ) -> None:
         path = Path(bot_file)
         if not path.is_file():
@@ -152,6 +155,7 @@ class ClusterManager:
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
         self._limits = limits
+        self.identify = identify if identify is not None else IdentifyParams()
         self._env = dict(env or {})
         if token is not None:
             self._env["DISCORD_TOKEN"] = token
@@ -179,7 +183,7 @@ class ClusterManager:
             cluster_list=data.cluster_list,
             total_clusters=data.total_clusters,
             plan_version=data.plan_version,
-            **options,
+            **{"identify": data.identify, **options},
         )
 
     def on(self, name: str, handler: Handler | None = None) -> Any:
@@ -197,6 +201,7 @@ class ClusterManager:
             cluster_list=tuple(self._clusters),
             total_clusters=self.total_clusters,
             plan_version=self.plan_version,
+            identify=self.identify,
         )
 
     @property
@@ -218,6 +223,7 @@ class ClusterManager:
             last_heartbeat=c.last_beat_at,
             exit_code=c.exit_code,
             last_error=c.last_error,
+            waiting=c.waiting if c.state is ClusterState.STARTING else None,
         )
 
     def statuses(self) -> list[ClusterStatus]:
@@ -235,7 +241,12 @@ class ClusterManager:
     # ------------------------------------------------------------------ lifetime
 
     async def spawn(self, *, delay: float | None = None, timeout: float | None = None) -> None:
-        """Start every cluster, one after another, each waiting for the previous one to be ready."""
+        """Start every cluster, ``delay`` seconds apart, and wait until each is ready or has exited.
+
+        The clusters' IDENTIFYs wait for their turns in the fleet's queue, so the clusters
+        themselves need not wait for each other. A cluster that dies before it is ready
+        holds up no other: its restarts are the watchdog's business.
+        """
         if self._running:
             raise RuntimeError("this manager has already spawned its clusters")
         self._running = True
@@ -243,32 +254,27 @@ class ClusterManager:
         delay = self.spawn_delay if delay is None else delay
         timeout = self.spawn_timeout if timeout is None else timeout
         order = sorted(self._clusters.values(), key=lambda c: c.id)
-        for index, cluster in enumerate(order, 1):
-            await self._start(cluster)
-            # A cluster that dies before it is ready does not hold up the others: its
-            # restarts are the watchdog's business, and a broken cluster 0 must not keep
-            # cluster 1 from ever starting.
-            ready, exited = cluster.ready, cluster.exited
-            waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(exited.wait())]
-            try:
-                await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for wait in waits:
-                    wait.cancel()
-            if ready.is_set():
-                log.info(
-                    "cluster %d ready (shards %s): %d/%d", cluster.id, list(cluster.shards), index, len(order)
-                )
-            elif exited.is_set():
-                then = "it failed" if cluster.state is ClusterState.FAILED else "it is being restarted"
-                more = "; starting the next cluster" if index < len(order) else ""
-                log.warning("cluster %d exited before it was ready (%s)%s", cluster.id, then, more)
-            else:
-                log.warning(
-                    "cluster %d not ready after %g s; the watchdog will restart it", cluster.id, timeout
-                )
-            if delay and index < len(order):
+        for index, cluster in enumerate(order):
+            if delay and index:
                 await asyncio.sleep(delay)
+            await self._start(cluster)
+        await asyncio.gather(*(self._first_start(c, timeout) for c in order))
+
+    async def _first_start(self, cluster: _Cluster, timeout: float) -> None:
+        ready, exited = cluster.ready, cluster.exited
+        waits = [asyncio.ensure_future(ready.wait()), asyncio.ensure_future(exited.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if ready.is_set():
+            log.info("cluster %d ready (shards %s)", cluster.id, list(cluster.shards))
+        elif exited.is_set():
+            then = "it failed" if cluster.state is ClusterState.FAILED else "it is being restarted"
+            log.warning("cluster %d exited before it was ready (%s)", cluster.id, then)
+        else:
+            log.warning("cluster %d not ready after %g s; the watchdog will restart it", cluster.id, timeout)
 
     async def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until every cluster is ready."""
@@ -320,7 +326,7 @@ class ClusterManager:
             cid: _Cluster(cid, tuple(s)) for cid, s in zip(data.cluster_list, data.shard_list, strict=True)
         }
         self.total_shards, self.total_clusters = data.total_shards, data.total_clusters
-        self.plan_version = data.plan_version
+        self.plan_version, self.identify = data.plan_version, data.identify
         log.info("rolling restart to plan %s: clusters %s", data.plan_version, list(data.cluster_list))
         for cid in sorted(self._clusters):
             fresh = self._clusters[cid]
@@ -349,6 +355,8 @@ class ClusterManager:
             total_clusters=self.total_clusters,
             heartbeat_interval=self.heartbeat_interval,
             env=tuple(self._env.items()),
+            identify=self.identify,
+            in_fleet=self.upstream is not None,
         )
         process = self._mp.Process(
             target=bootstrap,
@@ -485,6 +493,9 @@ class ClusterManager:
     def _from_cluster(self, c: _Cluster, msg: Message) -> None:
         if isinstance(msg, Heartbeat):
             c.last_beat, c.last_beat_at, c.guilds = time.monotonic(), msg.sent_at, msg.guilds
+            c.waiting = msg.waiting if type(msg.waiting) is str else None
+            if c.waiting is not None and c.state is ClusterState.STARTING:
+                c.started = c.last_beat  # spawn_timeout counts from its IDENTIFY's turn, not its start
             if msg.ready and c.state is ClusterState.STARTING:
                 c.move(ClusterState.READY)
                 c.last_error = None

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import yarl
 
-__all__ = ["gateway_url_for", "point_discord_py_at"]
+__all__ = ["gateway_url_for", "point_discord_py", "point_discord_py_at"]
 
 _WS_SCHEMES = {"http": "ws", "https": "wss"}
 
@@ -35,10 +35,18 @@ def point_discord_py_at(api_base: str, gateway_url: str | None = None) -> None:
     ``ZMQCROSS_DISCORD_API`` alone is enough. Affects every client created afterwards in
     this process.
     """
-    gateway = yarl.URL(gateway_url if gateway_url is not None else gateway_url_for(api_base))
+    point_discord_py(
+        rest=api_base, gateway=gateway_url if gateway_url is not None else gateway_url_for(api_base)
+    )
+
+
+def point_discord_py(*, rest: str | None = None, gateway: str | None = None) -> None:
+    """Move discord.py's REST base, its gateway URL, or both (None leaves one where it is)."""
     # Imported here: the gateway server itself must not need discord.py.
     import discord.gateway
     import discord.http
 
-    discord.http.Route.BASE = api_base.rstrip("/")
-    discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = gateway
+    if rest is not None:
+        discord.http.Route.BASE = rest.rstrip("/")
+    if gateway is not None:
+        discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = yarl.URL(gateway)

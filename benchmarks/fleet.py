@@ -23,6 +23,8 @@ from pathlib import Path
 from zmqcross import AccessPolicy, Bridge, CurveServer, generate_keypair
 
 HERE = Path(__file__).resolve().parent
+IDENTIFY_WINDOW = 0.05
+"""The offline gateway enforces one IDENTIFY per this many seconds (one bucket); the bridge paces by it."""
 
 
 def free_port() -> int:
@@ -53,6 +55,8 @@ class Fleet:
     clusters: int
     cache: object | None = None
     pids: dict[str, list[int]] = field(default_factory=dict)
+    api: str = ""
+    ready_after: float = 0.0  # seconds from the machines' start to every guild ready
 
 
 async def _read_api(proc: subprocess.Popen[str], timeout: float) -> str:
@@ -73,6 +77,8 @@ async def fleet(
     curve: bool = True,
     cache: bool = True,
     ready_timeout: float = 240.0,
+    max_concurrency: int = 1,
+    identify_window: float = IDENTIFY_WINDOW,
 ) -> AsyncIterator[Fleet]:
     """A running fleet; everything is stopped when the block ends."""
     work = Path(tempfile.mkdtemp(prefix="zmqcross-bench-"))
@@ -87,7 +93,8 @@ async def fleet(
     logs = open(work / "fleet.log", "w")  # noqa: SIM115 - closed below
     gateway = subprocess.Popen(
         [sys.executable, "-m", "zmqcross.gateway", "--port", str(free_port()), "--guilds", str(guilds),
-         "--shards-hint", str(total_shards)],
+         "--shards-hint", str(total_shards), "--identify-window", str(identify_window),
+         "--max-concurrency", str(max_concurrency)],
         stdout=subprocess.PIPE, stderr=logs, text=True,
     )
     procs: dict[str, subprocess.Popen[str]] = {}
@@ -99,7 +106,8 @@ async def fleet(
         # CURVE keys a policy does not name may only request and use the cache: the machines host.
         machine_keys = AccessPolicy(keys={"machine-*": ["host", "eval", "request", "cache"]})
         bridge = Bridge(auth_token=token, port=port, total_shards=total_shards, shards_per_cluster=shards_per_cluster,
-                        total_machines=machines, curve=server_curve, permissions=machine_keys, request_timeout=120)
+                        total_machines=machines, curve=server_curve, permissions=machine_keys, request_timeout=120,
+                        identify_window=identify_window, max_concurrency=max_concurrency)
         server = None
         if cache:
             from zmqcross import CacheServer
@@ -111,6 +119,7 @@ async def fleet(
                "ZMQCROSS_BRIDGE_PORT": str(port), "ZMQCROSS_LOG_LEVEL": "WARNING"}
         if curve:
             env["ZMQCROSS_KEYS"] = str(keys)
+        started = time.monotonic()
         for name in names:
             procs[name] = subprocess.Popen([sys.executable, str(HERE / "bench_machine.py")],
                                            env={**env, "ZMQCROSS_MACHINE_ID": name}, stdout=subprocess.DEVNULL,
@@ -128,7 +137,8 @@ async def fleet(
                 if proc.poll() is not None:
                     raise RuntimeError(f"{name} exited with {proc.returncode}; see {work / 'fleet.log'}")
             await asyncio.sleep(0.5)
-        result = Fleet(bridge, gateway, procs, guilds, clusters, server)
+        result = Fleet(bridge, gateway, procs, guilds, clusters, server, api=api,
+                       ready_after=time.monotonic() - started)
         result.pids["clusters"] = await bridge.broadcast_eval("import os\nos.getpid()")
         yield result
     finally:

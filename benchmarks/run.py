@@ -1,8 +1,9 @@
 """`make bench`: the seed's latency table for zmqcross, measured like the original's harness.
 
 1 bridge (this process, where cases are timed), 4 machines x 2 clusters x 2 shards, 20,000
-guilds on the offline gateway, CURVE on. Then a floor row (bare pyzmq + pipes, same shape)
-and a scale sweep. Writes benchmarks/results/latest.json; `--compare FILE` prints the
+guilds on the offline gateway, CURVE on. Then a floor row (bare pyzmq + pipes, same shape),
+a scale sweep, and cold starts against Discord's IDENTIFY limits (16 shards, max_concurrency
+1 and 4, a 0.5 s window: time to all ready against the floor, and refused IDENTIFYs). Writes benchmarks/results/latest.json; `--compare FILE` prints the
 ratio zmqcross / original per case against a result file of ../shared/anchors/node-dch.
 """
 
@@ -12,10 +13,12 @@ import argparse
 import asyncio
 import gc
 import json
+import math
 import os
 import platform
 import sys
 import time
+import urllib.request
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -263,6 +266,37 @@ async def sweep(profile: Profile, results: dict[str, Any]) -> None:
                 )
 
 
+async def cold_start(results: dict[str, Any]) -> None:
+    """Time to every shard ready from a cold start against an offline Discord enforcing the IDENTIFY limits.
+
+    16 shards in 8 clusters on 4 machines, a 0.5 s window: the floor is ceil(16 / max_concurrency)
+    windows; the bridge's queue must get there with no refused IDENTIFY.
+    """
+    rows: dict[str, Any] = {}
+    results["cold_start"] = rows
+    window = 0.5
+    for concurrency in (1, 4):
+        async with fleet(total_shards=16, shards_per_cluster=2, guilds=1600, cache=False,
+                         max_concurrency=concurrency, identify_window=window) as f:
+            identifies = await asyncio.to_thread(_get_json, f.api.removesuffix("/api/v10") + "/_offline/identifies")
+            records = identifies["identifies"]
+            times = sorted(r["time"] for r in records)
+            floor = math.ceil(16 / concurrency) * window
+            rows[str(concurrency)] = {
+                "max_concurrency": concurrency, "shards": 16, "window_s": window, "floor_s": floor,
+                "ready_s": round(f.ready_after, 2), "identify_span_s": round(times[-1] - times[0], 2),
+                "identifies": len(records), "refused": sum(1 for r in records if not r["accepted"]),
+            }
+        row = rows[str(concurrency)]
+        print(f"cold start, max_concurrency {concurrency}: ready in {row['ready_s']} s (floor {floor} s), "
+              f"refused {row['refused']}", file=sys.stderr, flush=True)
+
+
+def _get_json(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
     print()
     print(f"zmqcross {zmqcross.__version__}: 1 bridge, 4 machines, 8 clusters, 16 shards, "
@@ -280,6 +314,10 @@ def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
             parts = ", ".join(f"{kind} {us:.0f}" for kind, us in cpu.items() if kind != "total")
             print(f"CPU per eval in {case} (us, all threads): {parts}; total {cpu['total']:.0f}")
     print()
+    for row in results.get("cold_start", {}).values():
+        print(f"cold start, 16 shards, max_concurrency {row['max_concurrency']}, {row['window_s']} s window: all ready "
+              f"in {row['ready_s']} s from the machines' start (IDENTIFYs over {row['identify_span_s']} s; floor "
+              f"{row['floor_s']} s), {row['refused']} of {row['identifies']} IDENTIFYs refused")
     for name, row in results.get("scale_sweep", {}).items():
         print(f"scale sweep {name:>3} clusters: 1_math p50 {row['1_math']['p50']:.2f} ms, p99 {row['1_math']['p99']:.2f} ms")
     mem = results["memory"]
@@ -312,6 +350,7 @@ async def run(args: argparse.Namespace) -> int:
     await main_fleet(profile, results)
     results["floor"] = await asyncio.to_thread(measure_floor, profile.n * 3, profile.warmup)
     await sweep(profile, results)
+    await cold_start(results)
     results["total_runtime_s"] = round(time.monotonic() - started, 1)
     original = json.loads(Path(args.compare).read_text()) if args.compare else None
     report(results, original)

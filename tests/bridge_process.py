@@ -22,6 +22,7 @@ async def main(port: int, pub_port: int) -> None:
         total_machines=2,
         heartbeat_interval=0.1,
         heartbeat_timeout=0.5,
+        identify_window=0.05,  # the tests' offline gateways use this window
     )
 
     @bridge.on("client_request")

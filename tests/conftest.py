@@ -23,6 +23,11 @@ TOKEN = "test-token"
 # Fast heartbeats so silence is detected within a test's budget.
 FAST = {"heartbeat_interval": 0.1, "heartbeat_timeout": 0.5}
 
+# The offline gateways of the tests enforce Discord's IDENTIFY limits (max_concurrency 1) with
+# a short window, and every bridge paces the fleet's IDENTIFYs by the same window.
+IDENTIFY_WINDOW = 0.05
+IDENTIFY = {"identify_window": IDENTIFY_WINDOW}
+
 
 def _ephemeral_low() -> int:
     try:
@@ -102,6 +107,7 @@ async def make_bridge() -> AsyncIterator[BridgeFactory]:
             "total_shards": 4,
             "shards_per_cluster": 2,
             "total_machines": 2,
+            **IDENTIFY,
         }
         settings.update(options)
         bridge = Bridge(**settings)
@@ -139,7 +145,7 @@ async def make_client() -> AsyncIterator[ClientFactory]:
 @pytest.fixture
 async def gateway() -> AsyncIterator[GatewayServer]:
     """The offline Discord with 64 guilds (the fleet tests' size)."""
-    server = GatewayServer(guilds=64)
+    server = GatewayServer(guilds=64, identify_window=IDENTIFY_WINDOW)
     await server.start()
     yield server
     await server.close()
@@ -155,7 +161,7 @@ def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="zmqcross")
 
 
-__all__ = ["FAST", "TOKEN", "Keys", "free_port", "wait_for", "zmqcross"]
+__all__ = ["FAST", "IDENTIFY", "IDENTIFY_WINDOW", "TOKEN", "Keys", "free_port", "wait_for", "zmqcross"]
 
 
 @contextlib.contextmanager

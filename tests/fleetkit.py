@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from conftest import IDENTIFY_WINDOW
+
 from zmqcross import Client, ZmqcrossError
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -24,11 +26,14 @@ class Proc:
     def __init__(self, name: str, script: Path, env: dict[str, str]) -> None:
         self.name = name
         self.lines: list[str] = []
+        # FLEET_LOGS=DIR keeps each process's stderr in DIR/NAME.log, for debugging a test.
+        logs = os.environ.get("FLEET_LOGS")
+        stderr = open(os.path.join(logs, f"{name}.log"), "a") if logs else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, str(script)],
             env=env,
             stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
+            stderr=stderr,
             text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
@@ -105,6 +110,7 @@ def fleet_env(api_base: str, port: int, **extra: str) -> dict[str, str]:
         "ZMQCROSS_SHARDS_PER_CLUSTER": "2",
         "ZMQCROSS_TOTAL_MACHINES": "2",
         "ZMQCROSS_SPAWN_DELAY": "0",
+        "ZMQCROSS_IDENTIFY_WINDOW": str(IDENTIFY_WINDOW),  # the tests' gateways use this window
         "ZMQCROSS_LOG_LEVEL": "WARNING",
         "ZMQCROSS_BOT_FILE": str(ROOT / "tests" / "fleet_bot.py"),
     }

@@ -29,9 +29,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SUBNET = "10.231.0"
 
 
+SHORT_WINDOW = "0.05"
+"""The IDENTIFY window of the tests' gateways and bridges (conftest.IDENTIFY_WINDOW)."""
+
+
 def clean_env(**extra: str) -> dict[str, str]:
-    """This process's environment without any ZMQCROSS_* setting, plus ``extra``."""
+    """This process's environment without any ZMQCROSS_* setting, plus ``extra``.
+
+    Offline gateways and bridges started with it pace IDENTIFYs by the tests' short window
+    (the gateway enforces Discord's limits: one bucket, one IDENTIFY per window).
+    """
     env = {k: v for k, v in os.environ.items() if not k.startswith("ZMQCROSS_") and k != "DISCORD_TOKEN"}
+    env.update(ZMQCROSS_IDENTIFY_WINDOW=SHORT_WINDOW, ZMQCROSS_GATEWAY_IDENTIFY_WINDOW=SHORT_WINDOW)
     env.update(extra)
     return env
 
@@ -257,7 +266,7 @@ async def _drive() -> None:
                 else:
                     raise ValueError(f"unknown call {call['call']!r}")
                 answer = {"ok": result}
-            except Exception as exc:  # noqa: BLE001 - every failure goes back to the test as data
+            except Exception as exc:
                 answer = {"failed": _encode(exc)}
             answer["elapsed"] = time.monotonic() - started
             print(json.dumps(answer), flush=True)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from conftest import free_port
+from conftest import IDENTIFY_WINDOW, free_port
 
 from zmqcross import (
     Bridge,
@@ -65,7 +65,7 @@ class Fleet:
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def fleet() -> AsyncIterator[Fleet]:
-    gateway = GatewayServer(guilds=GUILDS)
+    gateway = GatewayServer(guilds=GUILDS, identify_window=IDENTIFY_WINDOW)
     await gateway.start()
     bridge = Bridge(
         auth_token=TOKEN,
@@ -74,6 +74,7 @@ async def fleet() -> AsyncIterator[Fleet]:
         total_shards=TOTAL_SHARDS,
         shards_per_cluster=2,
         total_machines=2,
+        identify_window=IDENTIFY_WINDOW,
     )
     await bridge.start()
 

@@ -24,7 +24,7 @@ from typing import Any
 import aiohttp
 import pytest
 import pytest_asyncio
-from conftest import free_port
+from conftest import IDENTIFY_WINDOW, free_port
 from fleetkit import ROOT, TOKEN, Proc, Processes, fleet_env
 
 from zmqcross import AccessPolicy, Bridge, Client
@@ -130,7 +130,7 @@ async def wait_fleet_json(url: str, ready: int, machines: int, timeout: float = 
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def fleet() -> AsyncIterator[Fleet]:
-    gateway = GatewayServer(guilds=GUILDS)
+    gateway = GatewayServer(guilds=GUILDS, identify_window=IDENTIFY_WINDOW)
     await gateway.start()
     port = free_port()
     bridge = Bridge(
@@ -140,6 +140,7 @@ async def fleet() -> AsyncIterator[Fleet]:
         total_shards=TOTAL_SHARDS,
         shards_per_cluster=2,
         total_machines=2,
+        identify_window=IDENTIFY_WINDOW,
     )
     await bridge.start()
     procs = Processes(fleet_env(gateway.api_base, port, ZMQCROSS_TOTAL_SHARDS=str(TOTAL_SHARDS)))

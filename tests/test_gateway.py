@@ -17,7 +17,7 @@ import discord.gateway
 import discord.http
 import orjson
 import pytest
-from conftest import discord_py_pointed_at
+from conftest import IDENTIFY_WINDOW, discord_py_pointed_at
 
 import zmqcross.gateway
 from zmqcross.gateway import (
@@ -40,15 +40,17 @@ READY_TIMEOUT = 10.0
 
 
 class Bot(discord.AutoShardedClient):
-    """An unmodified client but for identify pacing (5 s per shard), which only real Discord needs."""
+    """An unmodified client but for identify pacing: discord.py's rule (wait before every IDENTIFY
+    but the first) with the tests' short window, which the offline gateways enforce."""
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
-        return None
+        if not initial:
+            await asyncio.sleep(IDENTIFY_WINDOW * 1.5)
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[GatewayServer]:
-    async with GatewayServer(guilds=GUILDS) as srv:
+    async with GatewayServer(guilds=GUILDS, identify_window=IDENTIFY_WINDOW) as srv:
         with discord_py_pointed_at(srv):
             yield srv
 
@@ -290,7 +292,7 @@ async def test_discord_py_reaches_ready_holding_every_guild(server: GatewayServe
 
 @pytest.mark.timeout(30)
 async def test_discord_py_without_a_shard_count_follows_gateway_bot() -> None:
-    async with GatewayServer(guilds=GUILDS, recommended_shards=3) as srv:
+    async with GatewayServer(guilds=GUILDS, recommended_shards=3, identify_window=IDENTIFY_WINDOW) as srv:
         with discord_py_pointed_at(srv):
             async with ready_bot(None, None) as bot:
                 assert bot.shard_count == 3 and len(bot.guilds) == GUILDS

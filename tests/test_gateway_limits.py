@@ -141,24 +141,31 @@ async def test_different_buckets_identify_together() -> None:
     ]
 
 
-async def test_limits_are_off_unless_asked_for() -> None:
-    """Today's fleet, the demo and the benchmark start without fleet-wide pacing: nothing refused."""
-    async with limited() as server:
+async def test_the_limits_are_discords_by_default_and_off_only_when_asked() -> None:
+    """One bucket and a 5 s window unless told otherwise, as for most bots on Discord."""
+    async with limited() as server, raw_gateway(server) as first, raw_gateway(server) as second:
+        for gateway in (first, second):
+            assert (await gateway.receive())["op"] == 10
+        await first.identify([0, 2])
+        assert (await first.receive())["t"] == "READY"
+        await second.identify([1, 2])
+        assert (await second.receive())["op"] == 9
+        limit = (await get(server, "/api/v10/gateway/bot"))["session_start_limit"]
+    assert limit["max_concurrency"] == 1 and limit["total"] == 1000 and limit["remaining"] == 998
+    async with limited(max_concurrency=None) as server:
         await ready_together(bot([0], 2), bot([1], 2))
         records = await identifies(server)
-        limit = (await get(server, "/api/v10/gateway/bot"))["session_start_limit"]
     assert sorted((r["shard"][0], r["bucket"], r["accepted"]) for r in records) == [
         (0, None, True),
         (1, None, True),
     ]
-    assert limit["max_concurrency"] == 1 and limit["total"] == 1000 and limit["remaining"] == 998
 
 
 # --- (c) the session-start budget --------------------------------------------------------------
 
 
 async def test_the_identify_after_the_budget_closes_4004_and_ends_every_session() -> None:
-    async with limited(session_budget=3) as server, contextlib.AsyncExitStack() as stack:
+    async with limited(session_budget=3, max_concurrency=None) as server, contextlib.AsyncExitStack() as stack:
         live = []
         for shard in range(3):
             gateway = await stack.enter_async_context(raw_gateway(server))
@@ -198,7 +205,7 @@ async def test_a_refused_identify_costs_the_budget_too() -> None:
 
 
 async def test_the_budget_resets_after_reset_after() -> None:
-    async with limited(session_budget=1, session_reset_after=0.5) as server:
+    async with limited(session_budget=1, session_reset_after=0.5, max_concurrency=None) as server:
         async with raw_gateway(server) as gateway:
             assert (await gateway.receive())["op"] == 10
             await gateway.identify([0, 1])

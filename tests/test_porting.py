@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import pytest_asyncio
-from conftest import free_port
+from conftest import IDENTIFY_WINDOW, free_port
 
-from zmqcross import Bridge, ClusterManager, ClusterStatus, RestartPolicy
+from zmqcross import Bridge, ClusterManager, ClusterStatus, IdentifyParams, RestartPolicy
 from zmqcross.gateway import GatewayServer
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(120)]
@@ -118,7 +118,7 @@ bot.run("offline-token", log_handler=None)
 
 @pytest_asyncio.fixture(loop_scope="module", scope="module")
 async def gateway() -> AsyncIterator[GatewayServer]:
-    server = GatewayServer(guilds=8)
+    server = GatewayServer(guilds=8, identify_window=IDENTIFY_WINDOW)
     await server.start()
     try:
         yield server
@@ -142,6 +142,7 @@ def manager_for(
         env={"ZMQCROSS_DISCORD_API": gateway.api_base, "ZMQCROSS_LOG_LEVEL": "WARNING"},
         spawn_delay=0,
         restarts=RestartPolicy(max_restarts=max_restarts, interval=60),
+        identify=IdentifyParams(window=IDENTIFY_WINDOW),
     )
 
 
@@ -312,7 +313,12 @@ async def test_a_machine_exits_non_zero_when_a_cluster_fails_for_good(
     tmp_path: Path, gateway: GatewayServer
 ) -> None:
     bridge = Bridge(
-        auth_token="porting", port=free_port(), pub_port=free_port(), total_shards=2, shards_per_cluster=1
+        auth_token="porting",
+        port=free_port(),
+        pub_port=free_port(),
+        total_shards=2,
+        shards_per_cluster=1,
+        identify_window=IDENTIFY_WINDOW,
     )
     await bridge.start()
     env = {

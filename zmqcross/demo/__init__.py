@@ -104,6 +104,9 @@ def _clean_environment() -> dict[str, str]:
 GUILDS = 2000
 """Guilds of the offline gateway; the dashboard looks up guild #1234."""
 
+IDENTIFY_WINDOW = "1"
+"""Seconds between two IDENTIFYs of one bucket, at the gateway and the bridge (Discord: 5)."""
+
 PERMISSIONS = "machine-*=host,eval,request,cache; dashboard=eval,request,cache"
 """The bridge's policy: CURVE keys it does not name may only request and use the cache, so
 the machines' keys are named to host clusters, the dashboard's to time evals."""
@@ -123,7 +126,17 @@ def main(*, bot: str | os.PathLike[str] | None = None) -> int:
         status = 1
         try:
             base = _clean_environment()
-            fleet.start("gateway", ["-m", "zmqcross", "gateway", "--guilds", str(GUILDS)], base)
+            # Discord's IDENTIFY limits, enforced: 2 buckets (max_concurrency), one IDENTIFY per
+            # bucket per IDENTIFY_WINDOW s (Discord: 5). The bridge asks /gateway/bot for them.
+            gateway = [
+                "--guilds",
+                str(GUILDS),
+                "--max-concurrency",
+                "2",
+                "--identify-window",
+                IDENTIFY_WINDOW,
+            ]
+            fleet.start("gateway", ["-m", "zmqcross", "gateway", *gateway], base)
             port = free_port()
             env = {
                 **base,
@@ -132,6 +145,8 @@ def main(*, bot: str | os.PathLike[str] | None = None) -> int:
                 "ZMQCROSS_BRIDGE_PORT": str(port),
                 "ZMQCROSS_PUB_PORT": str(free_port()),
                 "ZMQCROSS_KEYS": str(keys),
+                "DISCORD_TOKEN": "offline",  # any token will do for the offline gateway
+                "ZMQCROSS_IDENTIFY_WINDOW": IDENTIFY_WINDOW,
             }
             fleet.start(
                 "bridge",

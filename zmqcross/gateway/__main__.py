@@ -38,15 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         help="shards recommended by /gateway/bot (default: one per 1,000 guilds)",
     )
     parser.add_argument("--token", default=None, help="accept only this bot token (default: any)")
-    # Off by default: the fleet paces nothing across processes yet (issue 16), so existing
-    # fleets would be refused. See zmqcross.gateway.limits for what Discord does.
+    # On by default, as on Discord: see zmqcross.gateway.limits.
     parser.add_argument(
         "--max-concurrency",
         type=int,
-        default=None,
+        default=1,
         metavar="N",
-        help="enforce Discord's identify rate limit with N buckets (shard_id %% N), one IDENTIFY "
-        "per bucket per --identify-window, refused with op 9 (default: no limit)",
+        help="Discord's identify rate limit: N buckets (shard_id %% N), one IDENTIFY per bucket "
+        "per --identify-window, refused with op 9 (default 1, Discord's; 0: no limit)",
     )
     parser.add_argument(
         "--identify-window",
@@ -77,7 +76,7 @@ async def _serve(args: argparse.Namespace) -> None:
         guilds=args.guilds,
         token=args.token,
         recommended_shards=args.shards_hint,
-        max_concurrency=args.max_concurrency,
+        max_concurrency=args.max_concurrency or None,
         identify_window=args.identify_window,
         session_budget=args.session_budget,
     )
@@ -92,8 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.guilds < 0 or (args.shards_hint is not None and args.shards_hint < 1):
         parser.error("--guilds must be >= 0 and --shards-hint >= 1")
-    if args.max_concurrency is not None and args.max_concurrency < 1:
-        parser.error("--max-concurrency must be >= 1")
+    if args.max_concurrency < 0:
+        parser.error("--max-concurrency must be >= 1 (or 0: no limit)")
     if args.identify_window < 0 or (args.session_budget is not None and args.session_budget < 0):
         parser.error("--identify-window and --session-budget must be >= 0")
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")

@@ -4,8 +4,10 @@
 of the shard that holds a guild, filling in Discord's fields for a user's message or a slash
 command. ``GET /_offline/messages`` shows what the bot sent, so a test can say "!ping" and read
 "pong". ``GET /_offline/identifies`` and ``GET /_offline/sessions`` show every IDENTIFY
-(accepted or refused, and why) and the live sessions. Request and answer shapes are in the
-README ("Offline Discord endpoints").
+(accepted or refused, and why) and the live sessions. ``POST /_offline/invalidate`` ends a
+shard's sessions the way Discord invalidates one (op 9, not resumable), so a test can watch
+its bot IDENTIFY again. Request and answer shapes are in the README ("Offline Discord
+endpoints").
 """
 
 from __future__ import annotations
@@ -45,6 +47,8 @@ class GatewayInspection(Protocol):
 
     def live_sessions(self) -> list[dict[str, Any]]: ...
 
+    async def invalidate(self, shard_id: int) -> int: ...
+
 
 def _error(status: int, message: str) -> web.Response:
     return json_response({"message": message, "code": 0}, status)
@@ -71,11 +75,12 @@ class OfflineApi:
         self._clock = clock
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
-        """Register ``POST /_offline/dispatch`` and ``GET /_offline/messages``."""
+        """Register the ``/_offline`` routes on ``router``."""
         router.add_post("/_offline/dispatch", self._dispatch)
         router.add_get("/_offline/messages", self._messages)
         router.add_get("/_offline/identifies", self._identifies)
         router.add_get("/_offline/sessions", self._sessions)
+        router.add_post("/_offline/invalidate", self._invalidate)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -140,3 +145,13 @@ class OfflineApi:
 
     async def _sessions(self, request: web.Request) -> web.StreamResponse:
         return json_response({"sessions": self._gateway.live_sessions()})
+
+    async def _invalidate(self, request: web.Request) -> web.StreamResponse:
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = None
+        shard_id = body.get("shard_id") if isinstance(body, dict) else None
+        if type(shard_id) is not int:
+            return _error(400, 'the body must be JSON: {"shard_id": <int>}')
+        return json_response({"shard_id": shard_id, "invalidated": await self._gateway.invalidate(shard_id)})

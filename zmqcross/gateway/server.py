@@ -136,13 +136,12 @@ class GatewayServer:
     with 4004 for any other. ``recommended_shards`` is the ``shards`` of ``/gateway/bot``
     (default one per 1,000 guilds).
 
-    Discord's identify limits (see :mod:`.limits`) are enforced only when asked for:
-    ``max_concurrency`` N buckets IDENTIFYs by ``shard_id % N`` and refuses (op 9, d=false) a
-    second one in a bucket within ``identify_window`` seconds; ``session_budget`` N refuses
-    (close 4004, live sessions terminated) an IDENTIFY arriving after N were seen in
-    ``session_reset_after`` seconds. Both default to None (no limit): today's fleet paces
-    nothing across processes, so existing fleet tests, the demo and the benchmark would be
-    refused; the bridge's fleet-wide IDENTIFY queue will turn Discord's (1, 5.0) on.
+    Discord's identify limits (see :mod:`.limits`) are enforced as Discord does by default:
+    ``max_concurrency`` N (default 1, Discord's for most bots; None: no limit) buckets
+    IDENTIFYs by ``shard_id % N`` and refuses (op 9, d=false) a second one in a bucket within
+    ``identify_window`` seconds (default 5); ``session_budget`` N refuses (close 4004, live
+    sessions terminated) an IDENTIFY arriving after N were seen in ``session_reset_after``
+    seconds (default None: no budget; ``/gateway/bot`` then reports 1000).
     """
 
     def __init__(
@@ -153,7 +152,7 @@ class GatewayServer:
         guilds: int = 100,
         token: str | None = None,
         recommended_shards: int | None = None,
-        max_concurrency: int | None = None,
+        max_concurrency: int | None = 1,
         identify_window: float = DISCORD_IDENTIFY_WINDOW,
         session_budget: int | None = None,
         session_reset_after: float = SESSION_RESET_AFTER,
@@ -331,6 +330,27 @@ class GatewayServer:
             if c.session is not None
         ]
         return sorted(sessions, key=lambda s: (s["shard"][0], s["since"]))
+
+    async def invalidate(self, shard_id: int) -> int:
+        """End every live session of shard ``shard_id`` as Discord does: op 9 with ``d`` false.
+
+        The client must IDENTIFY again (a new session, counted against the limits). Returns how
+        many sessions were ended.
+        """
+        ended = 0
+        for connection in [
+            c for c in self._live.values() if c.session is not None and c.session.shard_id == shard_id
+        ]:
+            session = connection.session
+            assert session is not None
+            self._sessions.pop(session.session_id, None)
+            self._live.pop(session.session_id, None)
+            connection.session = None
+            self._counters["invalid_sessions"] += 1
+            with contextlib.suppress(ConnectionError):
+                await connection.send(payload(Op.INVALID_SESSION, False))
+                ended += 1
+        return ended
 
     def connected_shards(self) -> list[tuple[int, int]]:
         """``(shard_id, shard_count)`` of each live session."""

@@ -13,6 +13,7 @@ to ask again) until the budget resets.
 
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -24,6 +25,8 @@ DAY: Final = 86_400.0
 """Seconds between two resets of Discord's session budget."""
 MAX_HOLD_RETRY: Final = 30.0
 """Seconds at most a held cluster waits before it asks again."""
+FORGET_ABOVE: Final = 4096
+"""Reservations kept before passed ones are dropped on a grant (else on a snapshot)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,10 @@ class IdentifyQueue:
         # until they hear it: no bucket is granted before start_guard has passed.
         self._free_at = dict.fromkeys(range(params.max_concurrency), now + start_guard)
         self._slots: dict[int, float] = {}  # shard -> its reserved slot time
+        # Per bucket, the slot times granted and not yet passed, in order (they are handed out
+        # in order): how many go before a slot is a bisection, not a scan of every shard.
+        self._pending: dict[int, list[float]] = {b: [] for b in range(params.max_concurrency)}
+        self._forget_above = FORGET_ABOVE
         self.granted = 0
         self.held = 0
         self.waited = 0.0  # seconds of wait handed out, summed over grants
@@ -81,9 +88,11 @@ class IdentifyQueue:
         """A slot for ``shard_id`` (already checked to be in the plan and run by the asker)."""
         interval = self.params.interval
         bucket = bucket_of(shard_id, self.params.max_concurrency)
+        pending = self._pending[bucket]
+        del pending[: bisect.bisect_left(pending, now)]
         slot = self._slots.get(shard_id)
         if slot is not None and slot > now:
-            return Grant(shard_id, bucket, slot - now, self._ahead(bucket, slot))
+            return Grant(shard_id, bucket, slot - now, bisect.bisect_left(pending, slot))
         hold = self._hold(now)
         self.holding = hold.reason if hold is not None else None
         if hold is not None:
@@ -92,15 +101,14 @@ class IdentifyQueue:
         slot = max(now, self._free_at[bucket])
         self._free_at[bucket] = slot + interval
         self._slots[shard_id] = slot
+        pending.append(slot)
         self.granted += 1
         self.waited += slot - now
         if self.budget is not None:
             self.budget.remaining -= 1
-        return Grant(shard_id, bucket, slot - now, self._ahead(bucket, slot))
-
-    def _ahead(self, bucket: int, slot: float) -> int:
-        mc = self.params.max_concurrency
-        return sum(1 for s, t in self._slots.items() if s % mc == bucket and t < slot)
+        if len(self._slots) > self._forget_above:
+            self.forget(now)
+        return Grant(shard_id, bucket, slot - now, len(pending) - 1)
 
     def _hold(self, now: float) -> Hold | None:
         budget = self.budget
@@ -118,10 +126,10 @@ class IdentifyQueue:
         )
 
     def forget(self, now: float) -> None:
-        """Drop reservations that have passed (they are kept one interval for the ``ahead`` counts)."""
-        horizon = now - self.params.interval
-        for shard_id in [s for s, t in self._slots.items() if t < horizon]:
+        """Drop the reservations that have passed."""
+        for shard_id in [s for s, t in self._slots.items() if t <= now]:
             del self._slots[shard_id]
+        self._forget_above = max(FORGET_ABOVE, 2 * len(self._slots))  # amortized: O(1) per grant
 
     def snapshot(self, *, now: float) -> dict[str, Any]:
         """The queue as status shows it: per bucket what waits and when it is free, and the budget."""

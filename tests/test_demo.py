@@ -32,6 +32,9 @@ def test_demo_runs_the_fleet_and_exits_zero() -> None:
     pong = re.search(r"'@bot ping' in guild \d+ -> 'pong from cluster (\d) \(shard (\d)\)'", out)
     assert pong and int(pong.group(1)) == int(pong.group(2)) // 2, out
     assert re.search(r"broadcast_eval\('1 \+ 1'\) over 4 clusters: p50 [\d.]+ ms, p99 [\d.]+ ms", out)
+    # Paced by the bridge against an offline Discord that enforces the limits: nothing refused.
+    assert "IDENTIFY queue: 8 slots granted in 2 buckets" in out
+    assert "the offline Discord refused 0 of 8 IDENTIFYs" in out
     seconds = float(re.search(r"\[demo\] done in ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
     assert seconds < 60
 

@@ -15,6 +15,7 @@ from conftest import TOKEN
 
 from zmqcross import AccessPolicy, ConfigurationError, ConnectionLost, IdentifyParams, PermissionDenied
 from zmqcross._identify import IDENTIFY_SERVICE, bucket_of, local_slot
+from zmqcross.cli.table import render_status
 from zmqcross.bridge._identify import Grant, Hold, IdentifyQueue, SessionBudget
 from zmqcross.bridge._identify_service import IdentifySettings
 from zmqcross.cluster._pacing import IdentifyTurns
@@ -281,3 +282,21 @@ async def test_the_service_checks_the_asker_and_the_shard(make_bridge, make_clie
         await viewer.call_service(IDENTIFY_SERVICE, {"shard_id": mine})
     queue = bridge.identify_queue()
     assert queue is not None and queue["granted"] == 1  # the refusals cost the queue nothing
+
+
+async def test_a_held_queue_says_so_once_and_shows_in_the_status_text(make_bridge, make_client) -> None:
+    bridge = await make_bridge(total_shards=4, total_machines=1, session_budget=3, session_reserve=2)
+    held: list[str] = []
+    bridge.on("identify_held", held.append)
+    machine = await make_client(bridge, machine_id="m1")
+    await machine.request_shard_data()
+    assert (await machine.call_service(IDENTIFY_SERVICE, {"shard_id": 0}))["granted"] is True
+    for shard in (1, 2, 1):
+        answer = await machine.call_service(IDENTIFY_SERVICE, {"shard_id": shard})
+        assert answer["granted"] is False and "down to 2 of 3 session starts" in answer["reason"]
+    await asyncio.sleep(0.05)
+    assert len(held) == 1 and "session_reserve" in held[0]  # the guard engaged once, not per ask
+    text = render_status(await bridge.status())
+    assert "identify queue: max_concurrency 1" in text and "1 granted, 3 held" in text
+    assert "session budget: 2 of 3 left today, 2 kept in reserve" in text
+    assert "HOLDING: Discord's session budget is down to 2 of 3" in text

@@ -57,6 +57,7 @@ async def show_fleet() -> None:
         )
 
         await ping_through_discord()
+        await show_identifies(client)
 
         samples = []
         for _ in range(100):
@@ -104,6 +105,25 @@ async def ping_through_discord(timeout: float = 15.0) -> None:
         f"({(time.perf_counter() - started) * 1000:.0f} ms through Discord)",
         flush=True,
     )
+
+
+async def show_identifies(client: Client) -> None:
+    """How the bridge paced the fleet's IDENTIFYs, and what the offline Discord thought of them."""
+    queue = (await client.fleet_status()).identify
+    if queue is None:
+        return
+    line = (
+        f"[dashboard] IDENTIFY queue: {queue['granted']} slots granted in {queue['max_concurrency']} "
+        f"buckets, one per {queue['interval']:g} s each"
+    )
+    api = os.environ.get("ZMQCROSS_DISCORD_API")
+    if api:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(api.split("/api/")[0] + "/_offline/identifies") as response:
+                records = (await response.json())["identifies"]
+        refused = sum(1 for r in records if not r["accepted"])
+        line += f"; the offline Discord refused {refused} of {len(records)} IDENTIFYs"
+    print(line, flush=True)
 
 
 def main() -> int:

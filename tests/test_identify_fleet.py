@@ -39,6 +39,7 @@ class World:
     gateway: Service
     api: str
     procs: Processes
+    window: float = WINDOW
     client: Client | None = None
 
     async def get(self, path: str) -> Any:
@@ -71,9 +72,9 @@ class World:
 async def world() -> AsyncIterator[Callable[..., Any]]:
     worlds: list[World] = []
 
-    async def make(*, mc: int, budget: int | None = None, **settings: str) -> World:
+    async def make(*, mc: int, window: float = WINDOW, budget: int | None = None, **settings: str) -> World:
         argv = ["-m", "zmqcross", "gateway", "--guilds", "48", "--max-concurrency", str(mc)]
-        argv += ["--identify-window", str(WINDOW)]
+        argv += ["--identify-window", str(window)]
         if budget is not None:
             argv += ["--session-budget", str(budget)]
         gateway = Service("gateway", argv, env=clean_env())
@@ -84,11 +85,11 @@ async def world() -> AsyncIterator[Callable[..., Any]]:
             port,
             ZMQCROSS_TOTAL_SHARDS=str(SHARDS),
             ZMQCROSS_TOTAL_MACHINES="3",
-            ZMQCROSS_IDENTIFY_WINDOW=str(WINDOW),
+            ZMQCROSS_IDENTIFY_WINDOW=str(window),
             ZMQCROSS_LOG_LEVEL="INFO",
             **settings,
         )
-        made = World(gateway, api, Processes(env))
+        made = World(gateway, api, Processes(env), window=window)
         worlds.append(made)
         return made
 
@@ -167,7 +168,7 @@ async def test_without_the_queue_the_gateway_refuses_the_same_start(world) -> No
 
 
 async def test_a_shard_forced_to_identify_again_waits_for_the_queue(world) -> None:
-    w = await world(mc=1, ZMQCROSS_MAX_CONCURRENCY="1")
+    w = await world(mc=1, window=0.25, ZMQCROSS_MAX_CONCURRENCY="1")
     await start_fleet(w)
     client = await connect(w)
     await client.wait_ready(timeout=90)
@@ -185,7 +186,7 @@ async def test_a_shard_forced_to_identify_again_waits_for_the_queue(world) -> No
     again = identifies[SHARDS:]
     assert sorted(i["shard"][0] for i in again) == [3, 7, 8]
     times = [i["time"] for i in again]
-    assert all(b - a >= WINDOW for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a >= w.window for a, b in zip(times, times[1:], strict=False))
     after = (await client.fleet_status()).identify
     assert after is not None and after["granted"] == before["granted"] + 3
 
@@ -222,7 +223,7 @@ async def test_the_budget_reserve_stops_grants_and_says_why(world) -> None:
 
 
 async def test_clusters_pace_themselves_when_the_bridge_dies_mid_start(world) -> None:
-    w = await world(mc=1, ZMQCROSS_MAX_CONCURRENCY="1")
+    w = await world(mc=1, window=0.25, ZMQCROSS_MAX_CONCURRENCY="1")
     started = await start_fleet(w)
 
     async def some_identified() -> bool:

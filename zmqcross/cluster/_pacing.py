@@ -120,7 +120,9 @@ class IdentifyTurns:
             return self._local(shard_id, exc.message)
 
     async def _ask_bridge(self, shard_id: int) -> dict[str, Any]:
-        answer = await self._ask(IDENTIFY_SERVICE, {"shard_id": shard_id}, ASK_TIMEOUT)
+        # Once the bridge is known to be out of reach, a quick ask is enough to see it is back.
+        timeout = ASK_TIMEOUT if self._lost_at is None else LOCAL_RECHECK
+        answer = await self._ask(IDENTIFY_SERVICE, {"shard_id": shard_id}, timeout)
         if not isinstance(answer, dict) or "granted" not in answer:
             raise TypeError(f"the bridge's IDENTIFY queue answered {str(answer)[:100]}")
         if self._lost_at is not None:

@@ -470,7 +470,12 @@ KNOWN_VARIABLES = frozenset(
     {s.env for settings in COMMANDS.values() for s in settings if s.env}
     | {CONFIG_ENV, LOOP_ENV}
     # read by cluster processes only
-    | {"ZMQCROSS_DISCORD_GATEWAY", "ZMQCROSS_DISCORD_REST", "ZMQCROSS_IDENTIFY_QUEUE"}
+    | {
+        "ZMQCROSS_DISCORD_GATEWAY",
+        "ZMQCROSS_DISCORD_REST",
+        "ZMQCROSS_IDENTIFY_QUEUE",
+        "ZMQCROSS_CLUSTER_PROCESS",
+    }
 )
 """Every ``ZMQCROSS_*`` variable zmqcross reads. Known to any command, a name is not warned about
 by the others: one environment (a compose file, an env file) often serves every command."""

@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import socket
+import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,6 +31,7 @@ from .._identify import IdentifyParams
 from .._relaying import eval_route
 from .._requests import OpenRequests
 from .._transport import closed_error
+from ..cluster._child import CLUSTER_PROCESS_ENV
 from ..cluster.manager import ClusterManager
 from ..errors import ConfigurationError, ConnectionLost, ProtocolError, ZmqcrossError
 from ..messages import IncomingMessage, IncomingRequest, serve_request
@@ -75,12 +78,45 @@ __all__ = ["CLIENT_EVENTS", "Client", "ClientStatistics", "default_machine_id"]
 
 log = logging.getLogger("zmqcross.client")
 
-CLIENT_EVENTS = ("assignment", "bridge_message", "bridge_request", "disconnect", "error", "ready")
+CLIENT_EVENTS = (
+    "assignment",
+    "bridge_message",
+    "bridge_request",
+    "claim_refused",
+    "disconnect",
+    "error",
+    "ready",
+)
 """Events a :class:`Client` emits; see :meth:`Client.on`."""
 
 # The link states in which requests cannot be sent (a tuple: membership by identity is
 # cheaper than hashing an Enum member, and every request checks it).
 _UNUSABLE = (LinkState.IDLE, LinkState.CLOSED)
+
+
+def _refuse_in_a_child(machine_id: str, agent: str) -> None:
+    """Fail before connecting when this process re-runs a machine's script by mistake.
+
+    With multiprocessing's spawn start method a child imports the parent's script as
+    ``__mp_main__``; without an ``if __name__ == "__main__":`` guard it would connect as the
+    machine and replace it on the bridge. Cluster processes are started clean (they never
+    import the machine's script), so this catches the user's own child processes, and a
+    bot file that starts a machine agent inside a cluster.
+    """
+    main = sys.modules.get("__main__")
+    if getattr(main, "__name__", None) == "__mp_main__":
+        raise ConfigurationError(
+            f"this process (pid {os.getpid()}) is a multiprocessing child re-running the machine's "
+            f"script, which connects as machine {machine_id!r} and would replace the real machine on "
+            'the bridge. Put the script\'s top level under if __name__ == "__main__": (or in a function '
+            "called from there)"
+        )
+    if agent == "bot" and os.environ.get(CLUSTER_PROCESS_ENV):
+        raise ConfigurationError(
+            f"cluster {os.environ[CLUSTER_PROCESS_ENV]} tried to connect to the bridge as machine "
+            f"{machine_id!r}: a bot file must not create a Client or Machine; its machine relays for "
+            "it (use bot.cluster and zmqcross.Shard)"
+        )
 
 
 def default_machine_id(agent: str) -> str:
@@ -205,6 +241,7 @@ class Client:
         link = self._link
         if link.state is not LinkState.IDLE:
             raise RuntimeError(f"this client is {link.state.value}; create a new Client to connect again")
+        _refuse_in_a_child(self._machine_id, self._agent)
         dump(initial_data)  # a SerializationError now, not inside the registration loop
         self._channel.open(on_dealer=self._on_dealer, on_sub=link.on_sub, on_monitor=link.on_monitor)
         connected = link.start(initial_data)
@@ -263,7 +300,9 @@ class Client:
         bridge goes silent or leaves, ``bridge_message(message)`` (a machine also passes it to
         every cluster's ``message`` handlers), ``bridge_request(request)`` (answer with
         ``await request.reply(data)`` or by returning a value), ``assignment(shard_data, reason)``
-        when the bridge hands this machine clusters, ``error(exception)``.
+        when the bridge hands this machine clusters, ``claim_refused(reason)`` when a
+        re-registration's claim was refused (the clusters it runs are another machine's now:
+        stop them), ``error(exception)``.
         """
         return self._events.on(name, handler) if handler is not None else self._events.on(name)
 
@@ -454,6 +493,11 @@ class Client:
         """
         if self._link.connected:
             self._channel.send(Leaving(reason=reason))
+
+    def unlisten(self) -> None:
+        """Stop relaying to the clusters (they were stopped): this machine runs nothing now."""
+        self._relay.unlisten()
+        self.set_hosting(None)
 
     def listen(self, manager: ClusterManager) -> None:
         """Make this client the agent of ``manager``'s clusters.

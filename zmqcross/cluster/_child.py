@@ -1,6 +1,7 @@
 """Inside a cluster process: the bootstrap that runs the bot file, and :class:`ClusterClient`.
 
-The manager starts each cluster with the ``spawn`` method; :func:`bootstrap` records the
+The manager starts each cluster in a fresh interpreter (:mod:`._process`, which never runs the
+machine's own script); :func:`bootstrap` records the
 cluster's data and pipe, points discord.py at the offline gateway when
 ``ZMQCROSS_DISCORD_API`` is set (or at a REST proxy or another gateway, see
 :func:`_point_discord_py`), then runs the user's bot file as ``__main__``. Every IDENTIFY
@@ -70,9 +71,19 @@ if TYPE_CHECKING:
 # discord.py is imported only inside cluster processes (and by serialize.py, used only
 # there): a bridge or machine agent importing zmqcross does not pay for it.
 
-__all__ = ["ClusterClient", "ClusterData", "bootstrap", "cluster_data", "report_failure"]
+__all__ = [
+    "CLUSTER_PROCESS_ENV",
+    "ClusterClient",
+    "ClusterData",
+    "bootstrap",
+    "cluster_data",
+    "report_failure",
+]
 
 log = logging.getLogger("zmqcross.cluster")
+
+CLUSTER_PROCESS_ENV = "ZMQCROSS_CLUSTER_PROCESS"
+"""Set (to the cluster id) in every cluster process: a machine agent refuses to start there."""
 
 SHUTDOWN_GRACE = 10.0
 """Seconds a cluster waits for discord.py to close its connections before it exits anyway."""
@@ -141,6 +152,7 @@ def bootstrap(bot_file: str, data: ClusterData, conn: Connection) -> None:
     """Entry point of a cluster process (run by ``multiprocessing`` with the spawn method)."""
     global _CURRENT
     os.environ.update(dict(data.env))
+    os.environ[CLUSTER_PROCESS_ENV] = str(data.cluster_id)
     logging.basicConfig(
         level=os.environ.get("ZMQCROSS_LOG_LEVEL", "INFO"), format="%(asctime)s %(name)s: %(message)s"
     )

@@ -55,7 +55,7 @@ from ..protocol import (
     readdress,
 )
 from ..status import ClusterStatus
-from ._child import ClusterData, bootstrap
+from ._child import ClusterData
 from ._lifecycle import (
     CLUSTER_TRANSITIONS,
     DEFAULT_RESTARTS,
@@ -68,6 +68,7 @@ from ._lifecycle import (
     is_fatal,
 )
 from ._pipe import PipeEnd, open_pipe
+from ._process import ClusterProcess
 
 __all__ = [
     "CLUSTER_TRANSITIONS",
@@ -358,12 +359,8 @@ class ClusterManager:
             identify=self.identify,
             in_fleet=self.upstream is not None,
         )
-        process = self._mp.Process(
-            target=bootstrap,
-            args=(str(self.bot_file), data, child),
-            name=f"zmqcross-cluster-{c.id}",
-            daemon=True,
-        )
+        # Not multiprocessing's spawn: it would re-run the machine's own script in the child.
+        process = ClusterProcess(str(self.bot_file), data, child)
         await asyncio.to_thread(process.start)  # spawning execs a new interpreter: keep the loop free
         child.close()
         c.process, c.stopping, c.exit_code, c.guilds = process, False, None, None

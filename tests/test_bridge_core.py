@@ -352,7 +352,8 @@ def test_after_a_bridge_restart_machines_claim_what_they_run() -> None:
     # A claim on clusters another machine holds is refused, and says so.
     welcome = world.register(b"r1", "m1", hosting=hosting(world, (0, 1)))
     assert isinstance(welcome, p.Welcome)
-    assert welcome.notice == "claim refused: cluster 0 is held by machine 'newcomer'"
+    assert welcome.notice == "claim refused: cluster 0 is held by machine 'newcomer'; stop those clusters"
+    assert welcome.refused_claim  # the machine must stop them: one shard, one session
     assert world.fleet.placement.held_by("m2") == (2, 3) and plan is world.fleet.plan
 
 
@@ -361,6 +362,7 @@ def test_a_machine_running_an_old_plan_is_given_a_share_of_the_new_one() -> None
     old = p.Hosting(plan_version="old", total_shards=2, cluster_list=(0, 1), shard_list=((0,), (1,)))
     welcome = world.register(b"r1", "m1", hosting=old)
     assert isinstance(welcome, p.Welcome) and "stale" in (welcome.notice or "")
+    assert not welcome.refused_claim  # another plan is no refusal: an assignment follows
     (assignment,) = world.out.to(b"r1", p.Assignment)
     assert assignment.plan_version == world.fleet.plan.version and assignment.cluster_list == (0, 1)
 

@@ -249,3 +249,39 @@ async def test_bridge_restarted_with_a_new_plan(procs, make_client) -> None:
     # machine-1 runs one of the new plan's two chunks, whichever it was handed on re-registering
     assert [c.shards for c in rolled] in ([(0, 1), (2, 3), (4, 5)], [(6, 7), (8, 9), (10, 11)])
     assert [c.shards for c in machines["machine-2"].clusters] in ([(0, 1), (2, 3)], [(4, 5), (6, 7)])
+
+
+async def test_a_machine_cut_off_while_a_standby_took_its_chunk_stops_its_clusters_on_return(
+    procs, make_bridge, make_client, gateway: GatewayServer
+) -> None:
+    # Its agent frozen (as behind a cut link), machine-2 is dropped and the standby takes its
+    # chunk; its clusters kept their sessions. Back, its claim is refused: it must stop them.
+    bridge = await in_process_bridge(make_bridge, procs)
+    _, m2 = procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await dashboard(make_client, procs)
+    await wait_clusters(dash, [0, 1, 2, 3])
+    standby = procs.machine("machine-3")
+    await standby.wait_line("standby")
+    its = list(bridge.shard_map()["held"]["machine-2"])
+
+    m2.signal(signal.SIGSTOP)
+    while bridge.shard_map()["held"].get("machine-3") != its:
+        await asyncio.sleep(0.1)
+    await wait_clusters(dash, [0, 1, 2, 3], timeout=30)  # served by the standby now
+    m2.signal(signal.SIGCONT)
+
+    def live_shards() -> list[int]:
+        return sorted(s["shard"][0] for s in gateway.live_sessions())
+
+    end = time.monotonic() + 20
+    while live_shards() != list(range(8)):  # one live session per shard, no more
+        assert time.monotonic() < end, live_shards()
+        await asyncio.sleep(0.1)
+    while not next(m for m in (await bridge.status()).machines if m.id == "machine-2").standby:
+        assert time.monotonic() < end, "machine-2 did not become a standby"
+        await asyncio.sleep(0.1)
+    status = await bridge.status()
+    assert all(len(hosts) == 1 for hosts in status.cluster_hosts().values()), status.cluster_hosts()
+    back = next(m for m in status.machines if m.id == "machine-2")
+    assert not [c for c in back.clusters if c.state in ("starting", "ready")]
+    assert live_shards() == list(range(8))

@@ -57,13 +57,15 @@ class Machine:
         self.manager: ClusterManager | None = None
         self._options = dict(manager_options or {})
         self._drain_timeout = drain_timeout
-        self._changes: asyncio.Queue[tuple[ShardData, str]] = asyncio.Queue()
+        # The bridge's word, one at a time: a share to run, or None: stop what runs (refused claim).
+        self._changes: asyncio.Queue[tuple[ShardData | None, str]] = asyncio.Queue()
         self._follower: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.exit_on_failed_cluster = exit_on_failed_cluster
         self._failure: ZmqcrossError | None = None
         self._failed = asyncio.Event()
         client.on("assignment", lambda data, reason: self._changes.put_nowait((data, reason)))
+        client.on("claim_refused", lambda reason: self._changes.put_nowait((None, reason)))
 
     @property
     def standby(self) -> bool:
@@ -158,6 +160,27 @@ class Machine:
         self.client.listen(manager)
         await manager.spawn()
 
+    async def _stand_down(self, reason: str) -> None:
+        # The bridge gave this machine's clusters to another machine while it was cut off:
+        # two sessions of one shard must not live on, so these stop now, before anything else.
+        manager, self.manager = self.manager, None
+        if manager is None:
+            return
+        log.warning(
+            "machine %r stops its clusters %s: %s",
+            self.client.id,
+            list(manager.shard_data.cluster_list),
+            reason,
+        )
+        self.client.unlisten()
+        await manager.close()
+        self.client.update_hosting(None)
+        share = await self.client.request_shard_data()
+        if share.standby:
+            log.info("machine %r is a standby now", self.client.id)
+        else:
+            await self._run_share(share)
+
     async def _follow(self) -> None:
         # One change at a time: a reshard arriving mid-roll waits for the roll to finish.
         while True:
@@ -167,8 +190,11 @@ class Machine:
             except Exception:
                 log.exception("machine %r could not apply the bridge's assignment", self.client.id)
 
-    async def _apply(self, share: ShardData, reason: str) -> None:
+    async def _apply(self, share: ShardData | None, reason: str) -> None:
         manager = self.manager
+        if share is None:
+            await self._stand_down(reason)
+            return
         if manager is None:
             log.info(
                 "machine %r takes over clusters %s (%s)", self.client.id, list(share.cluster_list), reason

@@ -257,6 +257,7 @@ class Welcome:
     permissions: tuple[str, ...]
     plan_version: str | None = None
     notice: str | None = None
+    refused_claim: bool = False  # the clusters it said it runs are someone else's now: stop them
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 from .._identify import IdentifyParams
@@ -18,12 +19,20 @@ from ..protocol import Assignment, Hosting
 from ..registry import Peer, Registry
 from ..status import ClusterStatus, FleetStatus, MachineStatus
 
-__all__ = ["PLAN_OPTIONS", "FleetState"]
+__all__ = ["PLAN_OPTIONS", "Claim", "FleetState"]
 
 log = logging.getLogger("zmqcross.bridge")
 
 PLAN_OPTIONS = ("shards_per_cluster", "total_machines", "shard_list", "parse_cluster_list")
 """The options (besides ``total_shards``) a shard plan is built from."""
+
+
+@dataclass(frozen=True, slots=True)
+class Claim:
+    """The answer to a machine's claim: ``notice`` for its log, ``refused`` if it must stop its clusters."""
+
+    notice: str | None
+    refused: bool
 
 
 class FleetState:
@@ -103,21 +112,24 @@ class FleetState:
 
     # ------------------------------------------------------------------ placement
 
-    def claim(self, machine_id: str, hosting: Hosting) -> str | None:
-        """A re-registering machine says what it runs; None if it keeps it, else the notice why not."""
+    def claim(self, machine_id: str, hosting: Hosting) -> Claim:
+        """A re-registering machine says what it runs: does it keep it, and if not, why."""
         plan = self.plan
         if hosting.plan_version != plan.version or hosting.total_shards != plan.total_shards:
             notice = f"runs plan {hosting.plan_version}, the bridge's plan is {plan.version}: stale"
             log.warning("machine %r %s", machine_id, notice)
-            return notice
+            return Claim(notice, refused=False)  # another plan: an assignment follows
         problem = self.placement.claim(machine_id, hosting.cluster_list)
         if problem is not None:
             log.warning(
-                "machine %r claims clusters %s: refused, %s", machine_id, list(hosting.cluster_list), problem
+                "machine %r claims clusters %s: refused, %s; it must stop them",
+                machine_id,
+                list(hosting.cluster_list),
+                problem,
             )
-            return f"claim refused: {problem}"
+            return Claim(f"claim refused: {problem}; stop those clusters", refused=True)
         log.info("machine %r re-registered running clusters %s", machine_id, list(hosting.cluster_list))
-        return None
+        return Claim(None, refused=False)
 
     def grant(self, peer: Peer, *, max_clusters: int | None) -> ShardData:
         """A machine asks for its share (ShardDataRequest); raises ConfigurationError on bad options."""

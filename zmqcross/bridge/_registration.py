@@ -25,7 +25,7 @@ from ..protocol import (
 )
 from ..registry import ClientInfo, Peer, check_name
 from ..security import tokens_match
-from ._fleet import FleetState
+from ._fleet import Claim, FleetState
 from ._outgoing import BridgeCounters, Outgoing
 from ._settings import CoreSettings, Origin
 
@@ -153,16 +153,17 @@ class Registrar:
             permissions=permissions,
         )
         hosts = "host" in permissions
-        notice = None
+        claim = Claim(None, refused=False)
         if msg.hosting is not None:
             if hosts:
-                notice = fleet.claim(msg.machine_id, msg.hosting)
-            else:
-                notice = (
+                claim = fleet.claim(msg.machine_id, msg.hosting)
+            elif msg.hosting.cluster_list:
+                claim = Claim(
                     f"claim refused: client {msg.machine_id!r} (key {key_name!r}) may not host clusters; "
-                    "give its key the 'host' permission"
+                    "give its key the 'host' permission",
+                    refused=True,
                 )
-                log.warning("%s", notice)
+                log.warning("%s", claim.notice)
         peer = Peer(route, info, user_id, clock.monotonic(), fleet.placement.held_by(msg.machine_id))
         if msg.hosting is not None and hosts:
             peer.plan_version = msg.hosting.plan_version
@@ -179,7 +180,8 @@ class Registrar:
                 heartbeat_timeout=settings.heartbeat_timeout,
                 permissions=tuple(sorted(info.permissions)),
                 plan_version=fleet.plan.version,
-                notice=notice,
+                notice=claim.notice,
+                refused_claim=claim.refused,
             ),
         )
         # A new subscriber misses what PUB sends before its subscription arrives (slow

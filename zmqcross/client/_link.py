@@ -252,6 +252,8 @@ class Link:
         self.last_heard = time.monotonic()
         if welcome.notice:
             log.warning("the bridge says: %s", welcome.notice)
+        if welcome.refused_claim:
+            self._events.emit("claim_refused", welcome.notice or "claim refused")
         now = time.time()
         for entry in self._open.parked():
             entry.parked = False

@@ -53,6 +53,12 @@ class MachineRelay:
         self._manager = manager
         manager.upstream = self._upstream
 
+    def unlisten(self) -> None:
+        """Relay to no clusters any more: the bridge's work is refused with ClientNotFound."""
+        if self._manager is not None:
+            self._manager.upstream = None
+        self._manager = None
+
     def statuses(self) -> list[ClusterStatus]:
         """Every cluster's status (none without a manager)."""
         return self._manager.statuses() if self._manager is not None else []

@@ -281,6 +281,11 @@ async def test_fleet_metrics_match_the_fleet(gateway: GatewayServer) -> None:
         assert total(samples, "zmqcross_cluster_guilds") == GUILDS
         assert total(samples, "zmqcross_cluster_guilds", machine="machine-2") == GUILDS / 2
         assert total(samples, "zmqcross_cluster_restarts_total") == 0
+        # The IDENTIFY queue: a slot per shard at least, none waiting now, the budget not counted here.
+        assert (value(samples, "zmqcross_identify_grants_total") or 0) >= 8  # more if one woke late
+        assert value(samples, "zmqcross_identify_waiting") == 0 and value(samples, "zmqcross_identify_holding") == 0
+        assert value(samples, "zmqcross_identify_wait_seconds_total") > 0
+        assert value(samples, "zmqcross_session_budget_remaining") is None
         assert all(
             0 <= v < 5 for (n, _), v in samples.items() if n == "zmqcross_cluster_heartbeat_age_seconds"
         )

@@ -110,6 +110,8 @@ async def make_bridge() -> AsyncIterator[BridgeFactory]:
             **IDENTIFY,
         }
         settings.update(options)
+        # A short lease: failovers in tests wait for it (Bridge's default is 10 s).
+        settings.setdefault("lease", float(settings.get("heartbeat_timeout", 4.0)) + 1.0)
         bridge = Bridge(**settings)
         await bridge.start()
         bridges.append(bridge)

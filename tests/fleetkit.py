@@ -111,6 +111,7 @@ def fleet_env(api_base: str, port: int, **extra: str) -> dict[str, str]:
         "ZMQCROSS_TOTAL_MACHINES": "2",
         "ZMQCROSS_SPAWN_DELAY": "0",
         "ZMQCROSS_IDENTIFY_WINDOW": str(IDENTIFY_WINDOW),  # the tests' gateways use this window
+        "ZMQCROSS_LEASE": "5",  # failovers wait for a lost machine's lease (default 10 s)
         "ZMQCROSS_LOG_LEVEL": "WARNING",
         "ZMQCROSS_BOT_FILE": str(ROOT / "tests" / "fleet_bot.py"),
     }

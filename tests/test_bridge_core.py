@@ -330,6 +330,45 @@ def test_a_lost_machine_s_chunk_goes_to_the_standby_and_sticks_otherwise() -> No
     assert world.machine(b"r2b", "m2") == (2, 3)
 
 
+def test_a_machine_lost_without_a_goodbye_keeps_its_chunk_until_its_lease_surely_ran_out() -> None:
+    world = World()  # lease 10 s, margin 1 s
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    world.machine(b"r3", "m3")  # the standby
+    world.feed(b"r1", p.Ping(sent_at=0.0, mono=7.5))
+    (pong,) = world.out.to(b"r1", p.Pong)
+    assert (pong.mono, pong.lease) == (7.5, 10.0)  # renewed from when m1 sent the ping
+    world.out.clear()
+    for _ in range(5):  # m1 falls silent (a cut link, a frozen agent); the others talk
+        world.clock.advance(1.0)
+        for route in (b"r2", b"r3"):
+            world.feed(route, p.Ping(sent_at=0.0))
+        world.core.tick()
+    assert world.fleet.registry.by_id("m1") is None  # dropped at 4 s of silence...
+    assert world.out.to(b"r3", p.Assignment) == []  # ...but its clusters may still run
+    assert world.machine(b"r4", "newcomer") == ()  # nor does anyone else get them
+    world.clock.advance(5.9)  # 10.9 s after the last grant: not yet
+    assert world.out.to(b"r3", p.Assignment) == []
+    world.clock.advance(0.2)  # lease (10 s) + margin (1 s) have passed
+    (assignment,) = world.out.to(b"r3", p.Assignment)
+    assert assignment.cluster_list == (0, 1) and "its lease has run out" in assignment.reason
+
+
+def test_a_machine_back_before_its_lease_ran_out_keeps_its_chunk() -> None:
+    world = World()
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    world.machine(b"r3", "m3")
+    world.out.clear()
+    world.clock.advance(5.0)
+    world.core.tick()  # m1, m2, m3 all silent: dropped, chunks fenced
+    welcome = world.register(b"r1b", "m1", hosting=hosting(world, (0, 1)))
+    assert isinstance(welcome, p.Welcome) and not welcome.refused_claim and welcome.lease == 10.0
+    world.clock.advance(10.0)  # the fences end: nothing of m1's moves, it holds it again
+    assert world.fleet.placement.held_by("m1") == (0, 1)
+    assert all(a.cluster_list != (0, 1) for a in world.out.to(b"r3", p.Assignment))
+
+
 def test_silence_longer_than_the_heartbeat_timeout_drops_a_peer() -> None:
     world = World()
     world.machine(b"r1", "m1")

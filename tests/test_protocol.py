@@ -35,6 +35,8 @@ SAMPLES: list[p.Message] = [
     ),
     p.Ping(sent_at=1.25),
     p.Pong(sent_at=1.25),
+    p.Ping(sent_at=1.25, mono=88.5),
+    p.Pong(sent_at=1.25, mono=88.5, lease=10.0),
     p.Reregister(reason="restarted", reply_to=7),
     p.Goodbye(reason="bye", retry=False),
     p.Beacon(epoch="e", seq=3, plan_version=None),
@@ -51,6 +53,8 @@ SAMPLES: list[p.Message] = [
     ),
     p.GuildRequest(id=6, deadline=5.0, guild_id=(150000000000 + 1) << 22, data=b"{}"),
     p.Heartbeat(sent_at=1.0, ready=True, guilds=1250),
+    p.Heartbeat(sent_at=1.0, ready=False, guilds=0, waiting="IDENTIFY of shard 3 queued at the bridge"),
+    p.Lease(until=1234.5),
     p.Assignment(
         total_shards=8,
         shard_list=((0, 1),),

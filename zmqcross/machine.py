@@ -3,9 +3,9 @@
 :class:`Machine` asks the bridge for its share, spawns it, and then follows the bridge:
 a standby starts clusters when it is handed a lost machine's chunk, a machine with
 ``rolling_restarts`` replaces its clusters one at a time when the plan changes, and on
-SIGTERM/SIGINT it drains: it tells the bridge it is leaving (a standby takes over at
-once), lets in-flight work finish within a bound, closes each cluster's Discord
-connections properly, and returns.
+SIGTERM/SIGINT it drains: it lets in-flight work finish within a bound, closes each
+cluster's Discord connections properly, then tells the bridge it is leaving (a standby
+takes over at once, with no shard ever on two machines), and returns.
 
 A cluster that failed for good (a mistake in the bot file, or its restart cap reached)
 is shown in status as ``failed`` with its ``last_error``. With ``exit_on_failed_cluster``
@@ -65,7 +65,7 @@ class Machine:
         self._failure: ZmqcrossError | None = None
         self._failed = asyncio.Event()
         client.on("assignment", lambda data, reason: self._changes.put_nowait((data, reason)))
-        client.on("claim_refused", lambda reason: self._changes.put_nowait((None, reason)))
+        client.on("claim_refused", self._claim_refused)
 
     @property
     def standby(self) -> bool:
@@ -133,11 +133,13 @@ class Machine:
         self._stopped.set()
         if self._follower is not None:
             self._follower.cancel()
-        if self.client.connected:
-            await self.client.leave(reason)
         if self.manager is not None:
             await self._wait_in_flight(self.manager)
+            # Closed before the bridge hears we leave: the standby it hands our shards to
+            # must not open sessions while ours still run.
             await self.manager.close()
+        if self.client.connected:
+            await self.client.leave(reason)
         await self.client.close(reason)
         log.info("machine %r drained", self.client.id)
 
@@ -159,6 +161,12 @@ class Machine:
         self.manager = manager
         self.client.listen(manager)
         await manager.spawn()
+
+    def _claim_refused(self, reason: str) -> None:
+        # At once, not in turn: no lease passes to the clusters from here, so none restarts.
+        if self.manager is not None:
+            self.client.unlisten()
+        self._changes.put_nowait((None, reason))
 
     async def _stand_down(self, reason: str) -> None:
         # The bridge gave this machine's clusters to another machine while it was cut off:

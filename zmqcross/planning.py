@@ -20,7 +20,7 @@ Placement rules, and the original's bugs they avoid:
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import orjson
@@ -224,8 +224,14 @@ class Placement:
                 return machine_id
         return None
 
-    def assign(self, machine_id: str, *, max_clusters: int | None = None) -> tuple[int, ...]:
-        """Give ``machine_id`` its clusters (see the module docstring); ``()`` means standby."""
+    def assign(
+        self, machine_id: str, *, max_clusters: int | None = None, fenced: Collection[str] = ()
+    ) -> tuple[int, ...]:
+        """Give ``machine_id`` its clusters (see the module docstring); ``()`` means standby.
+
+        The orphaned chunks of the machines in ``fenced`` go to no other machine: their
+        clusters may still run (their lease has not run out).
+        """
         if machine_id in self._held:
             return self._held[machine_id]
         if max_clusters is not None:
@@ -233,8 +239,10 @@ class Placement:
         chunk_ = self._orphaned.pop(machine_id, None)
         if chunk_ is None and self._free:
             chunk_ = self._free.pop(0)
-        if chunk_ is None and self._orphaned:
-            _, chunk_ = self._orphaned.popitem()
+        if chunk_ is None:
+            owner = next((m for m in reversed(self._orphaned) if m not in fenced), None)
+            if owner is not None:
+                chunk_ = self._orphaned.pop(owner)
         if chunk_ is None:
             return ()
         if max_clusters is not None and len(chunk_) > max_clusters:

@@ -65,6 +65,7 @@ __all__ = [
     "GuildRequest",
     "Heartbeat",
     "Hosting",
+    "Lease",
     "Leaving",
     "Limits",
     "Message",
@@ -258,6 +259,7 @@ class Welcome:
     plan_version: str | None = None
     notice: str | None = None
     refused_claim: bool = False  # the clusters it said it runs are someone else's now: stop them
+    lease: float | None = None  # seconds the peer may run clusters from when it asked to register
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -266,6 +268,7 @@ class Ping:
 
     type: Literal["ping"] = field(default="ping", init=False)
     sent_at: float
+    mono: float | None = None  # the sender's monotonic clock at sending, echoed for its lease
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -274,6 +277,8 @@ class Pong:
 
     type: Literal["pong"] = field(default="pong", init=False)
     sent_at: float
+    mono: float | None = None
+    lease: float | None = None  # seconds the peer may run its clusters from ``mono`` on
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -433,6 +438,15 @@ class Heartbeat:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class Lease:
+    """Manager -> cluster over the pipe: run your Discord sessions until ``until`` (this host's
+    monotonic clock), unless renewed; then close them (the bridge may give the shards away)."""
+
+    type: Literal["lease"] = field(default="lease", init=False)
+    until: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Assignment:
     """Bridge -> machine: run these clusters (a standby taking over, a reshard, a changed plan).
 
@@ -499,6 +513,7 @@ Message = (
     | EvalReply
     | GuildRequest
     | Heartbeat
+    | Lease
     | Assignment
     | Leaving
     | Batch

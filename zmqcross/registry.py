@@ -62,6 +62,7 @@ class Peer:
     plan_version: str | None = None  # the plan its clusters run, as it last told us
     standby: bool = False  # asked for work when every chunk was held
     leaving: bool = False  # draining: its chunk is handed over, in-flight work may still answer
+    lease_from: float = 0.0  # monotonic: when the bridge last granted it its lease (welcome, pong)
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,7 +49,7 @@ from ._identify_service import IdentifyService, IdentifySettings
 from ._observers import Observer
 from ._outgoing import BridgeCounters
 from ._routing import ClientFilter, Service, ServiceHandler, ServiceOwner
-from ._settings import MAX_TIMEOUT, CoreSettings
+from ._settings import DEFAULT_LEASE, MAX_LEASE, MAX_TIMEOUT, CoreSettings
 from ._shell import BridgeShell, endpoint
 from ._window import SendWindow
 
@@ -118,6 +118,11 @@ class Bridge:
     (default 1) and ``session_budget`` (default: not counted) say them. With ``curve`` set,
     only allow-listed client keys get in; ``auth_token`` is checked in every case.
     A client silent for ``heartbeat_timeout`` seconds is dropped with a ``disconnect``.
+    Machines run their clusters under a ``lease`` (seconds) that each answered heartbeat
+    renews: a machine that hears nothing from the bridge for that long stops its clusters'
+    Discord sessions, and the chunk of a machine lost without a goodbye goes to a standby
+    only after its lease has surely run out. A longer lease survives longer bridge outages
+    without restarting anything; a shorter one fails over sooner.
     With ``metrics_port`` set, Prometheus metrics are served on ``metrics_host:metrics_port``
     while the bridge runs (:class:`zmqcross.metrics.BridgeMetrics`, see :attr:`metrics`).
     """
@@ -148,6 +153,7 @@ class Bridge:
         identify_window: float = DISCORD_IDENTIFY_WINDOW,
         session_budget: int | None = None,
         session_reserve: int | None = None,
+        lease: float = DEFAULT_LEASE,
     ) -> None:
         if not isinstance(auth_token, str) or not auth_token:
             raise ConfigurationError("auth_token must be a non-empty string; every client must present it")
@@ -158,6 +164,11 @@ class Bridge:
                 )
         if not 0 < heartbeat_interval < heartbeat_timeout:
             raise ConfigurationError("heartbeat_interval must be positive and shorter than heartbeat_timeout")
+        if not heartbeat_timeout < lease <= MAX_LEASE:
+            raise ConfigurationError(
+                f"lease must be longer than heartbeat_timeout ({heartbeat_timeout:g} s) and at most "
+                f"{MAX_LEASE:g} s, not {lease!r}"
+            )
         if not 0 < request_timeout <= MAX_TIMEOUT:
             raise ConfigurationError(
                 f"request_timeout must be positive and at most {MAX_TIMEOUT:g} s (MAX_TIMEOUT), not {request_timeout!r}"
@@ -215,6 +226,7 @@ class Bridge:
                 heartbeat_timeout=float(heartbeat_timeout),
                 limits=limits,
                 key_name=(lambda user_id: curve.allowed.get(user_id.encode())) if curve is not None else None,
+                lease=float(lease),
             ),
         )
         self._router = self._core.router

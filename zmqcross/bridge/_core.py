@@ -207,7 +207,11 @@ class BridgeCore:
             )
 
     def _on_ping(self, peer: Peer, msg: Ping) -> None:
-        self._outgoing.send(peer.routing_id, Pong(sent_at=msg.sent_at))
+        # Each answered heartbeat renews the machine's lease: ``lease`` seconds from when it sent it.
+        peer.lease_from = self._clock.monotonic()
+        self._outgoing.send(
+            peer.routing_id, Pong(sent_at=msg.sent_at, mono=msg.mono, lease=self._settings.lease)
+        )
 
     def _on_pong(self, peer: Peer, msg: Pong) -> None:
         # The answer to a read probe (see ._window): everything sent before it was read.
@@ -216,7 +220,7 @@ class BridgeCore:
             self._outgoing.probe(peer.routing_id, nonce)
 
     def _on_goodbye(self, peer: Peer, msg: Goodbye) -> None:
-        self.drop(peer, f"left: {msg.reason}")
+        self.drop(peer, f"left: {msg.reason}", said_goodbye=True)
 
     def _on_send(self, peer: Peer, msg: Send) -> None:
         if self._gate.allowed(peer, "request", None):
@@ -284,8 +288,12 @@ class BridgeCore:
 
     # ------------------------------------------------------------------ liveness
 
-    def drop(self, peer: Peer, reason: str) -> None:
-        """Forget ``peer``: its open requests and fan-out slots fail, its clusters go to a standby."""
+    def drop(self, peer: Peer, reason: str, *, said_goodbye: bool = False) -> None:
+        """Forget ``peer``: its open requests and fan-out slots fail, its clusters go to a standby.
+
+        Without a goodbye its clusters may still run (a cut link, a frozen agent): they go to
+        a standby only once its lease has surely run out, when they have stopped themselves.
+        """
         if self.fleet.registry.remove(peer.routing_id) is None:
             return
         released = self.fleet.release(peer)
@@ -295,8 +303,27 @@ class BridgeCore:
         self.fanouts.fail_route(peer.routing_id, lost)
         log.info("client %r disconnected: %s", peer.info.id, reason)
         self._events.emit("disconnect", peer.info, reason)
-        if released:
-            self.hand_over(f"machine {peer.info.id!r} was lost ({reason})")
+        if not released:
+            return
+        why = f"machine {peer.info.id!r} was lost ({reason})"
+        settings = self._settings
+        fence = peer.lease_from + settings.lease + settings.lease_margin - self._clock.monotonic()
+        if said_goodbye or fence <= 0:
+            self.hand_over(why)
+            return
+        machine_id = peer.info.id
+        self.fleet.fenced.add(machine_id)
+        log.info(
+            "clusters %s wait %.1f s, until machine %r's lease has surely run out, before a standby takes them",
+            list(released),
+            fence,
+            machine_id,
+        )
+        self._clock.call_later(fence, self._unfence, machine_id, why)
+
+    def _unfence(self, machine_id: str, why: str) -> None:
+        self.fleet.fenced.discard(machine_id)
+        self.hand_over(f"{why}; its lease has run out")
 
     def unreachable(self, route: bytes) -> None:
         """A send to ``route`` failed because its connection is gone (ROUTER_MANDATORY)."""

@@ -47,6 +47,9 @@ class FleetState:
         self._plan = plan
         self._placement = Placement(plan) if plan is not None else None
         self.identify = IdentifyParams()  # how IDENTIFYs are paced; the bridge sets it at start
+        # Machines lost without a goodbye whose leases have not surely run out: their clusters
+        # may still hold Discord sessions, so their chunks go to no one else yet.
+        self.fenced: set[str] = set()
 
     # ------------------------------------------------------------------ the plan
 
@@ -133,7 +136,7 @@ class FleetState:
 
     def grant(self, peer: Peer, *, max_clusters: int | None) -> ShardData:
         """A machine asks for its share (ShardDataRequest); raises ConfigurationError on bad options."""
-        clusters = self.placement.assign(peer.info.id, max_clusters=max_clusters)
+        clusters = self.placement.assign(peer.info.id, max_clusters=max_clusters, fenced=self.fenced)
         peer.clusters, peer.standby = clusters, not clusters
         peer.plan_version = self.plan.version if clusters else None
         data = dataclasses.replace(self.placement.shard_data(clusters), identify=self.identify)
@@ -150,7 +153,7 @@ class FleetState:
 
     def assign(self, peer: Peer, reason: str) -> Assignment | None:
         """Give ``peer`` a share of the plan: the Assignment to push, or None (it waits as a standby)."""
-        clusters = self.placement.assign(peer.info.id)
+        clusters = self.placement.assign(peer.info.id, fenced=self.fenced)
         peer.clusters, peer.standby = clusters, not clusters
         if not clusters:
             log.info(

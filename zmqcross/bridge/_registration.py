@@ -165,6 +165,8 @@ class Registrar:
                 )
                 log.warning("%s", claim.notice)
         peer = Peer(route, info, user_id, clock.monotonic(), fleet.placement.held_by(msg.machine_id))
+        peer.lease_from = clock.monotonic()
+        fleet.fenced.discard(msg.machine_id)  # back: its clusters live under the lease granted now
         if msg.hosting is not None and hosts:
             peer.plan_version = msg.hosting.plan_version
         if current is not None:
@@ -182,6 +184,7 @@ class Registrar:
                 plan_version=fleet.plan.version,
                 notice=claim.notice,
                 refused_claim=claim.refused,
+                lease=settings.lease,
             ),
         )
         # A new subscriber misses what PUB sends before its subscription arrives (slow

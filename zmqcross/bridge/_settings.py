@@ -9,7 +9,13 @@ from typing import Protocol
 from ..protocol import Limits
 from ..security import AccessPolicy
 
-__all__ = ["MAX_OPEN_PER_PEER", "MAX_TIMEOUT", "CoreSettings", "Origin"]
+__all__ = ["DEFAULT_LEASE", "MAX_LEASE", "MAX_OPEN_PER_PEER", "MAX_TIMEOUT", "CoreSettings", "Origin"]
+
+DEFAULT_LEASE = 10.0
+"""Seconds a machine runs its clusters after last hearing the bridge: a bridge restart within
+about ``lease - heartbeat_interval`` restarts nothing; a lost machine's chunk moves after it."""
+MAX_LEASE = 600.0
+"""The longest lease accepted (a lost machine's shards would be down that long)."""
 
 MAX_TIMEOUT = 600.0
 """Longest a request may stay open at the bridge, whatever deadline its sender wrote.
@@ -39,6 +45,10 @@ class Origin(Protocol):
 class CoreSettings:
     """Token, policy, timings and limits; ``key_name`` maps an admitted CURVE key to its name.
 
+    ``lease``: seconds a machine may run its clusters after the bridge last heard it (each
+    answered heartbeat renews it); a machine lost without a goodbye keeps its chunk until
+    its lease has surely run out (``lease + lease_margin`` after the last grant).
+
     ``key_name`` is None when CURVE is off: then no message is checked against a key.
     """
 
@@ -49,6 +59,12 @@ class CoreSettings:
     heartbeat_timeout: float
     limits: Limits
     key_name: Callable[[str], str | None] | None = None
+    lease: float = DEFAULT_LEASE
+
+    @property
+    def lease_margin(self) -> float:
+        """Seconds added to a lost machine's lease before its chunk moves: clock rates and closing."""
+        return max(0.5, 0.1 * self.lease)
 
     @property
     def curve(self) -> bool:

@@ -216,6 +216,15 @@ BRIDGE = (
         metavar="SECONDS",
     ),
     Setting(
+        "lease",
+        "ZMQCROSS_LEASE",
+        positive_number,
+        "seconds a machine runs its clusters after it last heard the bridge; a lost machine's shards "
+        "move to a standby only after it (longer: survives longer bridge outages; shorter: fails "
+        "over sooner) [default: 10]",
+        metavar="SECONDS",
+    ),
+    Setting(
         "metrics_port",
         "ZMQCROSS_METRICS_PORT",
         port,

@@ -141,6 +141,7 @@ def build_bridge(settings: Settings) -> Bridge:
         identify_window=settings["identify_window"],
         session_budget=settings["session_budget"],
         session_reserve=settings["session_reserve"],
+        **({"lease": settings["lease"]} if settings["lease"] is not None else {}),
     )
 
 

@@ -118,6 +118,9 @@ class Link:
         self._state = LinkState.IDLE
         self._initial_data: Any = None
         self.hosting: Hosting | None = None
+        self.lease_until: float | None = None
+        """Until when (monotonic) this machine may run clusters, as the bridge's answers grant it;
+        None until the first grant."""
         """What this machine runs, told to the bridge on every registration (set by the client)."""
         self.last_heard = 0.0
         """Monotonic time anything last arrived from the bridge; the client's receiver sets it."""
@@ -218,6 +221,7 @@ class Link:
             request_id = self._open.next_id()
             register = self.register_message(request_id, max(window, 1.0))
             outcome = self._open.future(request_id=request_id, timeout=max(window, 1.0), what="registration")
+            asked = time.monotonic()
             try:
                 self._channel.send(register)
             except ConnectionLost as exc:
@@ -226,7 +230,7 @@ class Link:
             if self._state not in (LinkState.REGISTERING, LinkState.LOST):
                 return  # refused, dismissed or closed while we waited
             if isinstance(result, Welcome):
-                self._welcomed(result)
+                self._welcomed(result, asked=asked)
                 return
             if isinstance(result, ErrorReply):
                 self._registration_refused(result.error.to_exception())  # closes on a first connect
@@ -242,7 +246,9 @@ class Link:
         log.error("the bridge refused re-registration: %s", error.message)
         self._events.emit("error", error)
 
-    def _welcomed(self, welcome: Welcome) -> None:
+    def _welcomed(self, welcome: Welcome, *, asked: float) -> None:
+        if not welcome.refused_claim:  # a refused claim leaves nothing to run under a lease
+            self._renew(asked, welcome.lease)
         self.move(LinkState.READY)
         self.registrations += 1
         self.epoch = welcome.epoch
@@ -288,8 +294,15 @@ class Link:
     # ------------------------------------------------------------------ what the bridge says
 
     def on_pong(self, msg: Pong) -> None:
-        """A heartbeat came back."""
+        """A heartbeat came back (renewing the lease, counted from when the ping left)."""
         self.round_trip = max(time.time() - msg.sent_at, 0.0)
+        if msg.mono is not None:
+            self._renew(msg.mono, msg.lease)
+
+    def _renew(self, asked: float, lease: float | None) -> None:
+        # From when we asked, not when the answer came: the bridge counts from no earlier.
+        if lease is not None and lease > 0 and asked <= time.monotonic():
+            self.lease_until = max(self.lease_until or 0.0, asked + lease)
 
     def on_reregister(self, msg: Reregister) -> None:
         """The bridge does not know us (it restarted): park the refused request, register again."""
@@ -376,6 +389,6 @@ class Link:
                 self._lost(f"no answer from the bridge for {silent:.1f} s")
                 continue
             try:
-                self._channel.send(Ping(sent_at=time.time()))
+                self._channel.send(Ping(sent_at=time.time(), mono=time.monotonic()))
             except ConnectionLost as exc:
                 self._lost(exc.message)

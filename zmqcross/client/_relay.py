@@ -52,11 +52,13 @@ class MachineRelay:
         """Relay the bridge's work to ``manager``'s clusters and their requests to the bridge."""
         self._manager = manager
         manager.upstream = self._upstream
+        manager.lease = lambda: self._link.lease_until
 
     def unlisten(self) -> None:
         """Relay to no clusters any more: the bridge's work is refused with ClientNotFound."""
         if self._manager is not None:
             self._manager.upstream = None
+            self._manager.lease = None
         self._manager = None
 
     def statuses(self) -> list[ClusterStatus]:

@@ -54,6 +54,7 @@ from ..protocol import (
     Goodbye,
     GuildRequest,
     Heartbeat,
+    Lease,
     Message,
     Reply,
     Request,
@@ -84,6 +85,10 @@ log = logging.getLogger("zmqcross.cluster")
 
 CLUSTER_PROCESS_ENV = "ZMQCROSS_CLUSTER_PROCESS"
 """Set (to the cluster id) in every cluster process: a machine agent refuses to start there."""
+
+FENCED_EXIT = 75
+"""A cluster's exit status when it stopped because its machine's lease ran out (EX_TEMPFAIL):
+its manager starts it again once the bridge renews the lease, not before."""
 
 SHUTDOWN_GRACE = 10.0
 """Seconds a cluster waits for discord.py to close its connections before it exits anyway."""
@@ -134,6 +139,7 @@ class _Current:
     data: ClusterData
     conn: Connection | None  # None once a ClusterClient took it
     report_fd: int | None = None  # the pipe's socket, kept for report_failure after the loop is gone
+    fenced: bool = False  # it stopped because the lease ran out: exit with FENCED_EXIT
 
 
 _CURRENT: _Current | None = None
@@ -168,6 +174,8 @@ def bootstrap(bot_file: str, data: ClusterData, conn: Connection) -> None:
         if not report_failure(exc):
             raise  # the manager is gone: multiprocessing prints the traceback instead
         sys.exit(1)  # the manager logs the traceback it was sent
+    if current.fenced:
+        sys.exit(FENCED_EXIT)
     if current.conn is not None:
         error = ConfigurationError(
             f"cluster {data.cluster_id}: the bot file {os.path.basename(bot_file)} finished without "
@@ -327,6 +335,7 @@ class ClusterClient:
         self._waiting: str | None = None
         self._turns: set[asyncio.Future[None]] = set()  # IDENTIFYs waiting for their turn
         self._closing = False
+        self._lease_until: float | None = None  # monotonic; None: no lease (no bridge)
         self.identify_turns = IdentifyTurns(
             cluster_id=self.data.cluster_id,
             total_shards=self.data.total_shards,
@@ -416,7 +425,7 @@ class ClusterClient:
             if self._closing:
                 # Stopped while waiting: discord.py would retry the connection forever
                 # (launch_shard does), so the process ends here, its connections closed.
-                raise SystemExit(0) from None
+                raise SystemExit(FENCED_EXIT if _CURRENT is not None and _CURRENT.fenced else 0) from None
             raise
         finally:
             self._turns.discard(turn)
@@ -450,6 +459,10 @@ class ClusterClient:
         elif isinstance(msg, Goodbye):
             log.info("cluster %d stopping: %s", self.id, msg.reason)
             self._spawn(self._shutdown())
+        elif isinstance(msg, Lease):
+            if self._lease_until is None:
+                self._spawn(self._keep_lease())
+            self._lease_until = msg.until
         else:
             log.warning("cluster %d ignored a %r pipe message", self.id, msg.type)
 
@@ -528,6 +541,26 @@ class ClusterClient:
         self._open.fail_all(ConnectionLost(f"cluster {self.id} lost its manager"))
         log.error("cluster %d: the pipe to its manager closed; shutting down", self.id)
         self._spawn(self._shutdown())
+
+    async def _keep_lease(self) -> None:
+        # The machine passes the bridge's lease down every heartbeat; if it stops coming
+        # (the agent is frozen or cut off from the bridge), the bridge will give these shards
+        # to another machine once the lease is over: their sessions must be closed by then.
+        while not self._closing:
+            left = (self._lease_until or 0.0) - time.monotonic()
+            if left > 0:
+                await asyncio.sleep(min(left, 0.25))
+                continue
+            log.error(
+                "cluster %d: its machine's lease from the bridge ran out; closing its Discord sessions "
+                "(the bridge may give shards %s to another machine now)",
+                self.id,
+                list(self.shard_list),
+            )
+            if _CURRENT is not None:
+                _CURRENT.fenced = True
+            await self._shutdown()
+            return
 
     async def _shutdown(self) -> None:
         # Close Discord's connections properly (no zombie sessions), then let bot.run() return.

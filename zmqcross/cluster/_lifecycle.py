@@ -117,6 +117,7 @@ class _Cluster:
     killed: str | None = None  # why the watchdog killed the running process
     last_error: str | None = None  # for status: why it last stopped unasked, until it is ready again
     waiting: str | None = None  # what it waits for before it may IDENTIFY, as it last said
+    lease_sent: float | None = None  # the lease last passed down its pipe
 
     def move(self, new: ClusterState) -> None:
         """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""

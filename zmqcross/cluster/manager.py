@@ -47,6 +47,7 @@ from ..protocol import (
     Goodbye,
     GuildRequest,
     Heartbeat,
+    Lease,
     Limits,
     Message,
     Reply,
@@ -55,7 +56,7 @@ from ..protocol import (
     readdress,
 )
 from ..status import ClusterStatus
-from ._child import ClusterData
+from ._child import FENCED_EXIT, ClusterData
 from ._lifecycle import (
     CLUSTER_TRANSITIONS,
     DEFAULT_RESTARTS,
@@ -171,6 +172,10 @@ class ClusterManager:
         self._ids = itertools.count(1)  # one sequence for every request sent down any pipe
         self.upstream: Upstream | None = None
         """Set by ``Client.listen``: carries the bots' own requests to the bridge."""
+        self.lease: Callable[[], float | None] | None = None
+        """Set by ``Client.listen``: until when (monotonic) the bridge lets this machine run
+        clusters; passed on to them, and they close their sessions when it runs out."""
+        self._fenced: set[int] = set()  # clusters that stopped when the lease ran out
 
     @classmethod
     def from_shard_data(
@@ -379,6 +384,8 @@ class ClusterManager:
                 peek=functools.partial(self._peek_cluster, c),
             ),
         )
+        c.lease_sent = None
+        self._pass_lease(c)
         asyncio.get_running_loop().add_reader(process.sentinel, self._exited, c, process)
         log.info("cluster %d starting (shards %s, pid %d)", c.id, list(c.shards), process.pid)
         self._events.emit("cluster_create", c.id)
@@ -409,6 +416,13 @@ class ClusterManager:
         wanted = c.stopping
         c.move(ClusterState.STOPPED)
         c.ready.clear()
+        if code == FENCED_EXIT and not wanted:
+            c.last_error = "stopped its Discord sessions: this machine's lease from the bridge ran out"
+            log.warning("cluster %d %s; it starts again when the bridge renews the lease", c.id, c.last_error)
+            self._events.emit("cluster_exit", c.id, code)
+            if self._clusters.get(c.id) is c:
+                self._fenced.add(c.id)
+            return
         if not wanted and c.report is None:
             c.last_error = c.killed or f"exited with code {code}"
         log.log(logging.INFO if wanted else logging.WARNING, "cluster %d exited with code %s", c.id, code)
@@ -437,8 +451,40 @@ class ClusterManager:
 
     async def _respawn(self, c: _Cluster, delay: float) -> None:
         await asyncio.sleep(delay)
-        if self._running and c.state is ClusterState.STOPPED:
-            await self._start(c)
+        if not self._running or c.state is not ClusterState.STOPPED:
+            return
+        if not self._leased():
+            self._fenced.add(c.id)  # started again once the bridge renews the lease
+            return
+        await self._start(c)
+
+    def _leased(self) -> bool:
+        until = self.lease() if self.lease is not None else None
+        return until is None or until > time.monotonic()
+
+    def _pass_lease(self, c: _Cluster) -> None:
+        until = self.lease() if self.lease is not None else None
+        if (
+            until is not None
+            and until != c.lease_sent
+            and c.pipe is not None
+            and c.pipe.send(Lease(until=until))
+        ):
+            c.lease_sent = until
+
+    def _renew_leases(self) -> None:
+        # Every heartbeat interval: pass the lease on, and start what stopped when it ran out.
+        for c in [*self._clusters.values(), *self._retiring.values()]:
+            self._pass_lease(c)
+        if self._fenced and self._running and self.lease is not None and self._leased():
+            for cid in sorted(self._fenced):
+                stopped = self._clusters.get(cid)
+                if stopped is not None and stopped.state is ClusterState.STOPPED:
+                    log.info("cluster %d starts again: the bridge renewed this machine's lease", cid)
+                    task = asyncio.get_running_loop().create_task(self._start(stopped))
+                    self._respawns.add(task)
+                    task.add_done_callback(self._respawns.discard)
+            self._fenced.clear()
 
     def _reported(self, c: _Cluster, info: ErrorInfo) -> None:
         # The cluster's last words before it exits: kept until its exit decides what next.
@@ -457,6 +503,7 @@ class ClusterManager:
     async def _watch(self) -> None:
         while self._running:
             await asyncio.sleep(self.heartbeat_interval)
+            self._renew_leases()
             now = time.monotonic()
             for c in list(self._clusters.values()):
                 if c.state is ClusterState.STARTING and now - c.started > self.spawn_timeout:

@@ -13,13 +13,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.timeout(120)
-def test_demo_runs_the_fleet_and_exits_zero() -> None:
+def test_demo_runs_the_fleet_and_exits_zero(tmp_path: Path) -> None:
+    # `zmqcross demo`, from a folder with no bots/ in it: the installed package carries all it
+    # needs. `make demo` (bots/demo.py) is the same run with bots/bot.py, which runs the
+    # package's bot (test_there_is_one_example_bot, test_make_demo_is_the_same_run).
     result = subprocess.run(
-        [sys.executable, str(ROOT / "bots" / "demo.py")],
+        [sys.executable, "-m", "zmqcross", "demo"],
         capture_output=True,
         text=True,
         timeout=110,
-        cwd=ROOT,
+        cwd=tmp_path,
     )
     out = result.stdout
     assert result.returncode == 0, out + result.stderr
@@ -37,6 +40,13 @@ def test_demo_runs_the_fleet_and_exits_zero() -> None:
     assert "the offline Discord refused 0 of 8 IDENTIFYs" in out
     seconds = float(re.search(r"\[demo\] done in ([\d.]+) s", out).group(1))  # type: ignore[union-attr]
     assert seconds < 60
+
+
+def test_make_demo_is_the_same_run() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    assert "bots/demo.py" in makefile.split("\ndemo:", 1)[1].split("\n\n", 1)[0]
+    wrapper = (ROOT / "bots" / "demo.py").read_text()
+    assert "from zmqcross.demo import main" in wrapper and 'main(bot=Path(__file__).with_name("bot.py"))' in wrapper
 
 
 def test_there_is_one_example_bot() -> None:

@@ -141,16 +141,23 @@ async def test_different_buckets_identify_together() -> None:
     ]
 
 
-async def test_the_limits_are_discords_by_default_and_off_only_when_asked() -> None:
-    """One bucket and a 5 s window unless told otherwise, as for most bots on Discord."""
-    async with limited() as server, raw_gateway(server) as first, raw_gateway(server) as second:
+async def one_in_one_refused(server: GatewayServer) -> dict[str, Any]:
+    """Shards 0 and 1 of 2 IDENTIFY one after the other: the second is refused with op 9.
+    Returns ``/gateway/bot``'s session_start_limit after them."""
+    async with raw_gateway(server) as first, raw_gateway(server) as second:
         for gateway in (first, second):
             assert (await gateway.receive())["op"] == 10
         await first.identify([0, 2])
         assert (await first.receive())["t"] == "READY"
         await second.identify([1, 2])
         assert (await second.receive())["op"] == 9
-        limit = (await get(server, "/api/v10/gateway/bot"))["session_start_limit"]
+        return dict((await get(server, "/api/v10/gateway/bot"))["session_start_limit"])
+
+
+async def test_the_limits_are_discords_by_default_and_off_only_when_asked() -> None:
+    """One bucket and a 5 s window unless told otherwise, as for most bots on Discord."""
+    async with limited() as server:
+        limit = await one_in_one_refused(server)
     assert limit["max_concurrency"] == 1 and limit["total"] == 1000 and limit["remaining"] == 998
     async with limited(max_concurrency=None) as server:
         await ready_together(bot([0], 2), bot([1], 2))
@@ -193,14 +200,7 @@ async def test_the_identify_after_the_budget_closes_4004_and_ends_every_session(
 
 async def test_a_refused_identify_costs_the_budget_too() -> None:
     async with limited(max_concurrency=1, identify_window=10.0, session_budget=5) as server:
-        async with raw_gateway(server) as first, raw_gateway(server) as second:
-            for gateway in (first, second):
-                assert (await gateway.receive())["op"] == 10
-            await first.identify([0, 2])
-            assert (await first.receive())["t"] == "READY"
-            await second.identify([1, 2])
-            assert (await second.receive())["op"] == 9
-            limit = (await get(server, "/api/v10/gateway/bot"))["session_start_limit"]
+        limit = await one_in_one_refused(server)
     assert (limit["total"], limit["remaining"], limit["max_concurrency"]) == (5, 3, 1)
 
 

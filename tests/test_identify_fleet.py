@@ -28,10 +28,10 @@ pytestmark = pytest.mark.timeout(150)
 
 SHARDS = 12
 WINDOW = 0.5
-STARTUP = 12.0
+STARTUP = 15.0
 """Seconds allowed beyond 1.3x the floor: three machine processes and six cluster processes
-start and import discord.py on two cores, and the bridge grants nothing in its first
-interval + recheck + heartbeat (2.6 s here)."""
+start and import discord.py on two cores (4-8 s measured, more under a loaded CI), and the
+bridge grants nothing in its first interval + recheck + heartbeat (2.6 s here)."""
 
 
 @dataclass

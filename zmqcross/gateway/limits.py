@@ -15,11 +15,10 @@ reset period (a day). Discord's docs (discord/discord-api-docs, docs/events/gate
   owner will receive an email notification." :data:`BUDGET_EXHAUSTED` means: close this
   connection with 4004 (its token is no longer valid) and terminate every live session.
 
-Enforcement is OFF unless asked for (``max_concurrency=None``: no identify limit;
-``session_budget=None``: no session budget). Today's fleet paces nothing across processes and
-its cluster processes skip discord.py's own pacing offline, so every existing fleet test, the
-demo and the benchmark would be refused; the bridge's fleet-wide IDENTIFY queue (issue 16,
-item 3) is what will let them run with Discord's defaults (1 bucket, a 5 s window) on.
+The identify limit is ON by default, as on Discord (the gateway's ``max_concurrency=1``, a 5 s
+window; ``max_concurrency=None`` turns it off); the session budget is off unless asked for
+(``session_budget=None``). Fleets pass because the bridge's queue paces every IDENTIFY
+(:mod:`zmqcross.bridge._identify`).
 """
 
 from __future__ import annotations

@@ -148,6 +148,9 @@ async def test_sigstopped_machine_is_found_silent_and_heals(procs, make_bridge, 
             results[cid]
         )
 
+    # Frozen for surely longer than its lease (5 s from its last ping, at most 1 s before the
+    # freeze, plus the bridge's margin), so its clusters must have closed their sessions.
+    await asyncio.sleep(max(0.0, stopped + 5 + 1 + 1 - time.monotonic()))
     m2.signal(signal.SIGCONT)
     await wait_clusters(dash, [0, 1, 2, 3], timeout=30)
     after = await pids(dash)

@@ -182,4 +182,6 @@ async def test_the_pump_lets_the_loop_run_while_it_discards(router_pair, monkeyp
     oversized, after = handled
     assert isinstance(oversized, Oversized) and "the limit is 4" in oversized.reason
     assert after[1] == [b"after"]  # type: ignore[index]
-    assert turns_before[0] >= 19  # other work ran between the slices of the discard
+    # Other work ran between the slices of the discard: 20 slices, one per drain, and a drain
+    # runs once or twice a loop turn (scheduled, and again when the socket's FD signals).
+    assert turns_before[0] >= 5

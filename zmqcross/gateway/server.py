@@ -298,14 +298,20 @@ class GatewayServer:
         """
         sent = 0
         for session in [s for s in self._sessions.values() if s.shard_id == shard_id]:
-            connection = self._live.get(session.session_id)
-            if connection is None:
-                session.dispatch(event, data)  # kept for the RESUME
-                continue
-            with contextlib.suppress(ConnectionError):
-                await connection.send_dispatch(event, data)
-                sent += 1
+            sent += await self._deliver(session, event, data)
         return sent
+
+    async def _deliver(self, session: Session, event: str, data: Any) -> bool:
+        """Send ``event`` on ``session``'s live connection (True), or keep it for its RESUME."""
+        connection = self._live.get(session.session_id)
+        if connection is None:
+            session.dispatch(event, data)  # kept for the RESUME
+            return False
+        try:
+            await connection.send_dispatch(event, data)
+        except ConnectionError:
+            return False
+        return True
 
     def live_shards(self, guild_id: int) -> list[tuple[int, int]]:
         """``(shard_id, shard_count)`` of each live session holding ``guild_id`` (Discord's
@@ -371,15 +377,8 @@ class GatewayServer:
         ]
         for session in holders:
             seen = for_intents(event, data, session.intents, bot_id=bot_id)
-            if seen is None:
-                continue
-            connection = self._live.get(session.session_id)
-            if connection is None:
-                session.dispatch(event, seen)  # kept for the RESUME
-                continue
-            with contextlib.suppress(ConnectionError):
-                await connection.send_dispatch(event, seen)
-                sent += 1
+            if seen is not None:
+                sent += await self._deliver(session, event, seen)
         return sent
 
     async def disconnect_shard(self, shard_id: int, *, code: int = CloseCode.UNKNOWN_ERROR) -> int:

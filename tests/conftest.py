@@ -166,6 +166,21 @@ def _quiet_logs(caplog: pytest.LogCaptureFixture) -> None:
 __all__ = ["FAST", "IDENTIFY", "IDENTIFY_WINDOW", "TOKEN", "Keys", "free_port", "wait_for", "zmqcross"]
 
 
+async def paced_like_discord_py(initial: bool) -> None:
+    """discord.py's own IDENTIFY pacing (a wait before every IDENTIFY but the first), with the
+    tests' window instead of Discord's 5 s: for bare discord.py clients, not fleet clusters."""
+    if not initial:
+        await asyncio.sleep(IDENTIFY_WINDOW * 1.5)
+
+
+@contextlib.asynccontextmanager
+async def offline_discord(guilds: int) -> AsyncIterator[GatewayServer]:
+    """The offline Discord with ``guilds``, its limits on with the tests' window, discord.py pointed at it."""
+    async with GatewayServer(guilds=guilds, identify_window=IDENTIFY_WINDOW) as server:
+        with discord_py_pointed_at(server):
+            yield server
+
+
 @contextlib.contextmanager
 def discord_py_pointed_at(server: GatewayServer) -> Iterator[None]:
     """Point discord.py at ``server`` and restore its real URLs afterwards."""

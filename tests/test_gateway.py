@@ -17,7 +17,7 @@ import discord.gateway
 import discord.http
 import orjson
 import pytest
-from conftest import IDENTIFY_WINDOW, discord_py_pointed_at
+from conftest import IDENTIFY_WINDOW, discord_py_pointed_at, offline_discord, paced_like_discord_py
 
 import zmqcross.gateway
 from zmqcross.gateway import (
@@ -44,15 +44,13 @@ class Bot(discord.AutoShardedClient):
     but the first) with the tests' short window, which the offline gateways enforce."""
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
-        if not initial:
-            await asyncio.sleep(IDENTIFY_WINDOW * 1.5)
+        await paced_like_discord_py(initial)
 
 
 @pytest.fixture
 async def server() -> AsyncIterator[GatewayServer]:
-    async with GatewayServer(guilds=GUILDS, identify_window=IDENTIFY_WINDOW) as srv:
-        with discord_py_pointed_at(srv):
-            yield srv
+    async with offline_discord(GUILDS) as srv:
+        yield srv
 
 
 @contextlib.asynccontextmanager

@@ -95,16 +95,23 @@ async def test_two_clients_identifying_one_bucket_at_once_are_refused() -> None:
     assert server.statistics().invalid_sessions == len(refused)
 
 
+async def one_in_one_refused(server: GatewayServer) -> dict[str, Any]:
+    """Shards 0 and 1 of 2 IDENTIFY one after the other: the second is refused with op 9, d=false.
+    Returns ``/gateway/bot``'s session_start_limit after them."""
+    async with raw_gateway(server) as first, raw_gateway(server) as second:
+        for gateway in (first, second):
+            assert (await gateway.receive())["op"] == 10
+        await first.identify([0, 2])
+        assert (await first.receive())["t"] == "READY"
+        await second.identify([1, 2])
+        refusal = await second.receive()
+        assert (refusal["op"], refusal["d"]) == (9, False)
+        return dict((await get(server, "/api/v10/gateway/bot"))["session_start_limit"])
+
+
 async def test_op_9_with_d_false_is_the_refusal() -> None:
     async with limited(max_concurrency=1, identify_window=10.0) as server:
-        async with raw_gateway(server) as first, raw_gateway(server) as second:
-            for gateway in (first, second):
-                assert (await gateway.receive())["op"] == 10
-            await first.identify([0, 2])
-            assert (await first.receive())["t"] == "READY"
-            await second.identify([1, 2])
-            refusal = await second.receive()
-            assert (refusal["op"], refusal["d"]) == (9, False)
+        await one_in_one_refused(server)
         records = await identifies(server)
     assert [(r["shard"], r["bucket"], r["accepted"], r["reason"]) for r in records] == [
         ([0, 2], 0, True, None),
@@ -139,19 +146,6 @@ async def test_different_buckets_identify_together() -> None:
         (0, 0, True),
         (1, 1, True),
     ]
-
-
-async def one_in_one_refused(server: GatewayServer) -> dict[str, Any]:
-    """Shards 0 and 1 of 2 IDENTIFY one after the other: the second is refused with op 9.
-    Returns ``/gateway/bot``'s session_start_limit after them."""
-    async with raw_gateway(server) as first, raw_gateway(server) as second:
-        for gateway in (first, second):
-            assert (await gateway.receive())["op"] == 10
-        await first.identify([0, 2])
-        assert (await first.receive())["t"] == "READY"
-        await second.identify([1, 2])
-        assert (await second.receive())["op"] == 9
-        return dict((await get(server, "/api/v10/gateway/bot"))["session_start_limit"])
 
 
 async def test_the_limits_are_discords_by_default_and_off_only_when_asked() -> None:

@@ -15,7 +15,7 @@ import discord.gateway
 import discord.http
 import pytest
 import yarl
-from conftest import IDENTIFY_WINDOW, discord_py_pointed_at
+from conftest import offline_discord, paced_like_discord_py
 from discord.ext import commands
 
 from zmqcross.gateway import GatewayServer, guild_id, shard_of
@@ -61,10 +61,7 @@ class PingBot(commands.AutoShardedBot):
             await interaction.followup.send("and one more thing", embed=discord.Embed(title="extra"))
 
     async def before_identify_hook(self, shard_id: int | None, *, initial: bool = False) -> None:
-        # discord.py's rule (wait before every IDENTIFY but the first) with the tests' window,
-        # which the offline gateway enforces as Discord does.
-        if not initial:
-            await asyncio.sleep(IDENTIFY_WINDOW * 1.5)
+        await paced_like_discord_py(initial)
 
     async def on_message(self, message: discord.Message) -> None:
         self.seen.append(message)
@@ -73,9 +70,8 @@ class PingBot(commands.AutoShardedBot):
 
 @pytest.fixture
 async def server() -> AsyncIterator[GatewayServer]:
-    async with GatewayServer(guilds=GUILDS, identify_window=IDENTIFY_WINDOW) as srv:
-        with discord_py_pointed_at(srv):
-            yield srv
+    async with offline_discord(GUILDS) as srv:
+        yield srv
 
 
 @contextlib.asynccontextmanager

@@ -369,6 +369,45 @@ def test_a_machine_back_before_its_lease_ran_out_keeps_its_chunk() -> None:
     assert all(a.cluster_list != (0, 1) for a in world.out.to(b"r3", p.Assignment))
 
 
+def test_a_standby_that_never_claims_its_chunk_is_reported_and_the_chunk_moves_on() -> None:
+    world = World()  # claim_timeout 30 s
+    unclaimed: list[tuple[Any, ...]] = []
+    world.events.on("assignment_unclaimed", lambda *args: unclaimed.append(args))
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    world.register(b"r1", "m1", hosting=hosting(world, (0, 1)))  # both claim what they were given
+    world.register(b"r2", "m2", hosting=hosting(world, (2, 3)))
+    world.machine(b"r3", "idle")  # a standby that will ignore what it is handed
+    world.machine(b"r4", "spare")  # and the next one in line
+    world.feed(b"r1", p.Goodbye(reason="bye"))
+    (assignment,) = world.out.to(b"r3", p.Assignment)
+    assert assignment.cluster_list == (0, 1)
+
+    def beat(seconds: int) -> None:
+        for _ in range(seconds):
+            world.clock.advance(1.0)
+            for route in (b"r2", b"r3", b"r4"):
+                world.feed(route, p.Ping(sent_at=0.0))
+            world.core.tick()
+
+    beat(29)
+    assert unclaimed == [] and world.out.to(b"r4", p.Assignment) == []
+    beat(1)
+    assert unclaimed == [("idle", (0, 1))]
+    (moved,) = world.out.to(b"r4", p.Assignment)
+    assert moved.cluster_list == (0, 1)
+    idle = world.fleet.registry.by_id("idle")
+    assert idle is not None and not idle.standby and "did not start them" in (idle.stalled or "")
+    # The spare claims its chunk: nothing moves again, and the stalled machine gets no other.
+    world.register(b"r4", "spare", hosting=hosting(world, (0, 1)))
+    beat(31)
+    assert len(unclaimed) == 1 and world.fleet.placement.held_by("spare") == (0, 1)
+    assert world.shard_data(b"r3").data and world.fleet.placement.held_by("idle") == ()
+    # If it starts them after all, its claim is refused: they run elsewhere now.
+    late = world.register(b"r3", "idle", hosting=hosting(world, (0, 1)))
+    assert isinstance(late, p.Welcome) and late.refused_claim
+
+
 def test_silence_longer_than_the_heartbeat_timeout_drops_a_peer() -> None:
     world = World()
     world.machine(b"r1", "m1")

@@ -227,6 +227,57 @@ async def test_sigterm_drains_and_the_standby_takes_over_at_once(procs, make_bri
     assert handed_over < 2  # no heartbeat timeout (4 s) was waited for
 
 
+async def test_a_standby_that_never_starts_its_chunk_is_reported_and_the_chunk_moves_on(
+    procs, make_bridge, make_client
+) -> None:
+    bridge = await make_bridge(
+        auth_token=TOKEN,
+        port=procs.port,
+        pub_port=procs.port + 1,  # type: ignore[attr-defined]
+        total_shards=8,
+        shards_per_cluster=2,
+        total_machines=2,
+        claim_timeout=3.0,
+    )
+    unclaimed: list[tuple[str, tuple[int, ...], float]] = []
+    bridge.on(
+        "assignment_unclaimed", lambda mid, clusters: unclaimed.append((mid, clusters, time.monotonic()))
+    )
+    m1, _ = procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await dashboard(make_client, procs)
+    await wait_clusters(dash, [0, 1, 2, 3])
+    # A standby run by hand (a client, no Machine) that asks for work and ignores what it is handed.
+    idle = await make_client(
+        auth_token=TOKEN,
+        port=procs.port,
+        pub_port=procs.port + 1,  # type: ignore[attr-defined]
+        machine_id="idle",
+        agent="bot",
+    )
+    assert (await idle.request_shard_data()).standby
+    handed: list[list[int]] = []
+    idle.on("assignment", lambda data, reason: handed.append(list(data.cluster_list)))
+    spare = procs.machine("machine-3")
+    await spare.wait_line("standby")
+    held = list(bridge.shard_map()["held"]["machine-1"])
+
+    m1.signal(signal.SIGTERM)  # drained: the first standby in line (idle) is handed its chunk
+    started = time.monotonic()
+    while not handed:
+        assert time.monotonic() - started < 5, "the idle standby was never handed the chunk"
+        await asyncio.sleep(0.02)
+    assert handed == [held]
+    status = await bridge.status()
+    assert set(status.unassigned) == set() and bridge.shard_map()["held"]["idle"] == held
+    await wait_clusters(dash, [0, 1, 2, 3], timeout=30)
+    ((who, clusters, when),) = unclaimed
+    assert (who, list(clusters)) == ("idle", held) and when - started >= 3.0
+    assert bridge.shard_map()["held"]["machine-3"] == held
+    machines = {m.id: m for m in (await bridge.status()).machines}
+    assert "did not start them within claim_timeout=3 s" in (machines["idle"].stalled or "")
+    assert not machines["idle"].standby and machines["machine-3"].clusters
+
+
 async def test_bridge_restarted_with_a_new_plan(procs, make_client) -> None:
     first = procs.bridge()
     await first.wait_line("listening")

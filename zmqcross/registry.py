@@ -63,6 +63,7 @@ class Peer:
     standby: bool = False  # asked for work when every chunk was held
     leaving: bool = False  # draining: its chunk is handed over, in-flight work may still answer
     lease_from: float = 0.0  # monotonic: when the bridge last granted it its lease (welcome, pong)
+    stalled: str | None = None  # why it gets no chunk: it did not start one it was handed
 
 
 @dataclass(frozen=True, slots=True)

@@ -112,7 +112,8 @@ class MachineStatus:
     """A connected client: a machine running clusters, a standby, or a dashboard.
 
     ``stale`` means it runs another plan than the bridge's (it does not follow plan
-    changes); ``error`` says why ``clusters`` is empty when the machine did not answer.
+    changes); ``error`` says why ``clusters`` is empty when the machine did not answer;
+    ``stalled`` why a machine gets no chunk (it was handed one and never started it).
     """
 
     id: str
@@ -125,6 +126,7 @@ class MachineStatus:
     leaving: bool
     clusters: tuple[ClusterStatus, ...]
     error: str | None = None
+    stalled: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON data."""

@@ -49,7 +49,7 @@ from ._identify_service import IdentifyService, IdentifySettings
 from ._observers import Observer
 from ._outgoing import BridgeCounters
 from ._routing import ClientFilter, Service, ServiceHandler, ServiceOwner
-from ._settings import DEFAULT_LEASE, MAX_LEASE, MAX_TIMEOUT, CoreSettings
+from ._settings import DEFAULT_CLAIM_TIMEOUT, DEFAULT_LEASE, MAX_LEASE, MAX_TIMEOUT, CoreSettings
 from ._shell import BridgeShell, endpoint
 from ._window import SendWindow
 
@@ -61,6 +61,7 @@ __all__ = ["BRIDGE_EVENTS", "Bridge", "BridgeStatistics"]
 log = logging.getLogger("zmqcross.bridge")
 
 BRIDGE_EVENTS = (
+    "assignment_unclaimed",
     "client_message",
     "client_request",
     "connect",
@@ -122,7 +123,9 @@ class Bridge:
     renews: a machine that hears nothing from the bridge for that long stops its clusters'
     Discord sessions, and the chunk of a machine lost without a goodbye goes to a standby
     only after its lease has surely run out. A longer lease survives longer bridge outages
-    without restarting anything; a shorter one fails over sooner.
+    without restarting anything; a shorter one fails over sooner. A machine that ran
+    nothing and is handed a chunk must claim it (say it runs it) within ``claim_timeout``
+    seconds, or the chunk goes to the next standby and ``assignment_unclaimed`` fires.
     With ``metrics_port`` set, Prometheus metrics are served on ``metrics_host:metrics_port``
     while the bridge runs (:class:`zmqcross.metrics.BridgeMetrics`, see :attr:`metrics`).
     """
@@ -154,6 +157,7 @@ class Bridge:
         session_budget: int | None = None,
         session_reserve: int | None = None,
         lease: float = DEFAULT_LEASE,
+        claim_timeout: float = DEFAULT_CLAIM_TIMEOUT,
     ) -> None:
         if not isinstance(auth_token, str) or not auth_token:
             raise ConfigurationError("auth_token must be a non-empty string; every client must present it")
@@ -168,6 +172,11 @@ class Bridge:
             raise ConfigurationError(
                 f"lease must be longer than heartbeat_timeout ({heartbeat_timeout:g} s) and at most "
                 f"{MAX_LEASE:g} s, not {lease!r}"
+            )
+        if not (isinstance(claim_timeout, int | float) and claim_timeout > heartbeat_interval):
+            raise ConfigurationError(
+                f"claim_timeout must be longer than heartbeat_interval ({heartbeat_interval:g} s), "
+                f"not {claim_timeout!r}"
             )
         if not 0 < request_timeout <= MAX_TIMEOUT:
             raise ConfigurationError(
@@ -227,6 +236,7 @@ class Bridge:
                 limits=limits,
                 key_name=(lambda user_id: curve.allowed.get(user_id.encode())) if curve is not None else None,
                 lease=float(lease),
+                claim_timeout=float(claim_timeout),
             ),
         )
         self._router = self._core.router
@@ -368,7 +378,9 @@ class Bridge:
 
         Events: ``ready()``, ``connect(client, initial_data)``, ``disconnect(client, reason)``,
         ``client_message(message, client)``, ``client_request(request, client)`` (answer with
-        ``await request.reply(data)`` or by returning a value), ``error(exception)``.
+        ``await request.reply(data)`` or by returning a value), ``error(exception)``,
+        ``identify_held(reason)``, ``assignment_unclaimed(machine_id, clusters)`` (a
+        machine did not start what it was handed; the chunk went on to the next standby).
         """
         return self._events.on(name, handler) if handler is not None else self._events.on(name)
 

@@ -250,7 +250,7 @@ class BridgeCore:
         if not self._gate.allowed(peer, "host", msg.id):
             return
         try:
-            data = self.fleet.grant(peer, max_clusters=msg.max_clusters)
+            data = self.fleet.grant(peer, max_clusters=msg.max_clusters, now=self._clock.monotonic())
         except ConfigurationError as exc:
             self._outgoing.send(
                 peer.routing_id,
@@ -273,7 +273,7 @@ class BridgeCore:
 
     def hand_over(self, reason: str) -> None:
         """Give released chunks to waiting standbys and tell them."""
-        for standby, assignment in self.fleet.hand_over(reason):
+        for standby, assignment in self.fleet.hand_over(reason, now=self._clock.monotonic()):
             self._outgoing.send(standby.routing_id, assignment)
 
     def reshard(self, total_shards: int | None, **options: Any) -> Any:
@@ -281,7 +281,7 @@ class BridgeCore:
         plan, resolved = self.fleet.build(total_shards, **options)
         if plan.version == self.fleet.plan.version:
             return plan
-        for peer, assignment in self.fleet.reshard(plan, resolved):
+        for peer, assignment in self.fleet.reshard(plan, resolved, now=self._clock.monotonic()):
             self._outgoing.send(peer.routing_id, assignment)
         self.publish_beacon()
         return plan
@@ -352,7 +352,29 @@ class BridgeCore:
                 f"it does not read what it is sent: {self.window.unread(route)} bytes unread for over "
                 f"{timeout:g} s (MAX_UNREAD_BYTES is {MAX_UNREAD_BYTES})",
             )
+        self._expire_claims(now)
         self.publish_beacon()
+
+    def _expire_claims(self, now: float) -> None:
+        # A machine handed a chunk says it runs it (its claim) once it has started the
+        # clusters; one that never does (a bare ClusterManager that ignores assignments, a
+        # hung agent) must not keep those shards offline: they go to the next standby.
+        if not self.fleet.unclaimed or not self.fleet.started:
+            return
+        timeout = self._settings.claim_timeout
+        overdue = self.fleet.expire_claims(now, timeout)
+        for machine_id, unclaimed in overdue:
+            log.error(
+                "machine %r did not start clusters %s within claim_timeout=%g s (a machine must run "
+                "what it is handed: use zmqcross.Machine, or start a ClusterManager on each 'assignment' "
+                "event and call client.listen(manager)); they go to the next standby",
+                machine_id,
+                list(unclaimed.clusters),
+                timeout,
+            )
+            self._events.emit("assignment_unclaimed", machine_id, unclaimed.clusters)
+        if overdue:
+            self.hand_over("a machine did not start the clusters it was handed")
 
     def connection_closed(self) -> None:
         """Some peer's TCP connection closed: find out which, in milliseconds, not a heartbeat timeout."""

@@ -19,7 +19,7 @@ from ..protocol import Assignment, Hosting
 from ..registry import Peer, Registry
 from ..status import ClusterStatus, FleetStatus, MachineStatus
 
-__all__ = ["PLAN_OPTIONS", "Claim", "FleetState"]
+__all__ = ["PLAN_OPTIONS", "Claim", "FleetState", "Unclaimed"]
 
 log = logging.getLogger("zmqcross.bridge")
 
@@ -35,10 +35,23 @@ class Claim:
     refused: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Unclaimed:
+    """A chunk handed to a machine that ran nothing, not yet claimed (it has not said it runs it)."""
+
+    clusters: tuple[int, ...]
+    plan_version: str
+    since: float  # monotonic
+
+
 class FleetState:
     """The current plan, its placement and the registry of connected peers.
 
     ``plan`` is ``None`` until :meth:`begin` (``total_shards="auto"`` is resolved at start).
+
+    A chunk handed to a machine that ran nothing (a first grant, a failover) counts as
+    placed only once the machine claims it (a registration saying it runs those
+    clusters); :meth:`expire_claims` takes it back from a machine that never does.
     """
 
     def __init__(self, plan: ShardPlan | None, options: dict[str, Any]) -> None:
@@ -50,6 +63,7 @@ class FleetState:
         # Machines lost without a goodbye whose leases have not surely run out: their clusters
         # may still hold Discord sessions, so their chunks go to no one else yet.
         self.fenced: set[str] = set()
+        self.unclaimed: dict[str, Unclaimed] = {}  # machine id -> the chunk it has yet to claim
 
     # ------------------------------------------------------------------ the plan
 
@@ -93,12 +107,15 @@ class FleetState:
         shards = total_shards if total_shards is not None else self.plan.total_shards
         return build_plan(shards, **options), options
 
-    def reshard(self, plan: ShardPlan, options: dict[str, Any]) -> list[tuple[Peer, Assignment]]:
+    def reshard(
+        self, plan: ShardPlan, options: dict[str, Any], *, now: float
+    ) -> list[tuple[Peer, Assignment]]:
         """Switch to ``plan``; every bot machine gets a share of it (the messages to send)."""
         machines = [p for p in self.registry if not p.leaving and (p.clusters or p.standby)]
         # Machines keep their place in the order of chunks (the one with cluster 0 first).
         machines.sort(key=lambda p: (not p.clusters, min(p.clusters, default=0)))
         self._plan, self._options, self._placement = plan, dict(options), Placement(plan)
+        self.unclaimed.clear()
         log.info(
             "resharding to plan %s: %d shards in %d clusters",
             plan.version,
@@ -108,7 +125,9 @@ class FleetState:
         reason = f"reshard to {plan.total_shards} shards (plan {plan.version})"
         pushes = []
         for peer in machines:
-            assignment = self.assign(peer, reason)
+            # A machine running the old plan says it follows with its next claim, or stays stale;
+            # only a standby that starts nothing leaves a chunk unserved.
+            assignment = self.assign(peer, reason, now=now if not peer.clusters else None)
             if assignment is not None:
                 pushes.append((peer, assignment))
         return pushes
@@ -123,6 +142,9 @@ class FleetState:
             log.warning("machine %r %s", machine_id, notice)
             return Claim(notice, refused=False)  # another plan: an assignment follows
         problem = self.placement.claim(machine_id, hosting.cluster_list)
+        unclaimed = self.unclaimed.get(machine_id)
+        if problem is None and unclaimed is not None and set(unclaimed.clusters) <= set(hosting.cluster_list):
+            del self.unclaimed[machine_id]
         if problem is not None:
             log.warning(
                 "machine %r claims clusters %s: refused, %s; it must stop them",
@@ -134,10 +156,16 @@ class FleetState:
         log.info("machine %r re-registered running clusters %s", machine_id, list(hosting.cluster_list))
         return Claim(None, refused=False)
 
-    def grant(self, peer: Peer, *, max_clusters: int | None) -> ShardData:
+    def grant(self, peer: Peer, *, max_clusters: int | None, now: float) -> ShardData:
         """A machine asks for its share (ShardDataRequest); raises ConfigurationError on bad options."""
-        clusters = self.placement.assign(peer.info.id, max_clusters=max_clusters, fenced=self.fenced)
-        peer.clusters, peer.standby = clusters, not clusters
+        if peer.stalled is not None:
+            clusters: tuple[int, ...] = ()  # it was handed a chunk and never started it
+        else:
+            had = self.placement.held_by(peer.info.id)
+            clusters = self.placement.assign(peer.info.id, max_clusters=max_clusters, fenced=self.fenced)
+            if clusters and not had:
+                self.unclaimed[peer.info.id] = Unclaimed(clusters, self.plan.version, now)
+        peer.clusters, peer.standby = clusters, not clusters and peer.stalled is None
         peer.plan_version = self.plan.version if clusters else None
         data = dataclasses.replace(self.placement.shard_data(clusters), identify=self.identify)
         if clusters:
@@ -151,10 +179,16 @@ class FleetState:
             log.info("machine %r is a standby: every chunk of the plan is held", peer.info.id)
         return data
 
-    def assign(self, peer: Peer, reason: str) -> Assignment | None:
-        """Give ``peer`` a share of the plan: the Assignment to push, or None (it waits as a standby)."""
+    def assign(self, peer: Peer, reason: str, *, now: float | None = None) -> Assignment | None:
+        """Give ``peer`` a share of the plan: the Assignment to push, or None (it waits as a standby).
+
+        With ``now``, the machine runs nothing yet: the chunk waits for its claim (see
+        :meth:`expire_claims`).
+        """
         clusters = self.placement.assign(peer.info.id, fenced=self.fenced)
         peer.clusters, peer.standby = clusters, not clusters
+        if clusters and now is not None:
+            self.unclaimed[peer.info.id] = Unclaimed(clusters, self.plan.version, now)
         if not clusters:
             log.info(
                 "machine %r waits as a standby: every chunk of plan %s is held",
@@ -182,14 +216,34 @@ class FleetState:
 
     def release(self, peer: Peer) -> tuple[int, ...]:
         """``peer`` is gone or draining: its clusters wait for it (or a standby)."""
+        self.unclaimed.pop(peer.info.id, None)
         return self.placement.release(peer.info.id) if self._placement is not None else ()
 
-    def hand_over(self, reason: str) -> list[tuple[Peer, Assignment]]:
+    def expire_claims(self, now: float, timeout: float) -> list[tuple[str, Unclaimed]]:
+        """Take back every chunk unclaimed for ``timeout`` seconds; its machine gets no other.
+
+        Returns the machines and what they did not start; :meth:`hand_over` then gives those
+        chunks to the next standbys.
+        """
+        overdue = [(mid, u) for mid, u in self.unclaimed.items() if now - u.since >= timeout]
+        for machine_id, unclaimed in overdue:
+            del self.unclaimed[machine_id]
+            self.placement.release(machine_id)
+            peer = self.registry.by_id(machine_id)
+            if peer is not None:
+                peer.clusters, peer.standby = (), False
+                peer.stalled = (
+                    f"was handed clusters {list(unclaimed.clusters)} and did not start them within "
+                    f"claim_timeout={timeout:g} s; it gets no chunk until it reconnects"
+                )
+        return overdue
+
+    def hand_over(self, reason: str, *, now: float) -> list[tuple[Peer, Assignment]]:
         """Give released chunks to waiting standbys, oldest first (failover): the messages to send."""
         pushes = []
         for peer in self.registry:
             if peer.standby and not peer.leaving:
-                assignment = self.assign(peer, reason)
+                assignment = self.assign(peer, reason, now=now)
                 if assignment is None:
                     break
                 pushes.append((peer, assignment))
@@ -234,6 +288,7 @@ class FleetState:
                     leaving=peer.leaving,
                     clusters=clusters,
                     error=error,
+                    stalled=peer.stalled,
                 )
             )
         snapshot: dict[str, Any] = self.placement.snapshot()

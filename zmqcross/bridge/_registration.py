@@ -170,7 +170,9 @@ class Registrar:
         if msg.hosting is not None and hosts:
             peer.plan_version = msg.hosting.plan_version
         if current is not None:
-            peer.standby, peer.leaving = current.standby, current.leaving
+            peer.standby, peer.leaving, peer.stalled = current.standby, current.leaving, current.stalled
+        if peer.clusters and not claim.refused:
+            peer.stalled = None  # it runs a chunk after all
         fleet.registry.add(peer)
         self._outgoing.send(
             route,

@@ -9,11 +9,21 @@ from typing import Protocol
 from ..protocol import Limits
 from ..security import AccessPolicy
 
-__all__ = ["DEFAULT_LEASE", "MAX_LEASE", "MAX_OPEN_PER_PEER", "MAX_TIMEOUT", "CoreSettings", "Origin"]
+__all__ = [
+    "DEFAULT_CLAIM_TIMEOUT",
+    "DEFAULT_LEASE",
+    "MAX_LEASE",
+    "MAX_OPEN_PER_PEER",
+    "MAX_TIMEOUT",
+    "CoreSettings",
+    "Origin",
+]
 
 DEFAULT_LEASE = 10.0
 """Seconds a machine runs its clusters after last hearing the bridge: a bridge restart within
 about ``lease - heartbeat_interval`` restarts nothing; a lost machine's chunk moves after it."""
+DEFAULT_CLAIM_TIMEOUT = 30.0
+"""Seconds a machine that ran nothing has to claim a chunk it was handed before it moves on."""
 MAX_LEASE = 600.0
 """The longest lease accepted (a lost machine's shards would be down that long)."""
 
@@ -49,6 +59,9 @@ class CoreSettings:
     answered heartbeat renews it); a machine lost without a goodbye keeps its chunk until
     its lease has surely run out (``lease + lease_margin`` after the last grant).
 
+    ``claim_timeout``: seconds a machine that ran nothing has, once handed a chunk, to
+    claim it (say it runs it); then the chunk goes to the next standby.
+
     ``key_name`` is None when CURVE is off: then no message is checked against a key.
     """
 
@@ -60,6 +73,7 @@ class CoreSettings:
     limits: Limits
     key_name: Callable[[str], str | None] | None = None
     lease: float = DEFAULT_LEASE
+    claim_timeout: float = DEFAULT_CLAIM_TIMEOUT
 
     @property
     def lease_margin(self) -> float:

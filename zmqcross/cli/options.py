@@ -225,6 +225,14 @@ BRIDGE = (
         metavar="SECONDS",
     ),
     Setting(
+        "claim_timeout",
+        "ZMQCROSS_CLAIM_TIMEOUT",
+        positive_number,
+        "seconds a standby handed a chunk has to start it (claim it) before it goes to the next "
+        "standby [default: 30]",
+        metavar="SECONDS",
+    ),
+    Setting(
         "metrics_port",
         "ZMQCROSS_METRICS_PORT",
         port,

@@ -142,6 +142,7 @@ def build_bridge(settings: Settings) -> Bridge:
         session_budget=settings["session_budget"],
         session_reserve=settings["session_reserve"],
         **({"lease": settings["lease"]} if settings["lease"] is not None else {}),
+        **({"claim_timeout": settings["claim_timeout"]} if settings["claim_timeout"] is not None else {}),
     )
 
 

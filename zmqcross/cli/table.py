@@ -64,6 +64,8 @@ def _machine_row(m: MachineStatus) -> list[str]:
     note = "leaving" if m.leaving else ""
     if m.error:
         note = f"no status: {m.error}"
+    elif m.stalled:
+        note = f"stalled: {m.stalled}"
     return [
         m.id,
         m.agent,

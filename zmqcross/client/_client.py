@@ -504,9 +504,10 @@ class Client:
 
         Evals and guild requests from the bridge go to the clusters; requests made inside
         the bots (``Shard``) go to the bridge; re-registrations report the clusters run here.
+        The bridge hears it at once: that claim is what makes a chunk it handed out placed.
         """
         self._relay.listen(manager)
-        self.set_hosting(manager.shard_data)
+        self.update_hosting(manager.shard_data)
 
     def update_hosting(self, shard_data: ShardData | None) -> None:
         """Record what this machine now runs and tell the bridge at once (after a rolling restart)."""
@@ -544,6 +545,8 @@ class Client:
         if isinstance(result, Welcome):
             if result.notice:
                 log.warning("the bridge says: %s", result.notice)
+            if result.refused_claim:  # what this machine started is another's now: stop it
+                self._events.emit("claim_refused", result.notice or "claim refused")
         else:
             log.warning("could not update the bridge on what this machine runs: %s", result)
 

@@ -172,6 +172,7 @@ function machineSection(m, answeredById, takenAt) {
   if (m.standby) title.append(badge("standby", "b-warn"));
   if (m.stale) title.append(badge("stale plan " + (m.plan_version || "?"), "b-bad"));
   if (m.leaving) title.append(badge("leaving", "b-warn"));
+  if (m.stalled) title.append(badge("stalled", "b-bad"), el("span", {class: "sub"}, m.stalled));
   if (m.error) title.append(badge("no answer", "b-bad"), el("span", {class: "sub"}, m.error));
   const body = el("tbody");
   for (const c of m.clusters) {
@@ -252,6 +253,7 @@ function render(snap) {
       if (m.stale) alerts.push(["bad", m.id + " is STALE: it runs plan " + m.plan_version + ", not " + fleet.plan_version]);
       if (m.standby) alerts.push(["warn", m.id + " is a STANDBY"]);
       if (m.leaving) alerts.push(["warn", m.id + " is LEAVING"]);
+      if (m.stalled) alerts.push(["bad", m.id + " is STALLED: it " + m.stalled]);
       if (m.error) alerts.push(["bad", m.id + " did not answer: " + m.error]);
       for (const c of m.clusters) {
         if (c.waiting) alerts.push(["warn", "cluster " + c.id + " on " + m.id + " waits: " + c.waiting]);

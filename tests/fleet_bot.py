@@ -6,7 +6,7 @@ import os
 
 import discord
 
-from zmqcross import ClusterClient, Shard, cluster_data
+from zmqcross import CacheClient, ClusterClient, Shard, cluster_data
 
 data = cluster_data()
 bot = discord.AutoShardedClient(
@@ -18,6 +18,13 @@ bot = discord.AutoShardedClient(
 )
 bot.cluster = ClusterClient(bot)
 bot.machine = Shard(bot.cluster)
+storage = CacheClient(bot.machine)
+
+
+@bot.event
+async def on_message(message: discord.Message) -> None:
+    # Counted on the bridge (the tests that dispatch messages give it a "handled" cache path).
+    await storage.cache["handled"].incr(str(message.id))
 
 
 @bot.cluster.on_request

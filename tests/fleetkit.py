@@ -26,7 +26,8 @@ class Proc:
     def __init__(self, name: str, script: Path, env: dict[str, str]) -> None:
         self.name = name
         self.lines: list[str] = []
-        # FLEET_LOGS=DIR keeps each process's stderr in DIR/NAME.log, for debugging a test.
+        # FLEET_LOGS=DIR keeps each process's stderr in DIR/NAME.log (FLEET_LOG_LEVEL=INFO for more),
+        # for debugging a test.
         logs = os.environ.get("FLEET_LOGS")
         stderr = open(os.path.join(logs, f"{name}.log"), "a") if logs else subprocess.DEVNULL  # noqa: SIM115
         self.proc = subprocess.Popen(
@@ -112,7 +113,7 @@ def fleet_env(api_base: str, port: int, **extra: str) -> dict[str, str]:
         "ZMQCROSS_SPAWN_DELAY": "0",
         "ZMQCROSS_IDENTIFY_WINDOW": str(IDENTIFY_WINDOW),  # the tests' gateways use this window
         "ZMQCROSS_LEASE": "5",  # failovers wait for a lost machine's lease (default 10 s)
-        "ZMQCROSS_LOG_LEVEL": "WARNING",
+        "ZMQCROSS_LOG_LEVEL": os.environ.get("FLEET_LOG_LEVEL", "WARNING"),
         "ZMQCROSS_BOT_FILE": str(ROOT / "tests" / "fleet_bot.py"),
     }
     env.pop("ZMQCROSS_KEYS", None)

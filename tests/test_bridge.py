@@ -297,7 +297,9 @@ def test_bridge_option_errors() -> None:
         Bridge(auth_token=TOKEN, total_shards=4, shards_per_cluster=0)
     with pytest.raises(ConfigurationError, match="heartbeat_interval must be positive and shorter"):
         Bridge(auth_token=TOKEN, heartbeat_interval=5, heartbeat_timeout=1)
-    with pytest.raises(ValueError, match="unknown event 'client_requests'; events are: client_message"):
+    with pytest.raises(ConfigurationError, match="claim_timeout must be longer than heartbeat_interval"):
+        Bridge(auth_token=TOKEN, claim_timeout=0.5)
+    with pytest.raises(ValueError, match="unknown event 'client_requests'; events are: assignment_unclaimed, client_message"):
         Bridge(auth_token=TOKEN).on("client_requests", print)
 
 

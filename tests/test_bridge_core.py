@@ -472,6 +472,37 @@ def test_reshard_replaces_plan_and_placement_together_and_pushes_shares() -> Non
     assert world.core.reshard(None) is not None and world.out.sent == []  # same plan: nothing moves
 
 
+def test_a_reshard_says_who_replaces_whom_and_passes_on_only_true_handover_notices() -> None:
+    world = World(total_shards=4, total_machines=2)  # m1: clusters 0, 1 (shards 0, 1); m2: 2, 3
+    world.machine(b"r1", "m1")
+    world.machine(b"r2", "m2")
+    world.register(b"dash", "dash", agent="dashboard")
+    old = world.fleet.plan
+    world.out.clear()
+    plan = world.core.reshard(2, shards_per_cluster=1, total_machines=1)  # all on m1, m2 runs nothing
+    (first,), (second,) = world.out.to(b"r1", p.Assignment), world.out.to(b"r2", p.Assignment)
+    assert first.cluster_list == (0, 1) and second.cluster_list == ()  # m2 is told: retire yours
+    # New shard s of 2 holds the guilds of old shards s and s + 2.
+    assert first.handover == {
+        "from_plan": old.version,
+        "live_after": [[0, [0, 2]], [1, [1, 3]]],
+        "retire_after": [[0, [0]], [1, [1]]],
+    }
+    assert second.handover == {"from_plan": old.version, "live_after": [], "retire_after": [[2, [0]], [3, [1]]]}
+    world.out.clear()
+    retired = p.Handover(step="retired", plan_version=old.version, cluster_id=2, fingerprints=b"\0" * 8)
+    world.feed(b"r2", retired)
+    assert world.out.to(b"r1", p.Handover) == [retired] and world.out.to(b"dash") == []
+    world.out.clear()
+    for liar, notice in [
+        (b"r1", retired),  # m1 never ran old cluster 2
+        (b"r2", p.Handover(step="ready", plan_version=plan.version, cluster_id=0)),  # nor does m2 run new 0
+        (b"r2", p.Handover(step="release", plan_version=plan.version, cluster_id=0)),  # not a machine's step
+    ]:
+        world.feed(liar, notice)
+    assert world.out.sent == []
+
+
 # ---------------------------------------------------------------------------- fan-out
 
 

@@ -12,11 +12,12 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 from conftest import free_port
 from fleetkit import TOKEN, Processes, fleet_env, wait_clusters
 
-from zmqcross import Client, ConnectionLost
+from zmqcross import CacheServer, Client, ConnectionLost
 from zmqcross.gateway import GatewayServer, guild_id
 
 pytestmark = pytest.mark.timeout(120)
@@ -160,12 +161,16 @@ async def test_sigstopped_machine_is_found_silent_and_heals(procs, make_bridge, 
     assert all(after[c] != before[c] for c in its)
 
 
-async def test_reshard_with_rolling_restarts_keeps_answering(procs, make_bridge, make_client) -> None:
+async def test_a_rolling_reshard_keeps_answering_and_handles_each_message_once(
+    procs, make_bridge, make_client, gateway: GatewayServer
+) -> None:
     bridge = await in_process_bridge(make_bridge, procs)
+    cache = CacheServer(bridge, paths=[{"path": "handled", "max_size": 100_000}])
     procs.machine("machine-1"), procs.machine("machine-2")
     dash = await dashboard(make_client, procs)
     await wait_clusters(dash, [0, 1, 2, 3])
     polls: list[list] = []
+    sent: list[str] = []  # ids of the messages some live session received
     done = asyncio.Event()
 
     async def poll() -> None:
@@ -173,21 +178,41 @@ async def test_reshard_with_rolling_restarts_keeps_answering(procs, make_bridge,
             polls.append(await dash.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=3))
             await asyncio.sleep(0.05)
 
-    poller = asyncio.create_task(poll())
-    plan = await bridge.reshard(total_shards=12)
-    assert plan.total_clusters == 6
-    try:
-        await wait_clusters(dash, [0, 1, 2, 3, 4, 5], timeout=60)
-        end = time.monotonic() + 30
-        while any(
-            m.clusters and any(c.state == "retiring" for c in m.clusters)
-            for m in (await bridge.status()).machines
-        ):
-            assert time.monotonic() < end, "old clusters still running after the roll"
-            await asyncio.sleep(0.1)
-    finally:
-        done.set()
-        await poller
+    async def talk(http: aiohttp.ClientSession) -> None:
+        # Every 50 ms a message in 12 guilds: every shard of the old plan (8) and the new one (12).
+        async def say(index: int) -> None:
+            body = {"guild_id": str(guild_id(index)), "event": "MESSAGE_CREATE", "data": {"content": "hi"}}
+            url = f"http://127.0.0.1:{gateway.port}/_offline/dispatch"
+            async with http.post(url, json=body) as response:
+                answer = await response.json()
+                if response.status == 200 and answer["delivered"]:
+                    sent.append(answer["data"]["id"])
+
+        while not done.is_set():
+            await asyncio.gather(*(say(index) for index in range(12)))
+            await asyncio.sleep(0.05)
+
+    async with aiohttp.ClientSession() as http:
+        poller, talker = asyncio.create_task(poll()), asyncio.create_task(talk(http))
+        await asyncio.sleep(1.0)
+        plan = await bridge.reshard(total_shards=12)
+        assert plan.total_clusters == 6
+        try:
+            await wait_clusters(dash, [0, 1, 2, 3, 4, 5], timeout=60)
+            end = time.monotonic() + 30
+            while waiting := [
+                (m.id, c.id, c.state, c.live)
+                for m in (await bridge.status()).machines
+                for c in m.clusters
+                if c.state == "retiring" or not c.live
+            ]:
+                assert time.monotonic() < end, f"the roll has not ended: {waiting}"
+                await asyncio.sleep(0.1)
+            await asyncio.sleep(1.0)
+        finally:
+            done.set()
+            await poller
+            await talker
     answered = [sum(not isinstance(r, Exception) for r in poll) for poll in polls]
     # one cluster per machine is swapped at a time: never more than two of six slots down
     assert len(polls) > 5 and min(answered) >= 2, answered
@@ -202,6 +227,18 @@ async def test_reshard_with_rolling_restarts_keeps_answering(procs, make_bridge,
     assert sum(await dash.broadcast_eval("len(bot.guilds)")) == GUILDS
     status = await bridge.status()
     assert not any(m.stale for m in status.machines) and status.unassigned == ()
+    assert all(await dash.broadcast_eval("bot.cluster.live"))
+    # Every message some session received was handled exactly once, through the whole roll.
+    end = time.monotonic() + 10
+    handled = cache.cache["handled"]
+    while len(handled.keys()) < len(sent) and time.monotonic() < end:
+        await asyncio.sleep(0.1)
+    counts = handled.get_many(sent)
+    assert len(sent) > 200
+    twice = sorted(k for k, n in counts.items() if n != 1)
+    missing = [k for k in sent if k not in counts]
+    assert (twice, missing) == ([], []), f"{len(twice)} handled more than once, {len(missing)} never"
+    await cache.close()
 
 
 async def test_sigterm_drains_and_the_standby_takes_over_at_once(procs, make_bridge, make_client) -> None:

@@ -204,6 +204,8 @@ class Machine:
             await self._stand_down(reason)
             return
         if manager is None:
+            if share.standby:
+                return
             log.info(
                 "machine %r takes over clusters %s (%s)", self.client.id, list(share.cluster_list), reason
             )
@@ -222,4 +224,10 @@ class Machine:
             return
         self.client.update_hosting(share)
         await manager.roll(share)
+        if share.standby:  # the new plan has no place for this machine: its clusters retired
+            self.client.unlisten()
+            self.manager = None
+            await manager.close()
+            log.info("machine %r is a standby now (%s)", self.client.id, reason)
+            return
         self.client.update_hosting(manager.shard_data)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 
 import orjson
 
+from ._handover import HandoverPlan
 from ._identify import IdentifyParams
 from .errors import ConfigurationError
 
@@ -165,7 +166,8 @@ class ShardData:
     ``shard_list`` has one list of shard ids per cluster, ``cluster_list`` the global ids of
     those clusters. Both are empty for a standby machine: the plan is fully taken.
     ``identify`` is how the fleet paces IDENTIFYs (the machine's clusters need it to pace
-    on their own when the bridge is out of reach).
+    on their own when the bridge is out of reach). ``handover`` comes with a share of a new
+    plan: which old clusters its new ones replace (see :mod:`zmqcross._handover`).
     """
 
     total_shards: int
@@ -174,6 +176,7 @@ class ShardData:
     total_clusters: int
     plan_version: str
     identify: IdentifyParams = field(default_factory=IdentifyParams)
+    handover: HandoverPlan | None = None
 
     @property
     def standby(self) -> bool:
@@ -189,6 +192,7 @@ class ShardData:
             "total_clusters": self.total_clusters,
             "plan_version": self.plan_version,
             "identify": self.identify.to_json(),
+            "handover": self.handover.to_json() if self.handover is not None else None,
         }
 
     @classmethod
@@ -201,6 +205,7 @@ class ShardData:
             total_clusters=int(data["total_clusters"]),
             plan_version=str(data["plan_version"]),
             identify=IdentifyParams.from_json(data.get("identify")),
+            handover=HandoverPlan.from_json(data.get("handover")),
         )
 
 

@@ -47,6 +47,7 @@ __all__ = [
     "BATCH_MESSAGES",
     "DEFAULT_LIMITS",
     "DEFAULT_TIMEOUT",
+    "HANDOVER_STEPS",
     "MAX_FRAMES",
     "MAX_FRAME_BYTES",
     "MAX_HEADER_BYTES",
@@ -63,6 +64,7 @@ __all__ = [
     "EvalRequest",
     "Goodbye",
     "GuildRequest",
+    "Handover",
     "Heartbeat",
     "Hosting",
     "Lease",
@@ -446,6 +448,29 @@ class Lease:
     until: float
 
 
+HANDOVER_STEPS = frozenset({"record", "retire", "retired", "release", "ready"})
+"""The steps a :class:`Handover` message can carry."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Handover:
+    """One step of handing shards from old clusters to new ones (see :mod:`zmqcross._handover`).
+
+    Manager -> cluster: ``record`` (a successor is coming: count what you handle),
+    ``retire`` (stop handling events; answer with ``retired``), ``release`` (go live, skipping
+    the events in ``fingerprints``). Cluster -> manager, and machine -> bridge -> machines:
+    ``retired`` (cluster ``cluster_id`` of plan ``plan_version`` handled ``fingerprints``) and
+    ``ready`` (new cluster ``cluster_id`` of plan ``plan_version`` is ready).
+    ``fingerprints`` is a body frame of little-endian 64-bit integers.
+    """
+
+    type: Literal["handover"] = field(default="handover", init=False)
+    step: str  # one of HANDOVER_STEPS
+    cluster_id: int
+    plan_version: str = ""
+    fingerprints: bytes = b""
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Assignment:
     """Bridge -> machine: run these clusters (a standby taking over, a reshard, a changed plan).
@@ -462,6 +487,7 @@ class Assignment:
     plan_version: str
     reason: str
     identify: JSON = None  # IdentifyParams.to_json(): how the fleet paces IDENTIFYs
+    handover: JSON = None  # HandoverPlan.to_json(): which old clusters this machine's new ones replace
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -514,6 +540,7 @@ Message = (
     | GuildRequest
     | Heartbeat
     | Lease
+    | Handover
     | Assignment
     | Leaving
     | Batch

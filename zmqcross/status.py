@@ -35,6 +35,8 @@ class ClusterStatus:
     unasked (the end of its traceback, or its exit code), until it is ready again; None from
     a machine of an older version. ``waiting`` says what a starting cluster waits for
     before it may IDENTIFY (its slot in the fleet's IDENTIFY queue, or why there is none).
+    ``live`` is False while a new cluster of a rolling restart or reshard is held: ready
+    (it answers evals) but its handlers wait until the clusters it replaces have retired.
     """
 
     id: int
@@ -49,6 +51,7 @@ class ClusterStatus:
     exit_code: int | None
     last_error: str | None = None
     waiting: str | None = None
+    live: bool = True
 
     @property
     def ready(self) -> bool:
@@ -102,9 +105,10 @@ _CLUSTER_FIELDS: dict[str, tuple[type, ...]] = {
 _OPTIONAL_CLUSTER_FIELDS: dict[str, tuple[type, ...]] = {
     "last_error": (str, type(None)),
     "waiting": (str, type(None)),
+    "live": (bool,),
 }
 """Fields added since the first version: a record from an older machine may lack them."""
-_OPTIONAL_CLUSTER_DEFAULTS: dict[str, Any] = {"last_error": None, "waiting": None}
+_OPTIONAL_CLUSTER_DEFAULTS: dict[str, Any] = {"last_error": None, "waiting": None, "live": True}
 
 
 @dataclass(frozen=True, slots=True)

@@ -34,6 +34,7 @@ from ..protocol import (
     EvalRequest,
     Goodbye,
     GuildRequest,
+    Handover,
     Leaving,
     Message,
     Ping,
@@ -127,6 +128,7 @@ class BridgeCore:
             EvalReply: self._on_answer,
             GuildRequest: self.router.on_guild_request,
             Leaving: self._on_leaving,
+            Handover: self._on_handover,
         }
 
     # ------------------------------------------------------------------ receiving
@@ -225,6 +227,19 @@ class BridgeCore:
     def _on_send(self, peer: Peer, msg: Send) -> None:
         if self._gate.allowed(peer, "request", None):
             self._events.emit("client_message", IncomingMessage(msg.data, client=peer.info), peer.info)
+
+    def _on_handover(self, peer: Peer, msg: Handover) -> None:
+        # A machine's cluster is ready, or retired, in a reshard: the other machines' held
+        # clusters wait for it. Only what the sender really runs (or ran) is passed on.
+        if not self._gate.allowed(peer, "host", None):
+            return
+        problem = self.fleet.check_notice(peer.info.id, msg) if self.fleet.started else "no plan yet"
+        if problem is not None:
+            log.warning("dropped a handover notice from machine %r: %s", peer.info.id, problem)
+            return
+        for other in self.fleet.registry:
+            if other is not peer and (other.clusters or other.standby or other.plan_version is not None):
+                self._outgoing.send(other.routing_id, msg)
 
     def _on_answer(self, peer: Peer, msg: Reply | ErrorReply | EvalReply) -> None:
         entry = self.open.get(msg.reply_to) if msg.reply_to is not None else None

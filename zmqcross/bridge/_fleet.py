@@ -12,14 +12,15 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
+from .._handover import HandoverPlan, overlaps
 from .._identify import IdentifyParams
 from ..errors import ConfigurationError
 from ..planning import Placement, ShardData, ShardPlan, build_plan
-from ..protocol import Assignment, Hosting
+from ..protocol import Assignment, Handover, Hosting
 from ..registry import Peer, Registry
 from ..status import ClusterStatus, FleetStatus, MachineStatus
 
-__all__ = ["PLAN_OPTIONS", "Claim", "FleetState", "Unclaimed"]
+__all__ = ["PLAN_OPTIONS", "Claim", "FleetState", "HandingOver", "Unclaimed"]
 
 log = logging.getLogger("zmqcross.bridge")
 
@@ -33,6 +34,14 @@ class Claim:
 
     notice: str | None
     refused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class HandingOver:
+    """The plan the last reshard left, and which machine ran each of its clusters then."""
+
+    from_plan: str
+    holders: dict[int, str]
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +73,7 @@ class FleetState:
         # may still hold Discord sessions, so their chunks go to no one else yet.
         self.fenced: set[str] = set()
         self.unclaimed: dict[str, Unclaimed] = {}  # machine id -> the chunk it has yet to claim
+        self.handing_over: HandingOver | None = None  # the last reshard's old clusters
 
     # ------------------------------------------------------------------ the plan
 
@@ -110,10 +120,24 @@ class FleetState:
     def reshard(
         self, plan: ShardPlan, options: dict[str, Any], *, now: float
     ) -> list[tuple[Peer, Assignment]]:
-        """Switch to ``plan``; every bot machine gets a share of it (the messages to send)."""
+        """Switch to ``plan``; every bot machine gets a share of it (the messages to send).
+
+        Each share says which running clusters of the old plan its new clusters replace, on
+        any machine (:mod:`zmqcross._handover`); a machine left with no share is told so too,
+        and retires its clusters once their successors are ready.
+        """
         machines = [p for p in self.registry if not p.leaving and (p.clusters or p.standby)]
         # Machines keep their place in the order of chunks (the one with cluster 0 first).
         machines.sort(key=lambda p: (not p.clusters, min(p.clusters, default=0)))
+        old_plan = self.plan
+        old_clusters = {p.info.id: p.clusters for p in machines}
+        running = {cid: old_plan.clusters[cid] for clusters in old_clusters.values() for cid in clusters}
+        live_after, retire_after = overlaps(
+            running, old_plan.total_shards, dict(enumerate(plan.clusters)), plan.total_shards
+        )
+        self.handing_over = HandingOver(
+            old_plan.version, {cid: mid for mid, clusters in old_clusters.items() for cid in clusters}
+        )
         self._plan, self._options, self._placement = plan, dict(options), Placement(plan)
         self.unclaimed.clear()
         log.info(
@@ -127,10 +151,49 @@ class FleetState:
         for peer in machines:
             # A machine running the old plan says it follows with its next claim, or stays stale;
             # only a standby that starts nothing leaves a chunk unserved.
-            assignment = self.assign(peer, reason, now=now if not peer.clusters else None)
+            ran = old_clusters[peer.info.id]
+            assignment = self.assign(peer, reason, now=now if not ran else None)
+            if assignment is None and ran:
+                assignment = self._nothing(reason)  # its clusters must retire all the same
             if assignment is not None:
-                pushes.append((peer, assignment))
+                handover = HandoverPlan(
+                    old_plan.version,
+                    {cid: live_after[cid] for cid in assignment.cluster_list},
+                    {cid: retire_after[cid] for cid in ran},
+                )
+                pushes.append((peer, dataclasses.replace(assignment, handover=handover.to_json())))
         return pushes
+
+    def _nothing(self, reason: str) -> Assignment:
+        plan = self.plan
+        return Assignment(
+            total_shards=plan.total_shards,
+            shard_list=(),
+            cluster_list=(),
+            total_clusters=plan.total_clusters,
+            plan_version=plan.version,
+            reason=f"{reason}: this machine runs none of it (a standby)",
+            identify=self.identify.to_json(),
+        )
+
+    def check_notice(self, machine_id: str, msg: Handover) -> str | None:
+        """Why a machine's handover notice is not believable (None: pass it on)."""
+        if msg.step == "ready":
+            if msg.plan_version != self.plan.version or msg.cluster_id not in self.placement.held_by(
+                machine_id
+            ):
+                return f"cluster {msg.cluster_id} of plan {msg.plan_version} is not this machine's"
+            return None
+        if msg.step == "retired":
+            past = self.handing_over
+            if (
+                past is None
+                or msg.plan_version != past.from_plan
+                or past.holders.get(msg.cluster_id) != machine_id
+            ):
+                return f"cluster {msg.cluster_id} of plan {msg.plan_version} was not this machine's"
+            return None
+        return f"machines send only 'ready' and 'retired' steps, not {msg.step!r}"
 
     # ------------------------------------------------------------------ placement
 

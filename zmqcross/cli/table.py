@@ -55,6 +55,12 @@ def _age(cluster: ClusterStatus, now: float) -> str:
     return f"{max(0.0, now - cluster.last_heartbeat):.1f}s ago"
 
 
+def _state(c: ClusterStatus) -> str:
+    if c.exit_code is not None:
+        return f"{c.state} (exit {c.exit_code})"
+    return c.state if c.live else f"{c.state}, held"  # a rolling swap's new half, not live yet
+
+
 def _yes(flag: bool, applies: bool) -> str:
     return ("yes" if flag else "no") if applies else "-"
 
@@ -100,7 +106,7 @@ def render_status(status: FleetStatus) -> str:
                     m.id,
                     shard_ranges(c.shards),
                     str(c.pid) if c.pid is not None else "-",
-                    c.state if c.exit_code is None else f"{c.state} (exit {c.exit_code})",
+                    _state(c),
                     str(c.guilds) if c.guilds is not None else "-",
                     duration(c.uptime),
                     str(c.restarts),

@@ -27,6 +27,7 @@ from typing import Any
 
 from .._calls import FleetCalls
 from .._events import EventEmitter, Handler
+from .._handover import HandoverPlan
 from .._identify import IdentifyParams
 from .._relaying import eval_route
 from .._requests import OpenRequests
@@ -48,6 +49,7 @@ from ..protocol import (
     EvalReply,
     Goodbye,
     GuildRequest,
+    Handover,
     Hosting,
     Leaving,
     Limits,
@@ -224,6 +226,7 @@ class Client:
             GuildRequest: self._relay.on_guild,
             EvalReply: self._on_answer,
             Assignment: self._on_assignment,
+            Handover: self._relay.on_handover,
             Beacon: lambda msg: None,  # the bridge probing whether this connection is still there
             Ping: self._on_ping,
             Batch: self._on_batch,
@@ -619,6 +622,17 @@ class Client:
             missing=f"client {self._machine_id!r} has no 'bridge_request' handler",
         )
 
+    @staticmethod
+    def _handover_plan(msg: Assignment) -> HandoverPlan | None:
+        try:
+            return HandoverPlan.from_json(msg.handover)
+        except ValueError as exc:
+            log.warning(
+                "the assignment's handover plan is malformed (%s); this machine hands over from its own clusters only",
+                exc,
+            )
+            return None
+
     def _on_assignment(self, msg: Assignment) -> None:
         data = ShardData(
             total_shards=msg.total_shards,
@@ -627,6 +641,7 @@ class Client:
             total_clusters=msg.total_clusters,
             plan_version=msg.plan_version,
             identify=IdentifyParams.from_json(msg.identify),
+            handover=self._handover_plan(msg),
         )
         log.info(
             "the bridge assigns clusters %s of plan %s: %s",

@@ -18,7 +18,7 @@ from .._relaying import EvalRoute
 from .._requests import OpenRequests
 from ..cluster.manager import ClusterManager
 from ..errors import ClientNotFound, ConnectionLost, ZmqcrossError
-from ..protocol import EvalRequest, GuildRequest, Message, Request, Send, encode, readdress
+from ..protocol import EvalRequest, GuildRequest, Handover, Message, Request, Send, encode, readdress
 from ..status import ClusterStatus
 from ._channel import Channel
 from ._link import Link
@@ -88,12 +88,17 @@ class MachineRelay:
         else:
             self._manager.dispatch_guild(msg, self._answer)
 
+    def on_handover(self, msg: Handover) -> None:
+        """Another machine's handover step, passed on by the bridge: to the manager rolling."""
+        if self._manager is not None:
+            self._manager.handover_notice(msg)
+
     def _no_clusters(self) -> ClientNotFound:
         return ClientNotFound(f"client {self._machine_id!r} runs no clusters (no client.listen(manager))")
 
     def _upstream(self, msg: Message, respond: Callable[[Message | ZmqcrossError], object]) -> None:
         # A bot's own request: sent to the bridge under this client's id, answered back down.
-        if isinstance(msg, Send):
+        if isinstance(msg, (Send, Handover)):  # one-way: a custom message, a handover step
             if self._link.connected:
                 self._answer(msg)
             return

@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 from .._evaluation import compile_script, load_function, start_script
 from .._events import EventEmitter, Handler
 from .._fanout import error_frame
+from .._handover import pack_fingerprints, unpack_fingerprints
 from .._identify import IdentifyParams
 from .._relaying import EvalRoute, eval_reply_frames, eval_route
 from .._requests import OpenRequests
@@ -53,6 +54,7 @@ from ..protocol import (
     EvalReply,
     Goodbye,
     GuildRequest,
+    Handover,
     Heartbeat,
     Lease,
     Message,
@@ -63,6 +65,7 @@ from ..protocol import (
     encode,
     result_of,
 )
+from ._handover import EventGate, GateState, install
 from ._pacing import IdentifyTurns
 from ._pipe import PipeEnd, open_pipe, pack
 
@@ -122,6 +125,7 @@ class ClusterData:
     env: tuple[tuple[str, str], ...] = ()
     identify: IdentifyParams = field(default_factory=IdentifyParams)
     in_fleet: bool = False
+    held: bool = False  # starts with its handlers held back (it replaces running clusters)
 
     @property
     def first_shard_id(self) -> int:
@@ -347,6 +351,9 @@ class ClusterClient:
         if os.environ.get("ZMQCROSS_IDENTIFY_QUEUE", "on").lower() != "off":
             _warn_if_hooked(bot)
             bot.before_identify_hook = self._before_identify  # type: ignore[method-assign]
+        self._gate = EventGate(held=self.data.held)
+        self._dispatch = install(bot, self._gate, overflowed=self._announce_live)
+        self._announced = False
         self._login = bot.login
         bot.login = self._login_then_serve  # type: ignore[method-assign]
         try:
@@ -364,6 +371,17 @@ class ClusterClient:
     def shard_list(self) -> tuple[int, ...]:
         """The shard ids this cluster runs."""
         return self.data.shard_list
+
+    @property
+    def live(self) -> bool:
+        """Whether the bot's handlers get its gateway events.
+
+        False while this cluster is held back during a rolling restart or reshard: its
+        sessions are up and its cache current, but the cluster it replaces still handles
+        those guilds' events. It turns True (and ``on_cluster_live`` fires) once that one
+        has stopped; the events held meanwhile then run, each once.
+        """
+        return self._gate.state is GateState.LIVE
 
     def on(self, name: str, handler: Handler | None = None) -> Any:
         """Register a handler: ``request(request)`` (answer by returning or ``request.reply``),
@@ -446,6 +464,34 @@ class ClusterClient:
             "cluster %d ready: shards %s, %d guilds", self.id, list(self.shard_list), len(self.bot.guilds)
         )
         self._beat()  # tell the manager now, not at the next interval
+        self._announce_live()
+
+    def _announce_live(self) -> None:
+        # on_cluster_live: once per process, when it is both ready and live.
+        if self._announced or not self.live or not self.bot.is_ready():
+            return
+        self._announced = True
+        log.info("cluster %d is live: its handlers get its shards' events", self.id)
+        self._dispatch("cluster_live")
+
+    def _handover(self, msg: Handover) -> None:
+        if msg.step == "record":
+            self._gate.record()
+        elif msg.step == "retire":
+            handled = self._gate.retire()
+            log.info(
+                "cluster %d retired: its successor handles its events (%d handled since it was told)",
+                self.id,
+                len(handled),
+            )
+            self._reply(Handover(step="retired", cluster_id=self.id, fingerprints=pack_fingerprints(handled)))
+        elif msg.step == "release":
+            calls = self._gate.release(unpack_fingerprints(msg.fingerprints))
+            for name, args, kwargs in calls:
+                self._dispatch(name, *args, **kwargs)
+            self._announce_live()
+        else:
+            log.warning("cluster %d ignored a handover step %r", self.id, msg.step)
 
     # ------------------------------------------------------------------ from the manager
 
@@ -459,6 +505,8 @@ class ClusterClient:
         elif isinstance(msg, Goodbye):
             log.info("cluster %d stopping: %s", self.id, msg.reason)
             self._spawn(self._shutdown())
+        elif isinstance(msg, Handover):
+            self._handover(msg)
         elif isinstance(msg, Lease):
             if self._lease_until is None:
                 self._spawn(self._keep_lease())

@@ -118,6 +118,8 @@ class _Cluster:
     last_error: str | None = None  # for status: why it last stopped unasked, until it is ready again
     waiting: str | None = None  # what it waits for before it may IDENTIFY, as it last said
     lease_sent: float | None = None  # the lease last passed down its pipe
+    held: bool = False  # its handlers wait until the clusters it replaces have retired
+    retired: asyncio.Future[list[int]] | None = None  # its answer to a retire step, awaited
 
     def move(self, new: ClusterState) -> None:
         """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""

@@ -21,6 +21,7 @@ states' values.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import functools
 import itertools
@@ -34,6 +35,7 @@ from typing import Any
 
 from .._events import EventEmitter, Handler
 from .._fanout import FanOut, FanOuts, Gather
+from .._handover import HandoverPlan, Ledger, overlaps, pack_fingerprints, unpack_fingerprints
 from .._identify import IdentifyParams
 from .._relaying import EvalRoute, forward_eval, reply_slots
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
@@ -46,6 +48,7 @@ from ..protocol import (
     EvalRequest,
     Goodbye,
     GuildRequest,
+    Handover,
     Heartbeat,
     Lease,
     Limits,
@@ -95,6 +98,11 @@ _READY = ClusterState.READY
 
 RETIRING = "retiring"
 """The status of an old cluster still serving during a rolling restart (a view, not a state)."""
+
+RETIRE_TIMEOUT = 5.0
+"""Seconds an old cluster has to answer its retire step (with what it handled)."""
+MAX_EARLY_NOTICES = 4096
+"""Handover notices kept from other machines before this machine's own roll begins."""
 
 
 class ClusterManager:
@@ -176,6 +184,9 @@ class ClusterManager:
         """Set by ``Client.listen``: until when (monotonic) the bridge lets this machine run
         clusters; passed on to them, and they close their sessions when it runs out."""
         self._fenced: set[int] = set()  # clusters that stopped when the lease ran out
+        self._ledger: Ledger | None = None  # the handover of the roll under way
+        self._ledger_changed = asyncio.Event()
+        self._early: list[Handover] = []
 
     @classmethod
     def from_shard_data(
@@ -230,6 +241,7 @@ class ClusterManager:
             exit_code=c.exit_code,
             last_error=c.last_error,
             waiting=c.waiting if c.state is ClusterState.STARTING else None,
+            live=not c.held,
         )
 
     def statuses(self) -> list[ClusterStatus]:
@@ -322,35 +334,151 @@ class ClusterManager:
     async def roll(self, data: ShardData, *, timeout: float | None = None) -> None:
         """Switch to a new share of a new plan, one cluster at a time, never all down.
 
-        For each new cluster: start it, wait until it is ready, then stop the old cluster
-        with the same id. Until its replacement is ready, an old cluster keeps answering
-        evals and guild requests for that id. Old clusters with no successor stop last.
+        New clusters start one after another; each old cluster keeps serving until every
+        new cluster sharing its guilds is ready, then *retires*: it stops handling events,
+        says which ones it handled, and closes. A new cluster that shares guilds with old
+        ones starts *held* (ready, its handlers waiting) and goes live once they have all
+        retired, skipping the events they handled (:mod:`zmqcross._handover`). The old
+        clusters may run on other machines: ``data.handover`` (from the bridge) names them,
+        and their notices come through :meth:`handover_notice`. What still waits after
+        ``timeout`` seconds (a machine gone mid-roll) retires or goes live anyway.
         """
         timeout = self.spawn_timeout if timeout is None else timeout
+        old = dict(self._clusters)
+        for c in old.values():
+            self._tell(c, Handover(step="record", cluster_id=c.id))  # before any successor starts
+        new_shards = dict(zip(data.cluster_list, data.shard_list, strict=True))
+        plan = data.handover
+        if plan is None or plan.from_plan != self.plan_version:  # no bridge: this machine's own
+            live_after, retire_after = overlaps(
+                {c.id: c.shards for c in old.values()}, self.total_shards, new_shards, data.total_shards
+            )
+            plan = HandoverPlan(self.plan_version, live_after, retire_after)
+        ledger = Ledger(plan, data.plan_version)
+        self._ledger, self._ledger_changed = ledger, asyncio.Event()
+        for notice in self._early:
+            ledger.note(
+                notice.step, notice.plan_version, notice.cluster_id, unpack_fingerprints(notice.fingerprints)
+            )
+        self._early.clear()
         self._retiring.update(self._clusters)
         self._clusters = {
-            cid: _Cluster(cid, tuple(s)) for cid, s in zip(data.cluster_list, data.shard_list, strict=True)
+            cid: _Cluster(cid, tuple(s), held=bool(plan.live_after.get(cid))) for cid, s in new_shards.items()
         }
         self.total_shards, self.total_clusters = data.total_shards, data.total_clusters
         self.plan_version, self.identify = data.plan_version, data.identify
         log.info("rolling restart to plan %s: clusters %s", data.plan_version, list(data.cluster_list))
-        for cid in sorted(self._clusters):
-            fresh = self._clusters[cid]
-            await self._start(fresh)
-            try:
-                await asyncio.wait_for(fresh.ready.wait(), timeout)
-            except TimeoutError:
-                log.warning(
-                    "new cluster %d not ready after %g s; keeping the old one a while longer", cid, timeout
-                )
-                continue
-            old = self._retiring.pop(cid, None)
-            if old is not None:
-                await self._stop_cluster(old, 10.0, "replaced by a rolling restart")
-            log.info("rolling restart: cluster %d now runs shards %s", cid, list(fresh.shards))
-        leftovers, self._retiring = list(self._retiring.values()), {}
-        await asyncio.gather(*(self._stop_cluster(c, 10.0, "not in the new plan") for c in leftovers))
+        try:
+            for cid in sorted(self._clusters):
+                fresh = self._clusters[cid]
+                await self._start(fresh)
+                try:
+                    await asyncio.wait_for(fresh.ready.wait(), timeout)
+                except TimeoutError:
+                    log.warning(
+                        "new cluster %d not ready after %g s; the clusters it replaces serve on", cid, timeout
+                    )
+                    continue
+                await self._settle(ledger)  # its readiness is in the ledger (see _from_cluster)
+                log.info("rolling restart: cluster %d now runs shards %s", cid, list(fresh.shards))
+            end = time.monotonic() + timeout
+            while self._retiring or any(c.held for c in self._clusters.values()):
+                left = end - time.monotonic()
+                if left <= 0:
+                    break
+                self._ledger_changed.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._ledger_changed.wait(), min(left, self.heartbeat_interval))
+                await self._settle(ledger)
+            await self._settle(ledger, force=True)
+        finally:
+            self._ledger = None
         log.info("rolling restart to plan %s done", data.plan_version)
+
+    async def _settle(self, ledger: Ledger, *, force: bool = False) -> None:
+        # Retire the old clusters whose successors are all ready, then let go live the new
+        # ones whose predecessors have all retired. ``force``: the roll waited long enough.
+        for cid, old in sorted(self._retiring.items()):
+            if not force and not ledger.may_retire(cid):
+                continue
+            if force and ledger.missing_ready(cid):
+                log.warning(
+                    "old cluster %d retires though new clusters %s are not ready: their guilds wait",
+                    cid,
+                    ledger.missing_ready(cid),
+                )
+            handled = await self._retire(old)
+            self._retiring.pop(cid, None)
+            self._note(
+                Handover(
+                    step="retired",
+                    plan_version=ledger.plan.from_plan,
+                    cluster_id=cid,
+                    fingerprints=pack_fingerprints(handled),
+                )
+            )
+            await self._stop_cluster(old, 10.0, "replaced by a rolling restart")
+        for c in self._clusters.values():
+            if not c.held or (not force and (c.state is not _READY or not ledger.may_go_live(c.id))):
+                continue
+            if force and ledger.missing_retired(c.id):
+                log.warning(
+                    "cluster %d goes live though old clusters %s never said they retired: "
+                    "events they handled may be handled again",
+                    c.id,
+                    ledger.missing_retired(c.id),
+                )
+            c.held = False
+            self._tell(
+                c,
+                Handover(
+                    step="release", cluster_id=c.id, fingerprints=pack_fingerprints(ledger.handled(c.id))
+                ),
+            )
+
+    async def _retire(self, c: _Cluster) -> list[int]:
+        """Tell an old cluster to stop handling events; the fingerprints of those it handled."""
+        if c.pipe is None or c.process is None or not c.process.is_alive():
+            return []
+        c.retired = asyncio.get_running_loop().create_future()
+        if not c.pipe.send(Handover(step="retire", cluster_id=c.id)):
+            return []
+        try:
+            return await asyncio.wait_for(c.retired, RETIRE_TIMEOUT)
+        except TimeoutError:
+            log.warning("cluster %d did not answer its retire step within %g s", c.id, RETIRE_TIMEOUT)
+            return []
+        finally:
+            c.retired = None
+
+    def _tell(self, c: _Cluster, msg: Handover) -> None:
+        if c.pipe is not None:
+            c.pipe.send(msg)
+
+    def _note(self, msg: Handover) -> None:
+        # A step of this machine's: in its own ledger, and to the other machines through the bridge.
+        if self._ledger is not None:
+            self._ledger.note(
+                msg.step, msg.plan_version, msg.cluster_id, unpack_fingerprints(msg.fingerprints)
+            )
+        if self.upstream is not None:
+            self.upstream(msg, lambda outcome: None)
+
+    def handover_notice(self, msg: Handover) -> None:
+        """Another machine's cluster is ready or retired (passed on by the bridge)."""
+        if msg.step not in ("ready", "retired"):
+            log.warning("ignored a handover notice with step %r", msg.step)
+            return
+        try:
+            handled = unpack_fingerprints(msg.fingerprints)
+        except ValueError as exc:
+            log.warning("ignored a malformed handover notice: %s", exc)
+            return
+        if self._ledger is None:
+            self._early.append(msg)  # its roll may not have begun yet here
+            del self._early[:-MAX_EARLY_NOTICES]
+        elif self._ledger.note(msg.step, msg.plan_version, msg.cluster_id, handled):
+            self._ledger_changed.set()
 
     async def _start(self, c: _Cluster) -> None:
         parent, child = self._mp.Pipe(duplex=True)
@@ -363,6 +491,7 @@ class ClusterManager:
             env=tuple(self._env.items()),
             identify=self.identify,
             in_fleet=self.upstream is not None,
+            held=c.held,
         )
         # Not multiprocessing's spawn: it would re-run the machine's own script in the child.
         process = ClusterProcess(str(self.bot_file), data, child)
@@ -545,6 +674,9 @@ class ClusterManager:
                 c.last_error = None
                 c.ready.set()
                 self._events.emit("cluster_ready", c.id)
+                if self._ledger is not None and self._clusters.get(c.id) is c:  # a roll waits for it
+                    self._note(Handover(step="ready", plan_version=self.plan_version, cluster_id=c.id))
+                    self._ledger_changed.set()
         elif isinstance(msg, ErrorReply) and msg.reply_to is None:  # see _child.report_failure
             self._reported(c, msg.error)
         elif isinstance(msg, (EvalReply, Reply, ErrorReply)):
@@ -552,6 +684,12 @@ class ClusterManager:
                 self._fanouts.absorb(msg.reply_to, c, msg)
         elif isinstance(msg, (EvalRequest, GuildRequest, Request, Send)):
             self._upstream(c, msg)
+        elif isinstance(msg, Handover) and msg.step == "retired":
+            if c.retired is not None and not c.retired.done():
+                try:
+                    c.retired.set_result(unpack_fingerprints(msg.fingerprints))
+                except ValueError:
+                    c.retired.set_result([])
         else:
             log.warning("cluster %d sent an unexpected %r message", c.id, msg.type)
 

@@ -156,7 +156,7 @@ function clusterRow(machine, c, answered, takenAt) {
     },
     el("td", {}, "cluster " + c.id),
     el("td", {}, c.shards.join(", ")),
-    el("td", {}, badge(c.state, "s-" + c.state)),
+    el("td", {}, badge(c.state, "s-" + c.state), c.live === false ? badge("held", "b-warn") : null),
     el("td", {}, c.pid === null ? "-" : c.pid),
     el("td", {class: "guilds"}, c.guilds === null ? "-" : c.guilds),
     el("td", {class: "restarts"}, c.restarts),

@@ -31,7 +31,7 @@ from zmqcross.security import ACTIONS
 from zmqcross.status import ClusterStatus, MachineStatus
 
 BOTS = ROOT / "bots"
-COMMAND_NAMES = ["bridge", "machine", "gateway", "status", "reshard", "keygen", "demo", "dashboard"]
+COMMAND_NAMES = ["bridge", "machine", "gateway", "status", "reshard", "restart", "keygen", "demo", "dashboard"]
 
 
 def run(*args: str, env: dict[str, str] | None = None, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
@@ -679,6 +679,17 @@ def test_a_fleet_of_commands_with_curve_a_config_file_and_clean_shutdowns(tmp_pa
                 break
             assert time.monotonic() < end, clusters
             time.sleep(0.3)
+
+        pids = {c.id: c.pid for c in clusters}
+        restarted = run("restart", "--clusters", "1", env=env)
+        assert restarted.returncode == 0, restarted.stderr
+        assert restarted.stdout.splitlines()[0] == "restarting 1/1: cluster 1 on machine-1", restarted.stdout
+        assert re.search(r"^restarted 1 cluster\(s\) in [\d.]+ s$", restarted.stdout, re.MULTILINE)
+        status = FleetStatus.from_json(json.loads(run("status", "--json", env=env).stdout))
+        after = {c.id: c.pid for m in status.machines for c in m.clusters}
+        assert after[1] != pids[1] and {0: after[0], 2: after[2]} == {0: pids[0], 2: pids[2]}
+        again = run("restart", "--clusters", "7", env=env)  # no such cluster: a clear refusal
+        assert again.returncode != 0 and "no machine runs cluster(s) [7]; running: [0, 1, 2]" in again.stderr
 
         machine.signal(15)
         assert machine.wait(30) == 0

@@ -262,6 +262,11 @@ async def test_sigterm_drains_and_the_standby_takes_over_at_once(procs, make_bri
     assert reasons["machine-1"] == "left: the machine is shutting down"
     await wait_clusters(dash, [0, 1, 2, 3])
     assert handed_over < 2  # no heartbeat timeout (4 s) was waited for
+    # The agent upgraded, machine-1 comes back: the new standby, nothing moves.
+    upgraded = procs.machine("machine-1")
+    await upgraded.wait_line("standby")
+    assert bridge.shard_map()["held"]["machine-3"] == held
+    assert (await bridge.status()).standbys == ("machine-1",)
 
 
 async def test_a_standby_that_never_starts_its_chunk_is_reported_and_the_chunk_moves_on(

@@ -54,6 +54,8 @@ __all__ = [
     "MAX_MESSAGE_BYTES",
     "PROTOCOL_VERSION",
     "RESHARD_SERVICE",
+    "RESTART_CLUSTER_SERVICE",
+    "RESTART_SERVICE",
     "STATUS_SERVICE",
     "Assignment",
     "Batch",
@@ -126,6 +128,12 @@ STATUS_SERVICE = "zmqcross.status"
 
 RESHARD_SERVICE = "zmqcross.reshard"
 """The bridge's built-in service behind ``Client.reshard()``; needs the ``admin`` permission."""
+
+RESTART_SERVICE = "zmqcross.restart"
+"""The bridge's built-in service behind ``Client.restart()``; needs the ``admin`` permission."""
+
+RESTART_CLUSTER_SERVICE = "zmqcross.restart_cluster"
+"""What the bridge asks a machine during a restart: replace cluster ``data["cluster"]``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,7 +456,7 @@ class Lease:
     until: float
 
 
-HANDOVER_STEPS = frozenset({"record", "retire", "retired", "release", "ready"})
+HANDOVER_STEPS = frozenset({"record", "keep", "retire", "retired", "release", "ready"})
 """The steps a :class:`Handover` message can carry."""
 
 
@@ -456,8 +464,8 @@ HANDOVER_STEPS = frozenset({"record", "retire", "retired", "release", "ready"})
 class Handover:
     """One step of handing shards from old clusters to new ones (see :mod:`zmqcross._handover`).
 
-    Manager -> cluster: ``record`` (a successor is coming: count what you handle),
-    ``retire`` (stop handling events; answer with ``retired``), ``release`` (go live, skipping
+    Manager -> cluster: ``record`` (a successor is coming: count what you handle), ``keep``
+    (it failed: serve on, stop counting), ``retire`` (stop handling events; answer with ``retired``), ``release`` (go live, skipping
     the events in ``fingerprints``). Cluster -> manager, and machine -> bridge -> machines:
     ``retired`` (cluster ``cluster_id`` of plan ``plan_version`` handled ``fingerprints``) and
     ``ready`` (new cluster ``cluster_id`` of plan ``plan_version`` is ready).

@@ -151,6 +151,7 @@ class FleetStatus:
 
     ``identify`` is the bridge's IDENTIFY queue: per bucket the shards waiting for a slot,
     grants and holds so far, why it holds (``holding``) and Discord's session budget.
+    ``restart`` is the restart under way, or the last one (see :meth:`Bridge.restart`).
     """
 
     plan_version: str
@@ -161,6 +162,7 @@ class FleetStatus:
     unassigned: tuple[int, ...]
     taken_at: float
     identify: dict[str, Any] | None = None
+    restart: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The record as JSON data."""
@@ -180,6 +182,7 @@ class FleetStatus:
             unassigned=tuple(data["unassigned"]),
             taken_at=data["taken_at"],
             identify=data.get("identify"),
+            restart=data.get("restart"),
         )
 
     def cluster_hosts(self) -> dict[int, list[str]]:

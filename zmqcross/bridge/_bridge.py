@@ -28,6 +28,8 @@ from ..protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     RESHARD_SERVICE,
+    RESTART_CLUSTER_SERVICE,
+    RESTART_SERVICE,
     STATUS_SERVICE,
     GuildRequest,
     Limits,
@@ -48,6 +50,7 @@ from ._identify import IdentifyQueue
 from ._identify_service import IdentifyService, IdentifySettings
 from ._observers import Observer
 from ._outgoing import BridgeCounters
+from ._restart import DEFAULT_CLUSTER_TIMEOUT, RestartRun, Restarts, pick_targets
 from ._routing import ClientFilter, Service, ServiceHandler, ServiceOwner
 from ._settings import DEFAULT_CLAIM_TIMEOUT, DEFAULT_LEASE, MAX_LEASE, MAX_TIMEOUT, CoreSettings
 from ._shell import BridgeShell, endpoint
@@ -69,6 +72,7 @@ BRIDGE_EVENTS = (
     "error",
     "identify_held",
     "ready",
+    "restart_progress",
 )
 """Events a :class:`Bridge` emits; see :meth:`Bridge.on`."""
 
@@ -242,6 +246,12 @@ class Bridge:
         self._router = self._core.router
         self._router.add_service(STATUS_SERVICE, self._serve_status, action="request")
         self._router.add_service(RESHARD_SERVICE, self._serve_reshard, action="admin")
+        self._router.add_service(RESTART_SERVICE, self._serve_restart, action="admin")
+        self._restarts = Restarts(
+            ask=self._ask_restart,
+            holder=self._fleet.placement_holder,
+            progress=lambda run: self._events.emit("restart_progress", run.to_json()),
+        )
         self._router.add_service(IDENTIFY_SERVICE, self._serve_identify, action="host")
         self._curve_on = curve is not None
 
@@ -340,6 +350,7 @@ class Bridge:
         """Close the services' owners, tell clients the bridge is going (they re-register with the next one), stop."""
         if not self._shell.running:
             return
+        await self._restarts.close()
         if self._metrics is not None:
             await self._metrics.close()
             self._metrics = None
@@ -614,7 +625,76 @@ class Bridge:
         )
         by_id = dict(zip([p.info.id for p in asked], answers, strict=True))
         status = self._fleet.status(by_id, taken_at=time.time())
-        return dataclasses.replace(status, identify=self.identify_queue())
+        run = self._restarts.run
+        return dataclasses.replace(
+            status, identify=self.identify_queue(), restart=run.to_json() if run is not None else None
+        )
+
+    async def restart(
+        self,
+        *,
+        clusters: Sequence[int] | None = None,
+        machines: Sequence[str] | None = None,
+        all: bool = False,
+        concurrency: int = 1,
+        timeout: float = DEFAULT_CLUSTER_TIMEOUT,
+    ) -> dict[str, Any]:
+        """Give clusters new processes, ``concurrency`` at a time fleet-wide: a code deploy.
+
+        Name the clusters, the machines whose clusters restart, or ``all=True``. Each new
+        process reads the bot file afresh, IDENTIFYs in its turn, becomes ready and takes over
+        from the old one with each event handled once. Returns the run's record when every
+        cluster is done; raises :class:`ZmqcrossError` naming the cluster if one fails (its old
+        process serves on and nothing further restarts), or if the run was cancelled.
+        ``restart_progress(record)`` fires at each step; :meth:`status` shows the last run.
+        A second restart while one runs is refused.
+        """
+        run = self._begin_restart(clusters, machines, all, concurrency, timeout)
+        return (await self._restarts.wait(run)).to_json()
+
+    def cancel_restart(self) -> dict[str, Any] | None:
+        """Stop the restart under way after the clusters restarting now; its record (None: no run)."""
+        run = self._restarts.cancel()
+        return run.to_json() if run is not None else None
+
+    def _begin_restart(
+        self,
+        clusters: Sequence[int] | None,
+        machines: Sequence[str] | None,
+        everything: bool,
+        concurrency: int,
+        timeout: float,
+    ) -> RestartRun:
+        self._shell.require_running()
+        holders = {cid: p.info.id for p in self._fleet.registry if not p.leaving for cid in p.clusters}
+        targets = pick_targets(holders, clusters=clusters, machines=machines, everything=everything)
+        return self._restarts.begin(
+            targets, concurrency=concurrency, timeout=float(min(timeout, MAX_TIMEOUT))
+        )
+
+    async def _ask_restart(self, machine: str, cluster: int, timeout: float) -> Any:
+        return await self.request(
+            {"cluster": cluster}, client=machine, timeout=timeout, service=RESTART_CLUSTER_SERVICE
+        )
+
+    async def _serve_restart(self, request: IncomingRequest, client: ClientInfo) -> Any:
+        options = request.data if isinstance(request.data, dict) else {}
+        allowed = {"clusters", "machines", "all", "concurrency", "timeout", "cancel"}
+        unknown = sorted(set(options) - allowed)
+        if unknown:
+            raise ConfigurationError(f"restart got unknown option(s) {unknown}; it takes {sorted(allowed)}")
+        if options.get("cancel"):
+            log.info("client %r cancels the restart", client.id)
+            return {"run": self.cancel_restart()}
+        log.info("client %r asks for a restart: %s", client.id, options)
+        run = self._begin_restart(
+            options.get("clusters"),
+            options.get("machines"),
+            options.get("all") is True,
+            options.get("concurrency", 1),
+            options.get("timeout", DEFAULT_CLUSTER_TIMEOUT),
+        )
+        return {"run": run.to_json()}
 
     def identify_queue(self) -> dict[str, Any] | None:
         """The IDENTIFY queue now: waiting shards per bucket, grants, holds, the session budget."""

@@ -312,6 +312,11 @@ class FleetState:
                 pushes.append((peer, assignment))
         return pushes
 
+    def placement_holder(self, cluster_id: int) -> str | None:
+        """The id of the connected machine running ``cluster_id``, if any."""
+        peer = self.holder(cluster_id) if self._placement is not None else None
+        return peer.info.id if peer is not None else None
+
     def holder(self, cluster_id: int) -> Peer | None:
         """The connected peer running ``cluster_id``, if any."""
         machine_id = self.placement.holder_of(cluster_id)

@@ -7,11 +7,12 @@
     zmqcross gateway    an offline Discord with synthetic guilds
     zmqcross status     the fleet as a table (or --json)
     zmqcross reshard    switch the fleet to a new shard plan
+    zmqcross restart    give clusters new processes one at a time (a code deploy)
     zmqcross dashboard  a web page showing the fleet live
     zmqcross keygen     CURVE key pairs
     zmqcross demo       a whole fleet on this machine, without Discord
 
-bridge, machine, gateway, status, reshard and dashboard read a TOML file, ``ZMQCROSS_*`` variables
+bridge, machine, gateway, status, reshard, restart and dashboard read a TOML file, ``ZMQCROSS_*`` variables
 and flags (:mod:`zmqcross.config`); :func:`settings_for` gives a script (``bots/``) the
 settings a command would run with, from the same places. Exit status: 0 after a clean run
 or a SIGTERM/SIGINT, 1 when something fails at run time (refused token, unreachable
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="zmqcross",
         description=(
             "Run a discord.py bot's shards across many machines over ZeroMQ.\n\n"
-            "bridge, machine, gateway, status, reshard and dashboard read a TOML file (--config), ZMQCROSS_* "
+            "bridge, machine, gateway, status, reshard, restart and dashboard read a TOML file (--config), ZMQCROSS_* "
             "environment variables and flags; flags override the environment, which overrides the "
             "file. `zmqcross COMMAND --help` lists each setting with its variable.\n\n" + EXIT_CODES
         ),
@@ -214,6 +215,29 @@ def build_parser() -> argparse.ArgumentParser:
     reshard.add_argument("--json", action="store_true", help="print the bridge's answer as JSON")
     reshard.add_argument(
         "--timeout", type=_parse_flag(_SECONDS), default=10.0, help="seconds to wait for the answer"
+    )
+
+    restart = _command(
+        commands,
+        "restart",
+        "give clusters new processes one at a time (a code deploy)",
+        "Ask the bridge to restart clusters (needs the 'admin' permission): each gets a new process "
+        "that reads the bot file afresh, IDENTIFYs in its turn and takes over from the old one, each "
+        "event handled once. One cluster at a time fleet-wide (--concurrency for more). Prints each "
+        "step; exits 0 when every cluster is done, 1 if one fails (its old process serves on and "
+        "nothing further restarts).",
+    )
+    which = restart.add_mutually_exclusive_group(required=True)
+    which.add_argument("--clusters", metavar="IDS", help="cluster ids, comma-separated: 0,3")
+    which.add_argument(
+        "--machine", action="append", metavar="ID", help="every cluster of machine ID (repeatable)"
+    )
+    which.add_argument("--all", action="store_true", help="every cluster of the fleet")
+    which.add_argument(
+        "--cancel", action="store_true", help="stop the restart under way after its current cluster"
+    )
+    restart.add_argument(
+        "--concurrency", type=_parse_flag(_COUNT), default=1, metavar="N", help="clusters restarting at once"
     )
 
     _command(
@@ -367,6 +391,8 @@ def _dispatch(inv: Invocation) -> int:
         return _run_async(lambda stop: admin.run_status(settings, args, stop))
     if inv.command == "reshard":
         return _run_async(lambda stop: admin.run_reshard(settings, args, stop))
+    if inv.command == "restart":
+        return _run_async(lambda stop: admin.run_restart(settings, args, stop))
     if inv.command == "dashboard":
         from ..dashboard.serve import run_dashboard  # its web app only for this command
 

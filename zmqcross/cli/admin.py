@@ -1,4 +1,4 @@
-"""The short-lived commands: ``zmqcross status``, ``zmqcross reshard`` and ``zmqcross keygen``."""
+"""The short-lived commands: ``zmqcross status``, ``reshard``, ``restart`` and ``keygen``."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from .options import client_curve
 from .serve import Stopped, unless_stopped
 from .table import render_plan, render_status
 
-__all__ = ["admin_client", "run_keygen", "run_reshard", "run_status"]
+__all__ = ["admin_client", "run_keygen", "run_reshard", "run_restart", "run_status"]
 
 Settings = dict[str, Any]
 
@@ -82,6 +82,31 @@ async def run_reshard(settings: Settings, args: argparse.Namespace, stop: asynci
         await client.close()
     print(json.dumps(answer, indent=2) if args.json else render_plan(answer), flush=True)
     return 0
+
+
+async def run_restart(settings: Settings, args: argparse.Namespace, stop: asyncio.Event) -> int:
+    """``zmqcross restart``: restart clusters across the fleet, printing each step; 0 when all are done."""
+    client = admin_client(settings, role="restart")
+    try:
+        await unless_stopped(stop, client.connect())
+        if args.cancel:
+            run = await unless_stopped(stop, client.cancel_restart())
+            print(run["progress"] if run is not None else "no restart has run", flush=True)
+            return 0
+        clusters = [int(c) for c in args.clusters.split(",") if c.strip()] if args.clusters else None
+        asked = client.restart(
+            clusters=clusters,
+            machines=args.machine or None,
+            all=args.all,
+            concurrency=args.concurrency,
+            progress=lambda record: print(record["progress"], flush=True),
+        )
+        await unless_stopped(stop, asked)
+        return 0
+    except Stopped:
+        return 0
+    finally:
+        await client.close()
 
 
 def run_keygen(args: argparse.Namespace) -> int:

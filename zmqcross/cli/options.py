@@ -371,6 +371,7 @@ ADMIN = (
 )
 STATUS = ADMIN
 RESHARD = ADMIN
+RESTART = ADMIN
 
 # The web dashboard is a dashboard client too, with the address its page is served on.
 DASHBOARD = (
@@ -479,6 +480,7 @@ COMMANDS: dict[str, tuple[Setting, ...]] = {
     "gateway": GATEWAY,
     "status": STATUS,
     "reshard": RESHARD,
+    "restart": RESTART,
     "dashboard": DASHBOARD,
 }
 """The commands that read settings, and what each reads (also the tables a config file may have)."""

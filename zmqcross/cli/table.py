@@ -128,6 +128,8 @@ def render_status(status: FleetStatus) -> str:
     lines += ["", f"unassigned: {unassigned}"]
     if status.standbys:
         lines.append(f"standbys: {', '.join(status.standbys)}")
+    if status.restart is not None:
+        lines += ["", f"restart: {status.restart.get('progress', '?')}"]
     if status.identify is not None:
         lines += ["", *render_identify(status.identify)]
     return "\n".join(lines)

@@ -41,6 +41,8 @@ from ..protocol import (
     DEFAULT_LIMITS,
     DEFAULT_TIMEOUT,
     RESHARD_SERVICE,
+    RESTART_CLUSTER_SERVICE,
+    RESTART_SERVICE,
     STATUS_SERVICE,
     Assignment,
     Batch,
@@ -488,6 +490,57 @@ class Client:
         }
         return await self.call_service(RESHARD_SERVICE, options, timeout=timeout)  # type: ignore[no-any-return]
 
+    async def restart(
+        self,
+        *,
+        clusters: Sequence[int] | None = None,
+        machines: Sequence[str] | None = None,
+        all: bool = False,
+        concurrency: int = 1,
+        cluster_timeout: float | None = None,
+        progress: Callable[[dict[str, Any]], object] | None = None,
+        poll: float = 0.5,
+    ) -> dict[str, Any]:
+        """Restart clusters across the fleet (see :meth:`Bridge.restart`); needs ``admin``.
+
+        The bridge runs the restart; this waits for it, calling ``progress(record)`` each time
+        the record changes (polled every ``poll`` seconds), and returns the final record.
+        Raises :class:`ZmqcrossError` naming the cluster if the restart failed, or if it was
+        cancelled. ``cluster_timeout`` bounds each cluster's restart at the bridge.
+        """
+        options: dict[str, Any] = {"concurrency": concurrency}
+        if clusters is not None:
+            options["clusters"] = list(clusters)
+        if machines is not None:
+            options["machines"] = list(machines)
+        if all:
+            options["all"] = True
+        if cluster_timeout is not None:
+            options["timeout"] = cluster_timeout
+        answer = await self.call_service(RESTART_SERVICE, options)
+        record: dict[str, Any] = answer["run"]
+        started, seen = record["started_at"], None
+        while True:
+            if record != seen and progress is not None:
+                progress(record)
+            seen = record
+            if record["state"] != "running":
+                break
+            await asyncio.sleep(poll)
+            current = (await self.fleet_status()).restart
+            if current is None or current.get("started_at") != started:
+                raise ZmqcrossError("the restart's record is gone from the bridge (was it restarted?)")
+            record = current
+        if record["state"] != "done":
+            raise ZmqcrossError(record["progress"])
+        return record
+
+    async def cancel_restart(self) -> dict[str, Any] | None:
+        """Stop the fleet's restart after the clusters restarting now; its record (None: none ran)."""
+        answer = await self.call_service(RESTART_SERVICE, {"cancel": True})
+        run: dict[str, Any] | None = answer["run"]
+        return run
+
     async def leave(self, reason: str = "draining") -> None:
         """Tell the bridge this machine is draining: its clusters go to a standby now.
 
@@ -609,6 +662,9 @@ class Client:
         if msg.service == STATUS_SERVICE:  # the bridge collecting the fleet's status
             statuses = self._relay.statuses()
             self._channel.answer(Reply(reply_to=msg.id, data=dump([c.to_json() for c in statuses])))
+            return
+        if msg.service == RESTART_CLUSTER_SERVICE:  # the bridge restarting clusters one by one
+            self._tasks.append(asyncio.get_running_loop().create_task(self._relay.restart(msg)))
             return
         request = IncomingRequest(
             msg.data, request_id=msg.id, deadline=msg.deadline, respond=self._channel.send, origin=msg.origin

@@ -17,8 +17,22 @@ from collections.abc import Callable
 from .._relaying import EvalRoute
 from .._requests import OpenRequests
 from ..cluster.manager import ClusterManager
-from ..errors import ClientNotFound, ConnectionLost, ZmqcrossError
-from ..protocol import EvalRequest, GuildRequest, Handover, Message, Request, Send, encode, readdress
+from ..errors import ClientNotFound, ConnectionLost, ProtocolError, ZmqcrossError
+from ..protocol import (
+    ErrorInfo,
+    ErrorReply,
+    EvalRequest,
+    GuildRequest,
+    Handover,
+    Message,
+    Reply,
+    Request,
+    Send,
+    dump,
+    encode,
+    load,
+    readdress,
+)
 from ..status import ClusterStatus
 from ._channel import Channel
 from ._link import Link
@@ -92,6 +106,28 @@ class MachineRelay:
         """Another machine's handover step, passed on by the bridge: to the manager rolling."""
         if self._manager is not None:
             self._manager.handover_notice(msg)
+
+    async def restart(self, msg: Request) -> None:
+        """The bridge asks for a new process for one cluster (a code deploy): answer when done."""
+        try:
+            body = load(msg.data) if msg.data else None
+            cluster = body.get("cluster") if isinstance(body, dict) else None
+            if type(cluster) is not int:
+                raise ProtocolError('a cluster restart names its cluster: {"cluster": <id>}')
+            if self._manager is None:
+                raise self._no_clusters()
+            left = msg.deadline - time.time() - 1.0  # answer before the bridge gives up
+            timeout = min(self._manager.spawn_timeout, left) if left > 0 else self._manager.spawn_timeout
+            status = await self._manager.restart(cluster, timeout=timeout)
+        except ZmqcrossError as exc:
+            self._answer(
+                ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc, with_traceback=False))
+            )
+        except Exception as exc:  # a bug: say so rather than leave the bridge waiting
+            log.exception("restarting a cluster failed")
+            self._answer(ErrorReply(reply_to=msg.id, error=ErrorInfo.from_exception(exc)))
+        else:
+            self._answer(Reply(reply_to=msg.id, data=dump(status.to_json())))
 
     def _no_clusters(self) -> ClientNotFound:
         return ClientNotFound(f"client {self._machine_id!r} runs no clusters (no client.listen(manager))")

@@ -477,6 +477,8 @@ class ClusterClient:
     def _handover(self, msg: Handover) -> None:
         if msg.step == "record":
             self._gate.record()
+        elif msg.step == "keep":
+            self._gate.keep()
         elif msg.step == "retire":
             handled = self._gate.retire()
             log.info(

@@ -117,6 +117,10 @@ class EventGate:
         if self.recording is None:
             self.recording = Counter()
 
+    def keep(self) -> None:
+        """The successor failed: serve on, and stop counting."""
+        self.recording = None
+
     def retire(self) -> list[int]:
         """Stop handling gateway events; the fingerprints of those handled while recording."""
         handled = self.recording or Counter()

@@ -120,6 +120,7 @@ class _Cluster:
     lease_sent: float | None = None  # the lease last passed down its pipe
     held: bool = False  # its handlers wait until the clusters it replaces have retired
     retired: asyncio.Future[list[int]] | None = None  # its answer to a retire step, awaited
+    trial: bool = False  # a restart's new process: if it fails, the old one serves on, unrestarted
 
     def move(self, new: ClusterState) -> None:
         """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""

@@ -186,6 +186,7 @@ class ClusterManager:
         self._fenced: set[int] = set()  # clusters that stopped when the lease ran out
         self._ledger: Ledger | None = None  # the handover of the roll under way
         self._ledger_changed = asyncio.Event()
+        self._shared = False  # whether the ledger's steps go to the other machines (a reshard)
         self._early: list[Handover] = []
 
     @classmethod
@@ -355,7 +356,7 @@ class ClusterManager:
             )
             plan = HandoverPlan(self.plan_version, live_after, retire_after)
         ledger = Ledger(plan, data.plan_version)
-        self._ledger, self._ledger_changed = ledger, asyncio.Event()
+        self._ledger, self._ledger_changed, self._shared = ledger, asyncio.Event(), True
         for notice in self._early:
             ledger.note(
                 notice.step, notice.plan_version, notice.cluster_id, unpack_fingerprints(notice.fingerprints)
@@ -394,6 +395,70 @@ class ClusterManager:
         finally:
             self._ledger = None
         log.info("rolling restart to plan %s done", data.plan_version)
+
+    async def restart(self, cluster_id: int, *, timeout: float | None = None) -> ClusterStatus:
+        """Replace one cluster's process with a new one, which reads the bot file afresh.
+
+        The new process starts held, IDENTIFYs in its turn and becomes ready; then the old
+        one retires and the new one goes live (each event handled once, as in :meth:`roll`).
+        If the new process exits or is not ready within ``timeout`` (``spawn_timeout``), it
+        is stopped, the old one serves on, and :class:`ZmqcrossError` says why.
+        """
+        timeout = self.spawn_timeout if timeout is None else timeout
+        old = self._clusters.get(cluster_id)
+        if old is None:
+            raise ClientNotFound(
+                f"this machine runs no cluster {cluster_id} (it runs {sorted(self._clusters)})"
+            )
+        if self._ledger is not None:
+            raise ZmqcrossError(
+                f"cluster {cluster_id} was not restarted: a handover is under way on this machine"
+            )
+        if old.state is not _READY:
+            raise ZmqcrossError(f"cluster {cluster_id} is {old.state.value}, not ready: not restarted")
+        fresh = _Cluster(cluster_id, old.shards, held=True, trial=True)
+        ledger = Ledger(
+            HandoverPlan(self.plan_version, {cluster_id: (cluster_id,)}, {cluster_id: (cluster_id,)}),
+            self.plan_version,
+        )
+        self._tell(old, Handover(step="record", cluster_id=cluster_id))
+        self._ledger, self._ledger_changed, self._shared = ledger, asyncio.Event(), False
+        self._retiring[cluster_id], self._clusters[cluster_id] = old, fresh
+        log.info("cluster %d restarting: a new process takes over from pid %s", cluster_id, old.process.pid)
+        try:
+            await self._start(fresh)
+            failure = await self._until_ready(fresh, timeout)
+            if failure is not None:
+                self._clusters[cluster_id] = self._retiring.pop(cluster_id)
+                self._tell(old, Handover(step="keep", cluster_id=cluster_id))
+                await self._stop_cluster(fresh, 5.0, "its restart failed")
+                error = ZmqcrossError(
+                    f"cluster {cluster_id}'s new process {failure}; its old process (pid {old.process.pid}) "
+                    f"serves on. Last error: {(fresh.last_error or 'none').splitlines()[-1]} "
+                    "(the machine's log has the whole of it)"
+                )
+                log.error("%s", error.message)
+                raise error
+            fresh.trial = False
+            await self._settle(ledger)
+        finally:
+            self._ledger = None
+        log.info("cluster %d restarted: pid %s", cluster_id, fresh.process.pid)
+        return self._status(fresh)
+
+    async def _until_ready(self, c: _Cluster, timeout: float) -> str | None:
+        """Wait until ``c`` is ready (None) or has exited or timed out (what happened)."""
+        waits = [asyncio.ensure_future(c.ready.wait()), asyncio.ensure_future(c.exited.wait())]
+        try:
+            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+        if c.ready.is_set():
+            return None
+        if c.exited.is_set():
+            return f"exited with code {c.exit_code} before it was ready"
+        return f"was not ready within {timeout:g} s"
 
     async def _settle(self, ledger: Ledger, *, force: bool = False) -> None:
         # Retire the old clusters whose successors are all ready, then let go live the new
@@ -461,7 +526,7 @@ class ClusterManager:
             self._ledger.note(
                 msg.step, msg.plan_version, msg.cluster_id, unpack_fingerprints(msg.fingerprints)
             )
-        if self.upstream is not None:
+        if self._shared and self.upstream is not None:
             self.upstream(msg, lambda outcome: None)
 
     def handover_notice(self, msg: Handover) -> None:
@@ -556,7 +621,7 @@ class ClusterManager:
             c.last_error = c.killed or f"exited with code {code}"
         log.log(logging.INFO if wanted else logging.WARNING, "cluster %d exited with code %s", c.id, code)
         self._events.emit("cluster_exit", c.id, code)
-        if not wanted and self._running and self.respawn and self._clusters.get(c.id) is c:
+        if not wanted and self._running and self.respawn and self._clusters.get(c.id) is c and not c.trial:
             self._schedule_respawn(c)
 
     def _reap(self, c: _Cluster) -> None:
@@ -580,7 +645,7 @@ class ClusterManager:
 
     async def _respawn(self, c: _Cluster, delay: float) -> None:
         await asyncio.sleep(delay)
-        if not self._running or c.state is not ClusterState.STOPPED:
+        if not self._running or c.state is not ClusterState.STOPPED or self._clusters.get(c.id) is not c:
             return
         if not self._leased():
             self._fenced.add(c.id)  # started again once the bridge renews the lease

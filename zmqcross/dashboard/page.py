@@ -249,6 +249,9 @@ function render(snap) {
     }
     const machines = fleet.machines.filter(isMachine);
     const others = fleet.machines.filter((m) => !isMachine(m));
+    const roll = fleet.restart;
+    if (roll && roll.state === "running") alerts.push(["warn", roll.progress]);
+    if (roll && (roll.state === "failed" || roll.state === "cancelled")) alerts.push(["bad", roll.progress]);
     for (const m of machines) {
       if (m.stale) alerts.push(["bad", m.id + " is STALE: it runs plan " + m.plan_version + ", not " + fleet.plan_version]);
       if (m.standby) alerts.push(["warn", m.id + " is a STANDBY"]);

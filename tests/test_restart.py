@@ -1,0 +1,204 @@
+"""Code deploys: clusters restarted one at a time across the fleet, each event handled once.
+
+The run's bookkeeping is driven with a fake machine; the fleet test uses real bridge,
+machine and cluster processes on the offline gateway, with messages flowing throughout.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from conftest import free_port
+from fleetkit import ROOT, TOKEN, Processes, fleet_env, wait_clusters
+
+from zmqcross import CacheServer, ConfigurationError, ZmqcrossError
+from zmqcross.bridge._restart import Restarts, RestartState, pick_targets
+from zmqcross.gateway import GatewayServer, guild_id
+
+pytestmark = pytest.mark.timeout(120)
+
+HOLDERS = {0: "m1", 1: "m1", 2: "m2", 3: "m2"}
+
+
+def test_targets_are_named_by_cluster_machine_or_all_and_mistakes_say_what_runs() -> None:
+    assert pick_targets(HOLDERS, everything=True) == (0, 1, 2, 3)
+    assert pick_targets(HOLDERS, clusters=[3, 1, 3]) == (1, 3)
+    assert pick_targets(HOLDERS, machines=["m2"]) == (2, 3)
+    with pytest.raises(ConfigurationError, match=r"no machine runs cluster\(s\) \[9\]; running: \[0, 1, 2, 3\]"):
+        pick_targets(HOLDERS, clusters=[1, 9])
+    with pytest.raises(ConfigurationError, match=r"machine\(s\) \['m9'\] run no clusters; machines with clusters"):
+        pick_targets(HOLDERS, machines=["m9"])
+    with pytest.raises(ConfigurationError, match="exactly one of"):
+        pick_targets(HOLDERS, clusters=[1], everything=True)
+
+
+class FakeFleet:
+    """Machines that restart a cluster in ``delay`` seconds, or fail the ones in ``broken``."""
+
+    def __init__(self, delay: float = 0.02, broken: frozenset[int] = frozenset()) -> None:
+        self.delay, self.broken = delay, broken
+        self.asked: list[tuple[str, int]] = []
+        self.running = 0
+        self.most = 0
+        self.records: list[dict] = []
+
+    async def ask(self, machine: str, cluster: int, timeout: float) -> None:
+        self.asked.append((machine, cluster))
+        self.running += 1
+        self.most = max(self.most, self.running)
+        try:
+            await asyncio.sleep(self.delay)
+            if cluster in self.broken:
+                raise ZmqcrossError(f"cluster {cluster}'s new process exited with code 1 before it was ready")
+        finally:
+            self.running -= 1
+
+    def restarts(self) -> Restarts:
+        return Restarts(ask=self.ask, holder=HOLDERS.get, progress=lambda run: self.records.append(run.to_json()))
+
+
+async def test_a_restart_goes_one_cluster_at_a_time_and_says_where_it_is() -> None:
+    fleet = FakeFleet()
+    restarts = fleet.restarts()
+    run = restarts.begin((0, 1, 2, 3))
+    assert run.progress() == "restarting 1/4: cluster 0 on m1"
+    with pytest.raises(ZmqcrossError, match=r"a restart is already running \(restarting 1/4"):
+        restarts.begin((0,))
+    await restarts.wait(run)
+    assert fleet.asked == [("m1", 0), ("m1", 1), ("m2", 2), ("m2", 3)] and fleet.most == 1
+    assert [r["progress"] for r in fleet.records][:3] == [
+        "restarting 1/4: cluster 0 on m1",
+        "restarting 1/4: cluster 0 on m1",
+        "restarting 2/4: cluster 1 on m1",
+    ]
+    assert run.state is RestartState.DONE and fleet.records[-1]["progress"].startswith("restarted 4 cluster(s) in")
+
+
+async def test_concurrency_restarts_that_many_at_once() -> None:
+    fleet = FakeFleet()
+    restarts = fleet.restarts()
+    await restarts.wait(restarts.begin((0, 1, 2, 3), concurrency=2))
+    assert fleet.most == 2 and sorted(c for _, c in fleet.asked) == [0, 1, 2, 3]
+
+
+async def test_the_first_failure_stops_the_roll_and_names_the_cluster() -> None:
+    fleet = FakeFleet(broken=frozenset({1}))
+    restarts = fleet.restarts()
+    run = restarts.begin((0, 1, 2, 3))
+    with pytest.raises(ZmqcrossError, match=r"restart failed after 1/4: cluster 1 on machine 'm1': .*exited"):
+        await restarts.wait(run)
+    assert fleet.asked == [("m1", 0), ("m1", 1)] and run.done == [0]
+
+
+async def test_a_cancelled_restart_finishes_its_cluster_and_starts_no_other() -> None:
+    fleet = FakeFleet(delay=0.2)
+    restarts = fleet.restarts()
+    run = restarts.begin((0, 1, 2, 3))
+    await asyncio.sleep(0.05)
+    restarts.cancel()
+    with pytest.raises(ZmqcrossError, match=r"restart cancelled after 1/4"):
+        await restarts.wait(run)
+    assert fleet.asked == [("m1", 0)] and run.done == [0]
+    await restarts.wait(restarts.begin((2,)))  # the next one may start
+
+
+# ---------------------------------------------------------------------------- a real fleet
+
+
+@pytest.fixture
+async def procs(gateway: GatewayServer, tmp_path: Path) -> AsyncIterator[Processes]:
+    port = free_port()
+    bot = tmp_path / "bot.py"
+    shutil.copy(ROOT / "tests" / "fleet_bot.py", bot)
+    processes = Processes(fleet_env(gateway.api_base, port, ZMQCROSS_BOT_FILE=str(bot)))
+    processes.port = port  # type: ignore[attr-defined]
+    processes.bot = bot  # type: ignore[attr-defined]
+    yield processes
+    await processes.stop_all()
+
+
+async def test_a_fleet_restart_under_load_replaces_every_process_and_handles_each_message_once(
+    procs, make_bridge, make_client, gateway: GatewayServer
+) -> None:
+    bridge = await make_bridge(
+        auth_token=TOKEN,
+        port=procs.port,
+        pub_port=procs.port + 1,
+        total_shards=8,
+        shards_per_cluster=2,
+        total_machines=2,
+    )
+    cache = CacheServer(bridge, paths=[{"path": "handled", "max_size": 100_000}])
+    progress: list[str] = []
+    bridge.on("restart_progress", lambda record: progress.append(record["progress"]))
+    procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await make_client(
+        auth_token=TOKEN, port=procs.port, pub_port=procs.port + 1, agent="dashboard", machine_id="dash"
+    )
+    await wait_clusters(dash, [0, 1, 2, 3])
+    pids = await dash.broadcast_eval("import os\nos.getpid()")
+    answered: list[int] = []
+    sent: list[str] = []
+    done = asyncio.Event()
+
+    async def poll() -> None:
+        while not done.is_set():
+            results = await dash.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=3)
+            answered.append(sum(not isinstance(r, Exception) for r in results))
+            await asyncio.sleep(0.1)
+
+    async def talk(http: aiohttp.ClientSession) -> None:
+        async def say(index: int) -> None:  # guilds 0-7: one on each of the 8 shards
+            body = {"guild_id": str(guild_id(index)), "event": "MESSAGE_CREATE", "data": {"content": "hi"}}
+            async with http.post(f"http://127.0.0.1:{gateway.port}/_offline/dispatch", json=body) as response:
+                answer = await response.json()
+                if response.status == 200 and answer["delivered"]:
+                    sent.append(answer["data"]["id"])
+
+        while not done.is_set():
+            await asyncio.gather(*(say(index) for index in range(8)))
+            await asyncio.sleep(0.05)
+
+    async with aiohttp.ClientSession() as http:
+        tasks = [asyncio.create_task(poll()), asyncio.create_task(talk(http))]
+        await asyncio.sleep(0.5)
+        try:
+            record = await bridge.restart(all=True)
+            await asyncio.sleep(0.5)
+        finally:
+            done.set()
+            await asyncio.gather(*tasks)
+    assert record["state"] == "done" and record["done"] == [0, 1, 2, 3]
+    assert progress[0] == "restarting 1/4: cluster 0 on machine-1"
+    assert "restarting 3/4: cluster 2 on machine-2" in progress
+    after = await dash.broadcast_eval("import os\nos.getpid()")
+    assert all(a != b for a, b in zip(pids, after, strict=True)), (pids, after)
+    assert min(answered) >= 3, answered  # never more than one cluster missing
+    handled = cache.cache["handled"]
+    end = time.monotonic() + 10
+    while len(handled.keys()) < len(sent) and time.monotonic() < end:
+        await asyncio.sleep(0.1)
+    counts = handled.get_many(sent)
+    assert len(sent) > 200
+    twice = sorted(k for k, n in counts.items() if n != 1)
+    missing = [k for k in sent if k not in counts]
+    assert (twice, missing) == ([], []), f"{len(twice)} handled more than once, {len(missing)} never"
+
+    # A bot file that no longer imports: the roll stops at the first cluster, all old ones serve.
+    procs.bot.write_text("raise RuntimeError('the new version is broken')\n")
+    with pytest.raises(ZmqcrossError) as failed:
+        await bridge.restart(all=True)
+    message = failed.value.message
+    assert message.startswith("restart failed after 0/4: cluster 0 on machine 'machine-1': cluster 0's new process"), message
+    assert "RuntimeError: the new version is broken" in message and "serves on" in message
+    assert await dash.broadcast_eval("import os\nos.getpid()") == after
+    status = await bridge.status()
+    assert status.restart is not None and status.restart["state"] == "failed"
+    assert all(c.state == "ready" and c.live for m in status.machines for c in m.clusters)
+    await cache.close()

@@ -2,8 +2,10 @@
 
 1 bridge (this process, where cases are timed), 4 machines x 2 clusters x 2 shards, 20,000
 guilds on the offline gateway, CURVE on. Then a floor row (bare pyzmq + pipes, same shape),
-a scale sweep, and cold starts against Discord's IDENTIFY limits (16 shards, max_concurrency
-1 and 4, a 0.5 s window: time to all ready against the floor, and refused IDENTIFYs). Writes benchmarks/results/latest.json; `--compare FILE` prints the
+a scale sweep, and cold starts and whole-fleet restarts against Discord's IDENTIFY limits
+(16 shards, max_concurrency 1 and 4, a 0.5 s window: time to all ready, and to every cluster
+restarted one at a time, against the floor, and refused IDENTIFYs). Writes
+benchmarks/results/latest.json; `--compare FILE` prints the
 ratio zmqcross / original per case against a result file of ../shared/anchors/node-dch.
 """
 
@@ -282,14 +284,22 @@ async def cold_start(results: dict[str, Any]) -> None:
             records = identifies["identifies"]
             times = sorted(r["time"] for r in records)
             floor = math.ceil(16 / concurrency) * window
+            # Its neighbour: a whole-fleet restart (a code deploy), one cluster at a time.
+            began = time.monotonic()
+            await f.bridge.restart(all=True)
+            restart_s = time.monotonic() - began
+            after = await asyncio.to_thread(_get_json, f.api.removesuffix("/api/v10") + "/_offline/identifies")
+            later = after["identifies"][len(records):]
             rows[str(concurrency)] = {
                 "max_concurrency": concurrency, "shards": 16, "window_s": window, "floor_s": floor,
                 "ready_s": round(f.ready_after, 2), "identify_span_s": round(times[-1] - times[0], 2),
                 "identifies": len(records), "refused": sum(1 for r in records if not r["accepted"]),
+                "restart_all_s": round(restart_s, 2), "restart_identifies": len(later),
+                "restart_refused": sum(1 for r in later if not r["accepted"]),
             }
         row = rows[str(concurrency)]
         print(f"cold start, max_concurrency {concurrency}: ready in {row['ready_s']} s (floor {floor} s), "
-              f"refused {row['refused']}", file=sys.stderr, flush=True)
+              f"refused {row['refused']}; restart all: {row['restart_all_s']} s", file=sys.stderr, flush=True)
 
 
 def _get_json(url: str) -> Any:
@@ -318,6 +328,9 @@ def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
         print(f"cold start, 16 shards, max_concurrency {row['max_concurrency']}, {row['window_s']} s window: all ready "
               f"in {row['ready_s']} s from the machines' start (IDENTIFYs over {row['identify_span_s']} s; floor "
               f"{row['floor_s']} s), {row['refused']} of {row['identifies']} IDENTIFYs refused")
+        print(f"restart all, 16 shards in 8 clusters one at a time, max_concurrency {row['max_concurrency']}: "
+              f"{row['restart_all_s']} s (IDENTIFY floor {row['floor_s']} s), {row['restart_refused']} of "
+              f"{row['restart_identifies']} IDENTIFYs refused")
     for name, row in results.get("scale_sweep", {}).items():
         print(f"scale sweep {name:>3} clusters: 1_math p50 {row['1_math']['p50']:.2f} ms, p99 {row['1_math']['p99']:.2f} ms")
     mem = results["memory"]

@@ -391,7 +391,8 @@ class Bridge:
         ``client_message(message, client)``, ``client_request(request, client)`` (answer with
         ``await request.reply(data)`` or by returning a value), ``error(exception)``,
         ``identify_held(reason)``, ``assignment_unclaimed(machine_id, clusters)`` (a
-        machine did not start what it was handed; the chunk went on to the next standby).
+        machine did not start what it was handed; the chunk went on to the next standby),
+        ``restart_progress(record)`` at each step of a :meth:`restart`.
         """
         return self._events.on(name, handler) if handler is not None else self._events.on(name)
 

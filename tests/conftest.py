@@ -190,3 +190,17 @@ def discord_py_pointed_at(server: GatewayServer) -> Iterator[None]:
         yield
     finally:
         discord.http.Route.BASE, discord.gateway.DiscordWebSocket.DEFAULT_GATEWAY = saved
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the test item (``item.failed_call``): fixtures read it."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call":
+        item.failed_call = report.failed  # type: ignore[attr-defined]
+
+
+def failed_test(request: pytest.FixtureRequest) -> bool:
+    """Whether the test using this fixture request failed (for teardown diagnostics)."""
+    return bool(getattr(request.node, "failed_call", False))

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -26,10 +28,17 @@ class Proc:
     def __init__(self, name: str, script: Path, env: dict[str, str]) -> None:
         self.name = name
         self.lines: list[str] = []
-        # FLEET_LOGS=DIR keeps each process's stderr in DIR/NAME.log (FLEET_LOG_LEVEL=INFO for more),
-        # for debugging a test.
+        # Each process's stderr goes to a file: its tail is printed when a test fails
+        # (Processes.tails). FLEET_LOGS=DIR keeps them as DIR/NAME.log (FLEET_LOG_LEVEL=INFO for more).
         logs = os.environ.get("FLEET_LOGS")
-        stderr = open(os.path.join(logs, f"{name}.log"), "a") if logs else subprocess.DEVNULL  # noqa: SIM115
+        if logs:
+            self.log_path = os.path.join(logs, f"{name}.log")
+            self.keep_log = True
+        else:
+            handle, self.log_path = tempfile.mkstemp(prefix=f"fleet-{name}-", suffix=".log")
+            os.close(handle)
+            self.keep_log = False
+        stderr = open(self.log_path, "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [sys.executable, str(script)],
             env=env,
@@ -38,6 +47,20 @@ class Proc:
             text=True,
         )
         threading.Thread(target=self._read, daemon=True).start()
+
+    def tail(self, lines: int = 40) -> str:
+        """The last ``lines`` lines this process wrote to stderr."""
+        try:
+            with open(self.log_path, errors="replace") as log:
+                return "".join(log.readlines()[-lines:])
+        except OSError as exc:
+            return f"(no log: {exc})"
+
+    def forget_log(self) -> None:
+        """Remove its stderr file unless FLEET_LOGS asked to keep it."""
+        if not self.keep_log:
+            with contextlib.suppress(OSError):
+                os.unlink(self.log_path)
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -89,7 +112,8 @@ class Processes:
         self.started.append(proc)
         return proc
 
-    async def stop_all(self) -> None:
+    async def stop_all(self, *, failed: bool = False) -> None:
+        """Stop every process; after a failed test, print the tail of each one's stderr."""
         for proc in self.started:
             proc.signal(signal.SIGCONT)
             proc.signal(signal.SIGTERM)
@@ -98,6 +122,10 @@ class Processes:
                 await proc.wait_exit(20)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for proc in self.started:
+            if failed:
+                print(f"----- {proc.name} (pid {proc.proc.pid}), stderr tail -----\n{proc.tail()}")
+            proc.forget_log()
 
 
 def fleet_env(api_base: str, port: int, **extra: str) -> dict[str, str]:

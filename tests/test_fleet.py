@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
-from conftest import free_port
+from conftest import failed_test, free_port
 from fleetkit import TOKEN, Processes, fleet_env, wait_clusters
 
 from zmqcross import CacheServer, Client, ConnectionLost
@@ -26,12 +26,12 @@ GUILDS = 64
 
 
 @pytest.fixture
-async def procs(gateway: GatewayServer) -> AsyncIterator[Processes]:
+async def procs(gateway: GatewayServer, request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
     port = free_port()
     processes = Processes(fleet_env(gateway.api_base, port))
     processes.port = port  # type: ignore[attr-defined]
     yield processes
-    await processes.stop_all()
+    await processes.stop_all(failed=failed_test(request))
 
 
 async def in_process_bridge(make_bridge, procs: Processes):

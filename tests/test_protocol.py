@@ -55,6 +55,7 @@ SAMPLES: list[p.Message] = [
     p.Heartbeat(sent_at=1.0, ready=True, guilds=1250),
     p.Heartbeat(sent_at=1.0, ready=False, guilds=0, waiting="IDENTIFY of shard 3 queued at the bridge"),
     p.Lease(until=1234.5),
+    p.Handover(step="retired", cluster_id=3, plan_version="v2", fingerprints=b"\x01" * 16),
     p.Assignment(
         total_shards=8,
         shard_list=((0, 1),),

@@ -237,9 +237,21 @@ class BridgeCore:
         if problem is not None:
             log.warning("dropped a handover notice from machine %r: %s", peer.info.id, problem)
             return
-        for other in self.fleet.registry:
-            if other is not peer and (other.clusters or other.standby or other.plan_version is not None):
-                self._outgoing.send(other.routing_id, msg)
+        others = [
+            other
+            for other in self.fleet.registry
+            if other is not peer and (other.clusters or other.standby or other.plan_version is not None)
+        ]
+        log.info(
+            "handover: cluster %d of plan %s is %s on machine %r; told %s",
+            msg.cluster_id,
+            msg.plan_version,
+            msg.step,
+            peer.info.id,
+            [other.info.id for other in others],
+        )
+        for other in others:
+            self._outgoing.send(other.routing_id, msg)
 
     def _on_answer(self, peer: Peer, msg: Reply | ErrorReply | EvalReply) -> None:
         entry = self.open.get(msg.reply_to) if msg.reply_to is not None else None

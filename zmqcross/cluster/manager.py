@@ -392,6 +392,11 @@ class ClusterManager:
                     await asyncio.wait_for(self._ledger_changed.wait(), min(left, self.heartbeat_interval))
                 await self._settle(ledger)
             await self._settle(ledger, force=True)
+        except Exception:
+            # Whatever went wrong, no cluster may stay held (deaf) or retiring for good.
+            log.exception("rolling restart to plan %s failed; ending its handover now", data.plan_version)
+            await self._settle(ledger, force=True)
+            raise
         finally:
             self._ledger = None
         log.info("rolling restart to plan %s done", data.plan_version)

@@ -25,7 +25,8 @@ TOKEN = "fleet-token"
 class Proc:
     """A child process whose stdout lines are collected as they arrive."""
 
-    def __init__(self, name: str, script: Path, env: dict[str, str]) -> None:
+    def __init__(self, name: str, script: Path | list[str], env: dict[str, str]) -> None:
+        """Run ``script`` with this Python (or ``script`` as a whole command line, when a list)."""
         self.name = name
         self.lines: list[str] = []
         # Each process's stderr goes to a file: its tail is printed when a test fails
@@ -40,7 +41,7 @@ class Proc:
             self.keep_log = False
         stderr = open(self.log_path, "a")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            [sys.executable, str(script)],
+            script if isinstance(script, list) else [sys.executable, str(script)],
             env=env,
             stdout=subprocess.PIPE,
             stderr=stderr,

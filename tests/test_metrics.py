@@ -9,9 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 
@@ -226,16 +224,7 @@ class Command(Proc):
     """``python -m zmqcross ARGV...``, its stdout lines collected like fleetkit's processes."""
 
     def __init__(self, name: str, argv: list[str], env: dict[str, str]) -> None:
-        self.name = name
-        self.lines: list[str] = []
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "zmqcross", *argv],
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.DEVNULL,
-            text=True,
-        )
-        threading.Thread(target=self._read, daemon=True).start()
+        super().__init__(name, [sys.executable, "-m", "zmqcross", *argv], env)
 
 
 async def test_fleet_metrics_match_the_fleet(gateway: GatewayServer) -> None:

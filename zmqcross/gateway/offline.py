@@ -6,7 +6,9 @@ command. ``GET /_offline/messages`` shows what the bot sent, so a test can say "
 "pong". ``GET /_offline/identifies`` and ``GET /_offline/sessions`` show every IDENTIFY
 (accepted or refused, and why) and the live sessions. ``POST /_offline/invalidate`` ends a
 shard's sessions the way Discord invalidates one (op 9, not resumable), so a test can watch
-its bot IDENTIFY again. Request and answer shapes are in the README ("Offline Discord
+its bot IDENTIFY again; ``POST /_offline/disconnect`` drops a shard's connections (resumable),
+and ``POST /_offline/refuse`` makes its IDENTIFYs and RESUMEs fail until lifted (a shard
+that cannot come back). Request and answer shapes are in the README ("Offline Discord
 endpoints").
 """
 
@@ -49,6 +51,10 @@ class GatewayInspection(Protocol):
 
     async def invalidate(self, shard_id: int) -> int: ...
 
+    async def disconnect_shard(self, shard_id: int) -> int: ...
+
+    def refuse_shard(self, shard_id: int, refuse: bool = True) -> None: ...
+
 
 def _error(status: int, message: str) -> web.Response:
     return json_response({"message": message, "code": 0}, status)
@@ -81,6 +87,8 @@ class OfflineApi:
         router.add_get("/_offline/identifies", self._identifies)
         router.add_get("/_offline/sessions", self._sessions)
         router.add_post("/_offline/invalidate", self._invalidate)
+        router.add_post("/_offline/disconnect", self._disconnect)
+        router.add_post("/_offline/refuse", self._refuse)
 
     async def _dispatch(self, request: web.Request) -> web.StreamResponse:
         try:
@@ -147,11 +155,30 @@ class OfflineApi:
         return json_response({"sessions": self._gateway.live_sessions()})
 
     async def _invalidate(self, request: web.Request) -> web.StreamResponse:
-        try:
-            body = orjson.loads(await request.read())
-        except orjson.JSONDecodeError:
-            body = None
-        shard_id = body.get("shard_id") if isinstance(body, dict) else None
-        if type(shard_id) is not int:
+        _, shard_id = await _shard_body(request)
+        if shard_id is None:
             return _error(400, 'the body must be JSON: {"shard_id": <int>}')
         return json_response({"shard_id": shard_id, "invalidated": await self._gateway.invalidate(shard_id)})
+
+    async def _disconnect(self, request: web.Request) -> web.StreamResponse:
+        _, shard_id = await _shard_body(request)
+        if shard_id is None:
+            return _error(400, 'the body must be JSON: {"shard_id": <int>}')
+        return json_response({"shard_id": shard_id, "closed": await self._gateway.disconnect_shard(shard_id)})
+
+    async def _refuse(self, request: web.Request) -> web.StreamResponse:
+        body, shard_id = await _shard_body(request)
+        refuse = body.get("refuse", True) if isinstance(body, dict) else None
+        if shard_id is None or type(refuse) is not bool:
+            return _error(400, 'the body must be JSON: {"shard_id": <int>, "refuse": true|false}')
+        self._gateway.refuse_shard(shard_id, refuse)
+        return json_response({"shard_id": shard_id, "refused": refuse})
+
+
+async def _shard_body(request: web.Request) -> tuple[Any, int | None]:
+    try:
+        body = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return None, None
+    shard_id = body.get("shard_id") if isinstance(body, dict) else None
+    return body, shard_id if type(shard_id) is int else None

@@ -60,6 +60,9 @@ MAX_GUILDS_PER_SHARD: Final = 2500
 """Discord closes an IDENTIFY with 4011 (sharding required) when one shard would hold more."""
 MAX_SESSIONS: Final = 1024
 """Sessions kept for RESUME; the oldest is forgotten first."""
+
+REFUSED_STALL = 1.0
+"""Seconds a refused shard's IDENTIFY or RESUME hangs before it is closed (see ``refuse_shard``)."""
 CLOSE_TIMEOUT: Final = 2.0
 """Seconds to wait for a client's close frame, and for handlers when the server stops."""
 
@@ -175,6 +178,7 @@ class GatewayServer:
             now=time.monotonic(),
         )
         self._heartbeat_interval = heartbeat_interval
+        self._refused: set[int] = set()  # shards whose IDENTIFY and RESUME are closed (refuse_shard)
         self._runner: web.AppRunner | None = None
         self._bound_port: int | None = None
         self._connections: set[_Connection] = set()
@@ -496,10 +500,26 @@ class GatewayServer:
             return None  # accepted and ignored: nobody else is in the synthetic guilds
         return CloseCode.UNKNOWN_OPCODE
 
+    def refuse_shard(self, shard_id: int, refuse: bool = True) -> None:
+        """While refused, every IDENTIFY and RESUME of shard ``shard_id`` stalls for
+        :data:`REFUSED_STALL` seconds, then is closed with 4000 (a gateway node in trouble):
+        discord.py keeps trying (it retries a close at once: the stall keeps that loop slow),
+        the shard stays down."""
+        if refuse:
+            self._refused.add(shard_id)
+        else:
+            self._refused.discard(shard_id)
+
     async def _identify(self, connection: _Connection, data: Any) -> CloseCode | None:
         verdict = check_identify(data, token=self._token)
         if isinstance(verdict, CloseCode):
             return verdict
+        if verdict.shard_id in self._refused:
+            log.info(
+                "IDENTIFY of shard %d refused: the shard is refused (/_offline/refuse)", verdict.shard_id
+            )
+            await asyncio.sleep(REFUSED_STALL)
+            return CloseCode.UNKNOWN_ERROR
         indices = world.shard_guild_indices(verdict.shard_id, verdict.shard_count, self._guild_count)
         if len(indices) > MAX_GUILDS_PER_SHARD:
             return CloseCode.SHARDING_REQUIRED
@@ -568,6 +588,10 @@ class GatewayServer:
         if isinstance(verdict, CloseCode):
             return verdict
         session = self._sessions.get(verdict.session_id)
+        if session is not None and session.shard_id in self._refused:
+            log.info("RESUME of shard %d refused: the shard is refused (/_offline/refuse)", session.shard_id)
+            await asyncio.sleep(REFUSED_STALL)
+            return CloseCode.UNKNOWN_ERROR
         missed = None if session is None else session.missed_since(verdict.sequence)
         if session is None or missed is None:
             self._counters["invalid_sessions"] += 1

@@ -25,10 +25,10 @@ from zmqcross import AccessPolicy, CacheClient, Client, ConfigurationError, Flee
 from zmqcross._cachestore import DEFAULT_MAX_SIZE, CachePath, decode_snapshot
 from zmqcross.cli import configure
 from zmqcross.cli.options import COMMANDS, KNOWN_VARIABLES, cache_options
-from zmqcross.cli.table import render_status, shard_ranges
+from zmqcross.cli.table import render_shards, render_status, shard_ranges
 from zmqcross.config import unknown_variables
 from zmqcross.security import ACTIONS
-from zmqcross.status import ClusterStatus, MachineStatus
+from zmqcross.status import ClusterStatus, MachineStatus, ShardStatus
 
 BOTS = ROOT / "bots"
 COMMAND_NAMES = ["bridge", "machine", "gateway", "status", "reshard", "restart", "keygen", "demo", "dashboard"]
@@ -549,6 +549,15 @@ def test_status_table_reads_like_a_table() -> None:
     machines = (dataclasses.replace(machines[0], clusters=(cluster, failed)), *machines[1:])
     text = render_status(dataclasses.replace(status, machines=machines))
     assert "cluster 1 on machine-1, last error:\n    Traceback (most recent call last):\n    RuntimeError: no cogs" in text
+
+    shards = (ShardStatus(0, "ready", 0.042, 0.3, 0, 0, 0.0), ShardStatus(1, "disconnected", None, 9.5, 3, 1, 12.4))
+    machines = (dataclasses.replace(machines[0], clusters=(dataclasses.replace(cluster, shard_health=shards),)),)
+    zombie = dataclasses.replace(status, machines=machines)
+    assert "shards down: 1 (disconnected for 12 s, cluster 0 on machine-1)" in render_status(zombie)
+    lines = render_shards(zombie).splitlines()
+    assert re.match(r"SHARD\s+CLUSTER\s+MACHINE\s+STATE\s+LATENCY\s+IDLE\s+DISCONNECTS\s+RESUMES$", lines[0])
+    assert re.match(r"0\s+0\s+machine-1\s+ready\s+42 ms\s+0\.3s\s+0\s+0$", lines[1])
+    assert re.match(r"1\s+0\s+machine-1\s+disconnected\s+-\s+9\.5s\s+3\s+1\s+DOWN for 12 s$", lines[2])
 
 
 # --------------------------------------------------------------------------- errors, as a person sees them

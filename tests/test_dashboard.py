@@ -233,6 +233,37 @@ async def test_page_in_headless_chromium_shows_the_fleet(fleet: Fleet, tmp_path:
 
 
 @module_loop
+async def test_the_shard_grid_shows_every_shard_and_marks_a_down_one(fleet: Fleet, tmp_path: Path) -> None:
+    page = parse(await dump_dom(find_chromium(), fleet.url, tmp_path))
+    cells = page.all("span", "shard")
+    assert [c["data-shard"] for c in cells] == [str(i) for i in range(TOTAL_SHARDS)]
+    assert {c["data-state"] for c in cells} == {"ready"}
+    assert all(re.search(r"^shard \d: ready, \d+ ms, cluster \d on machine-\d$", c["title"]) for c in cells), cells
+    fleet.gateway.refuse_shard(5)  # it cannot come back...
+    try:
+        assert await fleet.gateway.disconnect_shard(5) == 1  # ...once its connection drops
+        end = time.monotonic() + 10
+        while True:
+            status = await fleet.client.fleet_status()
+            health = {s.id: s for m in status.machines for c in m.clusters for s in c.shard_health}
+            if health[5].state == "disconnected" and health[5].down_for >= 1.5:
+                break
+            assert time.monotonic() < end, health
+            await asyncio.sleep(0.2)
+        page = parse(await dump_dom(find_chromium(), fleet.url + "?shard_alert=1", tmp_path))
+        states = {c["data-shard"]: c["data-state"] for c in page.all("span", "shard")}
+        assert states == {str(i): "disconnected" if i == 5 else "ready" for i in range(TOTAL_SHARDS)}
+        assert re.search(r"shard 5 is DOWN \(disconnected for \d+ s\) on cluster 2 on machine-\d", page.text("alerts"))
+        await screenshot(find_chromium(), fleet.url + "?shard_alert=1", "dashboard-shard-down.png", tmp_path)
+    finally:
+        fleet.gateway.refuse_shard(5, False)  # it resumes; the next test starts from a whole fleet
+    end = time.monotonic() + 20
+    while not all(s.up for m in (await fleet.client.fleet_status()).machines for c in m.clusters for s in c.shard_health):
+        assert time.monotonic() < end, "shard 5 did not come back"
+        await asyncio.sleep(0.2)
+
+
+@module_loop
 async def test_a_lost_machine_shows_its_clusters_down(fleet: Fleet, tmp_path: Path) -> None:
     # Last in this module: it takes machine-2 away for good.
     lost = sorted(

@@ -33,7 +33,10 @@ or a bot's own metrics, do not collide). What is exported:
 ``zmqcross_shards_hosted``,                distinct shards run by a starting or ready cluster;
 ``zmqcross_guilds``                        guilds of the current (not retiring) clusters
 ``zmqcross_cluster_*{machine,cluster}``    per cluster: ready, guilds, restarts_total,
-                                           heartbeat_age_seconds, uptime_seconds
+                                           heartbeat_age_seconds, uptime_seconds, rss_bytes
+``zmqcross_shard_*``                       per shard, labels shard, cluster, machine (one series
+                                           each): ``up``, ``latency_seconds``,
+                                           ``disconnects_total``, ``resumes_total``
 ``zmqcross_bridge_*``                      the bridge's own counters (messages, protocol errors,
                                            refused registrations and keys, open requests)
 ``zmqcross_cache_*``                       with a :class:`CacheServer`: entries, value bytes,
@@ -81,7 +84,7 @@ from . import errors
 from ._httpsite import HttpSite
 from .cache import CACHE_SERVICE, CacheServer
 from .errors import ConfigurationError, ZmqcrossError
-from .status import ClusterStatus, FleetStatus, summarize
+from .status import ClusterStatus, FleetStatus, ShardStatus, summarize
 
 if TYPE_CHECKING:
     from .bridge import Bridge
@@ -150,10 +153,46 @@ def _cluster_families(rows: Iterable[tuple[str, ClusterStatus]], now: float) -> 
     uptime = GaugeMetricFamily(
         "zmqcross_cluster_uptime_seconds", "seconds the cluster process has run", labels=labels
     )
+    rss = GaugeMetricFamily(
+        "zmqcross_cluster_rss_bytes", "resident memory of the cluster process", labels=labels
+    )
+    shard_labels = ["shard", "cluster", "machine"]
+    shard_up = GaugeMetricFamily(
+        "zmqcross_shard_up", "1 when the shard's gateway session is ready", labels=shard_labels
+    )
+    latency = GaugeMetricFamily(
+        "zmqcross_shard_latency_seconds", "the shard's gateway heartbeat round trip", labels=shard_labels
+    )
+    disconnects = CounterMetricFamily(
+        "zmqcross_shard_disconnects", "the shard's disconnects since its process started", labels=shard_labels
+    )
+    resumes = CounterMetricFamily(
+        "zmqcross_shard_resumes",
+        "the shard's resumed sessions since its process started",
+        labels=shard_labels,
+    )
+    rows = list(rows)
+    # One series per shard: the report of the cluster serving it (during a rolling swap the
+    # retiring half serves until the new half is live; a ready report wins).
+    serving: dict[int, tuple[ShardStatus, str, int]] = {}
+    for machine, cluster in rows:
+        for shard in cluster.shard_health:
+            seen = serving.get(shard.id)
+            if seen is None or (shard.up and not seen[0].up) or (cluster.state != "retiring" and shard.up):
+                serving[shard.id] = (shard, machine, cluster.id)
+    for shard, machine, cid in (serving[sid] for sid in sorted(serving)):
+        shard_key = [str(shard.id), str(cid), machine]
+        shard_up.add_metric(shard_key, 1.0 if shard.up else 0.0)
+        if shard.latency is not None:
+            latency.add_metric(shard_key, shard.latency)
+        disconnects.add_metric(shard_key, shard.disconnects)
+        resumes.add_metric(shard_key, shard.resumes)
     for machine, cluster in rows:
         if cluster.state == "retiring":
             continue  # its replacement reports under the same labels
         key = [machine, str(cluster.id)]
+        if cluster.rss is not None:
+            rss.add_metric(key, cluster.rss)
         ready.add_metric(key, 1.0 if cluster.ready else 0.0)
         restarts.add_metric(key, cluster.restarts)
         if cluster.guilds is not None:
@@ -162,7 +201,7 @@ def _cluster_families(rows: Iterable[tuple[str, ClusterStatus]], now: float) -> 
             beat.add_metric(key, max(now - cluster.last_heartbeat, 0.0))
         if cluster.uptime is not None:
             uptime.add_metric(key, cluster.uptime)
-    yield from (ready, guilds, restarts, beat, uptime)
+    yield from (ready, guilds, restarts, beat, uptime, rss, shard_up, latency, disconnects, resumes)
 
 
 def _gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:

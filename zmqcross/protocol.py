@@ -445,6 +445,8 @@ class Heartbeat:
     ready: bool
     guilds: int | None = None
     waiting: str | None = None  # what a starting cluster waits for before it may IDENTIFY
+    shards: JSON = None  # each shard's health: ShardHealth.wire rows
+    rss: int | None = None  # the process's resident memory, bytes
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

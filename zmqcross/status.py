@@ -19,9 +19,58 @@ __all__ = [
     "FleetStatus",
     "FleetSummary",
     "MachineStatus",
+    "ShardStatus",
     "is_machine",
     "summarize",
 ]
+
+
+@dataclass(frozen=True, slots=True)
+class ShardStatus:
+    """One shard as its cluster last reported it (with the cluster's heartbeat).
+
+    ``state`` is one of waiting (for its IDENTIFY slot), identifying, connecting (its guilds
+    streaming in), ready, disconnected (discord.py reconnects behind it). ``latency`` is the gateway heartbeat's round trip in seconds
+    (None before the first), ``idle`` the seconds since its connection last received
+    anything, ``down_for`` the seconds it has been out of the ready state (0 when ready);
+    ``disconnects`` and ``resumes`` count since its cluster process started.
+    """
+
+    id: int
+    state: str
+    latency: float | None
+    idle: float | None
+    disconnects: int
+    resumes: int
+    down_for: float
+
+    @property
+    def up(self) -> bool:
+        """Whether the shard is connected and ready."""
+        return self.state == "ready"
+
+    @classmethod
+    def from_row(cls, row: Any) -> ShardStatus:
+        """A shard from a heartbeat row ``[id, state, latency, idle, disconnects, resumes, down_for]``."""
+        if not isinstance(row, list | tuple) or len(row) != 7:
+            raise ValueError(f"a shard row has 7 fields, not {row!r}")
+        sid, state, latency, idle, disconnects, resumes, down_for = row
+        number = (int, float)
+        if (
+            type(sid) is not int
+            or type(state) is not str
+            or not (latency is None or type(latency) in number)
+            or not (idle is None or type(idle) in number)
+            or type(disconnects) is not int
+            or type(resumes) is not int
+            or type(down_for) not in number
+        ):
+            raise ValueError(f"malformed shard row {row!r}")
+        return cls(sid, state, latency, idle, disconnects, resumes, float(down_for))
+
+    def to_row(self) -> list[Any]:
+        """The compact form, as heartbeats and status records carry it."""
+        return [self.id, self.state, self.latency, self.idle, self.disconnects, self.resumes, self.down_for]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +101,8 @@ class ClusterStatus:
     last_error: str | None = None
     waiting: str | None = None
     live: bool = True
+    shard_health: tuple[ShardStatus, ...] = ()
+    rss: int | None = None
 
     @property
     def ready(self) -> bool:
@@ -59,8 +110,10 @@ class ClusterStatus:
         return self.state == "ready"
 
     def to_json(self) -> dict[str, Any]:
-        """The record as JSON data."""
-        return dataclasses.asdict(self)
+        """The record as JSON data (each shard's health as a compact row)."""
+        data = dataclasses.asdict(self)
+        data["shard_health"] = [s.to_row() for s in self.shard_health]
+        return data
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> ClusterStatus:
@@ -84,7 +137,10 @@ class ClusterStatus:
         if not all(type(shard) is int for shard in shards):
             raise ValueError(f"cluster record field 'shards' is {shards!r}")
         names = _CLUSTER_FIELDS.keys() | _OPTIONAL_CLUSTER_FIELDS.keys()
-        return cls(**{name: fields[name] for name in names} | {"shards": tuple(shards)})
+        health = tuple(ShardStatus.from_row(row) for row in fields["shard_health"])
+        return cls(
+            **{name: fields[name] for name in names} | {"shards": tuple(shards), "shard_health": health}
+        )
 
 
 _NUMBER = (int, float)
@@ -106,9 +162,17 @@ _OPTIONAL_CLUSTER_FIELDS: dict[str, tuple[type, ...]] = {
     "last_error": (str, type(None)),
     "waiting": (str, type(None)),
     "live": (bool,),
+    "shard_health": (list, tuple),
+    "rss": (int, type(None)),
 }
 """Fields added since the first version: a record from an older machine may lack them."""
-_OPTIONAL_CLUSTER_DEFAULTS: dict[str, Any] = {"last_error": None, "waiting": None, "live": True}
+_OPTIONAL_CLUSTER_DEFAULTS: dict[str, Any] = {
+    "last_error": None,
+    "waiting": None,
+    "live": True,
+    "shard_health": (),
+    "rss": None,
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -203,6 +203,7 @@ class Router:
                 continue
             by_machine.setdefault(peer.routing_id, []).append(cid)
         # One id and one timer for the whole fan-out. Every frame is encoded and checked
+        # (an eval for a guild keeps its guild_id: the machine says so if its shard is down)
         # before anything opens, so an eval that cannot be sent (a context nested deeper
         # than the encoder allows) is refused at once and leaves nothing behind.
         now = self._clock.time()
@@ -214,7 +215,11 @@ class Router:
             for route, clusters in by_machine.items():
                 frames = encode(
                     dataclasses.replace(
-                        msg, id=fan_id, deadline=hop, clusters=tuple(clusters), shards=None, guild_id=None
+                        msg,
+                        id=fan_id,
+                        deadline=hop,
+                        clusters=tuple(clusters),
+                        shards=None,  # guild: see below
                     )
                 )
                 check_limits(frames, self._limits)

@@ -189,6 +189,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     status.add_argument("--json", action="store_true", help="print the status as JSON")
     status.add_argument(
+        "--shards", action="store_true", help="add a line per shard: state, latency, idle, disconnects"
+    )
+    status.add_argument(
         "--watch", type=_parse_flag(_SECONDS), metavar="SECONDS", help="print it again every SECONDS"
     )
     status.add_argument(

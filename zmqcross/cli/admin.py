@@ -14,7 +14,7 @@ from ..errors import ConfigurationError, ZmqcrossError
 from ..security import generate_keypair
 from .options import client_curve
 from .serve import Stopped, unless_stopped
-from .table import render_plan, render_status
+from .table import render_plan, render_shards, render_status
 
 __all__ = ["admin_client", "run_keygen", "run_reshard", "run_restart", "run_status"]
 
@@ -53,6 +53,8 @@ async def run_status(settings: Settings, args: argparse.Namespace, stop: asyncio
                 print(f"status: no answer: {exc.message}", flush=True)
             else:
                 text = json.dumps(status.to_json(), indent=2) if args.json else render_status(status)
+                if args.shards and not args.json:
+                    text += "\n\n" + render_shards(status)
                 print(text, flush=True)
             if not args.watch:
                 return 0

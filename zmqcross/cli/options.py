@@ -318,6 +318,15 @@ MACHINE = (
         metavar="SECONDS",
     ),
     Setting(
+        "shard_down_timeout",
+        "ZMQCROSS_SHARD_DOWN_TIMEOUT",
+        positive_number,
+        "a shard of a ready cluster down this long (disconnected, not coming back) gets its cluster "
+        "restarted, the other shards serving meanwhile",
+        default=60.0,
+        metavar="SECONDS",
+    ),
+    Setting(
         "exit_on_failed_cluster",
         "ZMQCROSS_EXIT_ON_FAILED_CLUSTER",
         boolean,

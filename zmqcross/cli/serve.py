@@ -287,6 +287,7 @@ def build_machine(settings: Settings) -> Machine:
         manager_options={
             "spawn_delay": settings["spawn_delay"],
             "heartbeat_timeout": settings["cluster_heartbeat_timeout"],
+            "shard_down_timeout": settings["shard_down_timeout"],
             "env": cluster_env,
             "token": settings["discord_token"],
         },

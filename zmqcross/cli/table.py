@@ -128,6 +128,16 @@ def render_status(status: FleetStatus) -> str:
     lines += ["", f"unassigned: {unassigned}"]
     if status.standbys:
         lines.append(f"standbys: {', '.join(status.standbys)}")
+    up = {s.id for c, _ in clusters for s in c.shard_health if s.up}  # a retiring cluster may still serve one
+    down = [(s, c, m) for c, m in clusters if c.state != "retiring" for s in c.shard_health if s.id not in up]
+    if down:
+        lines += [
+            "",
+            "shards down: "
+            + "; ".join(
+                f"{s.id} ({s.state} for {s.down_for:.0f} s, cluster {c.id} on {m.id})" for s, c, m in down
+            ),
+        ]
     if status.restart is not None:
         lines += ["", f"restart: {status.restart.get('progress', '?')}"]
     if status.identify is not None:
@@ -167,3 +177,33 @@ def render_plan(answer: dict[str, Any]) -> str:
         f"{answer['total_clusters']} clusters; machines with rolling restarts replace their "
         "clusters one at a time (see `zmqcross status`)"
     )
+
+
+def render_shards(status: FleetStatus) -> str:
+    """One line per shard (``zmqcross status --shards``): state, latency, idle, disconnects; bad ones flagged."""
+    rows = []
+    for m in status.machines:
+        for c in m.clusters:
+            if c.state == "retiring":
+                continue
+            for s in c.shard_health:
+                rows.append(
+                    (
+                        s.id,
+                        [
+                            str(s.id),
+                            str(c.id),
+                            m.id,
+                            s.state,
+                            f"{s.latency * 1000:.0f} ms" if s.latency is not None else "-",
+                            f"{s.idle:.1f}s" if s.idle is not None else "-",
+                            str(s.disconnects),
+                            str(s.resumes),
+                            "" if s.up else f"DOWN for {s.down_for:.0f} s",
+                        ],
+                    )
+                )
+    if not rows:
+        return "no shard reports yet"
+    header = ("SHARD", "CLUSTER", "MACHINE", "STATE", "LATENCY", "IDLE", "DISCONNECTS", "RESUMES", "")
+    return "\n".join(table(header, (row for _, row in sorted(rows, key=lambda r: r[0]))))

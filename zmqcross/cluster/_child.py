@@ -28,6 +28,7 @@ import builtins
 import dataclasses
 import functools
 import logging
+import math
 import os
 import runpy
 import socket
@@ -68,6 +69,7 @@ from ..protocol import (
 from ._handover import EventGate, GateState, install
 from ._pacing import IdentifyTurns
 from ._pipe import PipeEnd, open_pipe, pack
+from ._shardhealth import ShardHealth
 
 if TYPE_CHECKING:
     import discord
@@ -105,6 +107,15 @@ _THE_FIX = (
     "commands.AutoShardedBot(..., shard_ids=list(data.shard_list), shard_count=data.total_shards) "
     "(or discord.AutoShardedClient with the same arguments), where data = zmqcross.cluster_data()"
 )
+
+
+def resident_bytes() -> int | None:
+    """This process's resident memory in bytes (Linux's /proc; None elsewhere)."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 @dataclass(frozen=True, slots=True)
@@ -351,8 +362,11 @@ class ClusterClient:
         if os.environ.get("ZMQCROSS_IDENTIFY_QUEUE", "on").lower() != "off":
             _warn_if_hooked(bot)
             bot.before_identify_hook = self._before_identify  # type: ignore[method-assign]
+        self.shard_health = ShardHealth(self.data.shard_list)
         self._gate = EventGate(held=self.data.held)
-        self._dispatch = install(bot, self._gate, overflowed=self._announce_live)
+        self._dispatch = install(
+            bot, self._gate, overflowed=self._announce_live, observe=self.shard_health.observe
+        )
         self._announced = False
         self._login = bot.login
         bot.login = self._login_then_serve  # type: ignore[method-assign]
@@ -426,19 +440,41 @@ class ClusterClient:
                     ready=self.bot.is_ready(),
                     guilds=len(self.bot.guilds),
                     waiting=self._waiting,
+                    shards=self._shard_rows(),
+                    rss=resident_bytes(),
                 )
             )
+
+    def _shard_rows(self) -> list[list[Any]]:
+        # Latency from discord.py's gateway heartbeats; idle from when each connection last
+        # received anything (its keep-alive's clock; None before it has one).
+        bot: Any = self.bot
+        latencies: dict[int, float] = {}
+        idle: dict[int, float | None] = {}
+        now = time.perf_counter()
+        for sid in self.data.shard_list:
+            try:
+                ws = bot._get_websocket(shard_id=sid)
+            except (AttributeError, KeyError):
+                continue
+            latencies[sid] = getattr(ws, "latency", math.inf)
+            last = getattr(getattr(ws, "_keep_alive", None), "_last_recv", None)
+            idle[sid] = now - last if isinstance(last, float) else None
+        return self.shard_health.wire(latencies, idle)
 
     # ------------------------------------------------------------------ IDENTIFY pacing
 
     async def _before_identify(self, shard_id: int | None, *, initial: bool = False) -> None:
         # discord.py's hook: called before every IDENTIFY of every shard, initial or not.
+        sid = shard_id if shard_id is not None else self.data.first_shard_id
+        self.shard_health.move(sid, "waiting")
         turn = asyncio.ensure_future(
             self.identify_turns.wait_turn(shard_id if shard_id is not None else self.data.first_shard_id)
         )
         self._turns.add(turn)
         try:
             await turn
+            self.shard_health.move(sid, "identifying")
         except asyncio.CancelledError:
             if self._closing:
                 # Stopped while waiting: discord.py would retry the connection forever

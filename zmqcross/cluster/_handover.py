@@ -153,16 +153,23 @@ class EventGate:
 
 
 def install(
-    bot: discord.Client, gate: EventGate, *, overflowed: Callable[[], None] = lambda: None
+    bot: discord.Client,
+    gate: EventGate,
+    *,
+    overflowed: Callable[[], None] = lambda: None,
+    observe: Callable[[str, tuple[Any, ...]], None] = lambda name, args: None,
 ) -> Callable[..., None]:
     """Put ``gate`` between ``bot``'s gateway and its handlers; returns the ungated dispatch.
 
-    A held gate that fills up (:data:`MAX_HELD`) goes live at once, then calls ``overflowed``.
+    ``observe(name, args)`` sees every dispatch first, whatever the gate decides (the
+    shards' health). A held gate that fills up (:data:`MAX_HELD`) goes live at once, then
+    calls ``overflowed``.
     """
     state = bot._connection
     dispatch = bot.dispatch
 
     def gated(name: str, /, *args: Any, **kwargs: Any) -> None:
+        observe(name, args)
         if gate.state is GateState.LIVE or gate.admit(name, args, kwargs):
             dispatch(name, *args, **kwargs)
         elif gate.overflowed:

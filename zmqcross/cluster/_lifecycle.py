@@ -26,6 +26,7 @@ from .._requests import OpenRequests
 from .._transitions import Transitions
 from ..errors import ConfigurationError
 from ..protocol import ErrorInfo
+from ..status import ShardStatus
 from ._pipe import PipeEnd
 
 __all__ = [
@@ -121,6 +122,9 @@ class _Cluster:
     held: bool = False  # its handlers wait until the clusters it replaces have retired
     retired: asyncio.Future[list[int]] | None = None  # its answer to a retire step, awaited
     trial: bool = False  # a restart's new process: if it fails, the old one serves on, unrestarted
+    shard_health: tuple[ShardStatus, ...] = ()  # as its last heartbeat said
+    rss: int | None = None  # resident bytes, as its last heartbeat said
+    repairing: bool = False  # restarting because a shard stayed down
 
     def move(self, new: ClusterState) -> None:
         """Change state; raises :class:`IllegalTransition` for a move the table does not allow."""

@@ -58,7 +58,7 @@ from ..protocol import (
     Send,
     readdress,
 )
-from ..status import ClusterStatus
+from ..status import ClusterStatus, ShardStatus
 from ._child import FENCED_EXIT, ClusterData
 from ._lifecycle import (
     CLUSTER_TRANSITIONS,
@@ -99,6 +99,10 @@ _READY = ClusterState.READY
 RETIRING = "retiring"
 """The status of an old cluster still serving during a rolling restart (a view, not a state)."""
 
+DEFAULT_SHARD_DOWN_TIMEOUT = 60.0
+"""Seconds a shard of a ready cluster may stay down (disconnected, reconnecting) before its
+cluster is restarted; a shard waiting for its IDENTIFY slot is not down."""
+
 RETIRE_TIMEOUT = 5.0
 """Seconds an old cluster has to answer its retire step (with what it handled)."""
 MAX_EARLY_NOTICES = 4096
@@ -137,6 +141,7 @@ class ClusterManager:
         heartbeat_timeout: float = 15.0,
         limits: Limits = DEFAULT_LIMITS,
         identify: IdentifyParams | None = None,
+        shard_down_timeout: float = DEFAULT_SHARD_DOWN_TIMEOUT,
     ) -> None:
         path = Path(bot_file)
         if not path.is_file():
@@ -164,6 +169,9 @@ class ClusterManager:
         self.spawn_timeout = spawn_timeout
         self.heartbeat_interval = heartbeat_interval
         self.heartbeat_timeout = heartbeat_timeout
+        if not shard_down_timeout > heartbeat_interval:
+            raise ConfigurationError("shard_down_timeout must be longer than heartbeat_interval")
+        self.shard_down_timeout = shard_down_timeout
         self._limits = limits
         self.identify = identify if identify is not None else IdentifyParams()
         self._env = dict(env or {})
@@ -243,6 +251,8 @@ class ClusterManager:
             last_error=c.last_error,
             waiting=c.waiting if c.state is ClusterState.STARTING else None,
             live=not c.held,
+            shard_health=c.shard_health if alive else (),
+            rss=c.rss if alive else None,
         )
 
     def statuses(self) -> list[ClusterStatus]:
@@ -421,7 +431,9 @@ class ClusterManager:
             )
         if old.state is not _READY:
             raise ZmqcrossError(f"cluster {cluster_id} is {old.state.value}, not ready: not restarted")
-        fresh = _Cluster(cluster_id, old.shards, held=True, trial=True)
+        fresh = _Cluster(
+            cluster_id, old.shards, held=True, trial=True, restarts=old.restarts, recent=old.recent
+        )
         ledger = Ledger(
             HandoverPlan(self.plan_version, {cluster_id: (cluster_id,)}, {cluster_id: (cluster_id,)}),
             self.plan_version,
@@ -711,6 +723,40 @@ class ClusterManager:
                     self._kill(
                         c, f"sent no heartbeat for {now - c.last_beat:.1f} s (its event loop is stuck?)"
                     )
+                elif c.state is _READY and not c.held and not c.repairing and self._ledger is None:
+                    down = [s for s in c.shard_health if s.state != "waiting" and not s.up]
+                    if any(s.down_for >= self.shard_down_timeout for s in down):
+                        self._repair(c, down, now)
+
+    def _repair(self, c: _Cluster, down: list[ShardStatus], now: float) -> None:
+        # A shard that stays down (a zombie): restart its cluster through a handover, so the
+        # other shards keep serving; it counts against the restart cap like a crash.
+        what = ", ".join(f"shard {s.id} {s.state} for {s.down_for:.0f} s" for s in down)
+        decision = after_exit(c, now=now, policy=self.restarts, report=None)
+        if isinstance(decision, GiveUp):
+            c.repairing = True  # said once; the shard stays down
+            c.last_error = f"{what}; {decision.reason}"
+            log.error("cluster %d: %s; %s", c.id, what, decision.reason)
+            self._events.emit("error", ZmqcrossError(f"cluster {c.id}: {what}; {decision.reason}"))
+            return
+        log.warning(
+            "cluster %d: %s (shard_down_timeout=%g s); restarting the cluster",
+            c.id,
+            what,
+            self.shard_down_timeout,
+        )
+        c.repairing = True
+        task = asyncio.get_running_loop().create_task(self._repair_by_restart(c, what))
+        self._respawns.add(task)
+        task.add_done_callback(self._respawns.discard)
+
+    async def _repair_by_restart(self, c: _Cluster, what: str) -> None:
+        try:
+            await self.restart(c.id)
+        except ZmqcrossError as exc:
+            log.error("cluster %d could not be restarted (%s): %s", c.id, what, exc.message)
+        finally:
+            c.repairing = False
 
     def _pipe_closed(self, c: _Cluster, exc: Exception | None) -> None:
         if c.open or self._fanouts:
@@ -737,6 +783,12 @@ class ClusterManager:
         if isinstance(msg, Heartbeat):
             c.last_beat, c.last_beat_at, c.guilds = time.monotonic(), msg.sent_at, msg.guilds
             c.waiting = msg.waiting if type(msg.waiting) is str else None
+            c.rss = msg.rss
+            if isinstance(msg.shards, list):
+                try:
+                    c.shard_health = tuple(ShardStatus.from_row(row) for row in msg.shards)
+                except ValueError as exc:
+                    log.debug("cluster %d sent a malformed shard report: %s", c.id, exc)
             if c.waiting is not None and c.state is ClusterState.STARTING:
                 c.started = c.last_beat  # spawn_timeout counts from its IDENTIFY's turn, not its start
             if msg.ready and c.state is ClusterState.STARTING:
@@ -802,12 +854,21 @@ class ClusterManager:
         )
         gather = Gather(targets)
         routes: dict[_Cluster, list[int]] = {}
+        guild = route.header.get("guild_id")
         for cid in targets:
             c = self._serving(cid)
             if c is None or c.state is not _READY or c.pipe is None or not c.pipe.open:
                 gather.fail(
                     [cid], ConnectionLost(f"cluster {cid} is {c.state.value if c else 'stopped'}, not ready")
                 )
+                continue
+            down = (
+                self._shard_down(c, shard_for_guild(guild, self.total_shards), f"guild {guild}")
+                if type(guild) is int
+                else None
+            )
+            if down is not None:
+                gather.fail([cid], down)
                 continue
             routes[c] = [cid]
         # One id, one timer and one encoding for all of this machine's clusters.
@@ -851,6 +912,8 @@ class ClusterManager:
             )
         elif owner.state is not _READY or owner.pipe is None or not owner.pipe.open:
             error = ConnectionLost(f"cluster {owner.id} (shard {shard}) is {owner.state.value}, not ready")
+        else:
+            error = self._shard_down(owner, shard, f"guild {msg.guild_id}")
         if error is not None or owner is None or owner.pipe is None:
             respond(readdress(error or ConnectionLost("no cluster"), msg.id))
             return
@@ -862,6 +925,17 @@ class ClusterManager:
             on_done=lambda outcome: respond(readdress(outcome, msg.id)),
         )
         owner.pipe.send(dataclasses.replace(msg, id=sub_id))
+
+    @staticmethod
+    def _shard_down(c: _Cluster, shard: int, what: str) -> ConnectionLost | None:
+        """The error for work about ``what`` on ``shard`` if that shard is not up in cluster ``c``."""
+        for health in c.shard_health:
+            if health.id == shard and not health.up:
+                return ConnectionLost(
+                    f"{what} is on shard {shard} of cluster {c.id}, which is {health.state} "
+                    f"(for {health.down_for:.0f} s): its events are not arriving; try again once it is back"
+                )
+        return None
 
     def send_to_clusters(self, data: bytes) -> int:
         """Hand a custom message (encoded JSON) to every ready cluster's ``message`` handlers."""

@@ -64,6 +64,12 @@ PAGE = """<!doctype html>
   #guild-result[data-status="ok"] .headline { color: var(--ok); font-weight: 600; }
   pre { background: #f6f8fa; padding: .5rem; border-radius: 4px; overflow: auto; max-height: 18rem; margin: .4rem 0 0; }
   .dim { color: var(--dim); }
+  #shards { display: flex; flex-wrap: wrap; gap: 3px; padding: .6rem .7rem; }
+  .shard { min-width: 1.7rem; height: 1.7rem; padding: 0 .2rem; font-size: .7rem; font-weight: 600; color: #fff;
+           display: flex; align-items: center; justify-content: center; border-radius: 3px; }
+  .sh-ready { background: var(--ok); }
+  .sh-waiting, .sh-identifying, .sh-connecting { background: var(--warn); }
+  .sh-disconnected, .sh-unknown { background: var(--bad); }
 </style>
 </head>
 <body data-loaded="false" data-refreshes="0">
@@ -90,6 +96,10 @@ PAGE = """<!doctype html>
   </div>
   <ul id="alerts"></ul>
   <section class="box">
+    <h2>Shards <span class="sub">one cell per shard, coloured by state; hover for latency and cluster</span></h2>
+    <div id="shards"></div>
+  </section>
+  <section class="box">
     <h2>Guild lookup <span class="sub">request_to_guild, answered by the cluster that holds it</span></h2>
     <form id="guild-form">
       <input id="guild-input" name="guild" placeholder="guild id" inputmode="numeric" autocomplete="off">
@@ -106,6 +116,8 @@ PAGE = """<!doctype html>
 <script>
 "use strict";
 const $ = (id) => document.getElementById(id);
+// Seconds a shard may be down before the page raises an alert (?shard_alert=S changes it).
+const SHARD_ALERT_AFTER = Number(new URLSearchParams(location.search).get("shard_alert") || 10);
 
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
@@ -266,6 +278,28 @@ function render(snap) {
         }
       }
     }
+    const shards = new Map();  // shard id -> [row, cluster, machine]: a ready report wins (a rolling
+    for (const m of machines) {  // swap's retiring half serves until the new half is live)
+      for (const c of m.clusters) {
+        for (const row of c.shard_health || []) {
+          const seen = shards.get(row[0]);
+          if (!seen || (row[1] === "ready" && seen[0][1] !== "ready")) shards.set(row[0], [row, c, m]);
+        }
+      }
+    }
+    const cells = [];
+    for (let id = 0; id < fleet.total_shards; id++) {
+      const known = shards.get(id);
+      const state = known ? known[0][1] : "unknown";
+      const latency = known && known[0][2] !== null ? Math.round(known[0][2] * 1000) + " ms" : "no latency yet";
+      const where = known ? "cluster " + known[1].id + " on " + known[2].id : "no cluster reports it";
+      cells.push(el("span", {class: "shard sh-" + state, "data-shard": id, "data-state": state,
+                             title: "shard " + id + ": " + state + ", " + latency + ", " + where}, id));
+      if (known && state !== "ready" && state !== "waiting" && known[0][6] >= SHARD_ALERT_AFTER) {
+        alerts.push(["bad", "shard " + id + " is DOWN (" + state + " for " + Math.round(known[0][6]) + " s) on " + where]);
+      }
+    }
+    $("shards").replaceChildren(...cells);
     const sections = machines.map((m) => machineSection(m, answeredById, fleet.taken_at));
     if (sum.unassigned.length) {
       const body = el("tbody");

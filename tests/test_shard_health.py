@@ -1,0 +1,175 @@
+"""Shard-level health: each shard's state, latency and reconnects reported, and a shard that
+stays down gets its cluster restarted while the other shards serve on.
+
+The tracker and the records are pure; the fleet test uses real processes on an offline
+gateway made to refuse one shard's reconnects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+
+import aiohttp
+import pytest
+from conftest import failed_test, free_port
+from fleetkit import TOKEN, Processes, fleet_env, wait_clusters
+
+from zmqcross import ZmqcrossError
+from zmqcross.cluster._shardhealth import ShardHealth
+from zmqcross.gateway import GatewayServer, guild_id, shard_of
+from zmqcross.status import ClusterStatus, ShardStatus
+
+pytestmark = pytest.mark.timeout(120)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_shard_moves_with_discord_py_s_events_and_counts_its_troubles() -> None:
+    clock = Clock()
+    health = ShardHealth([2, 3], clock=clock)
+    health.move(3, "waiting")
+    health.move(3, "identifying")
+    health.observe("shard_connect", (3,))
+    clock.now += 1
+    health.observe("shard_ready", (3,))
+    health.observe("message", ("not a shard event",))
+    health.observe("shard_ready", (99,))  # not one of this cluster's shards: ignored
+    clock.now += 5
+    health.observe("shard_disconnect", (3,))
+    clock.now += 2.5
+    assert health.down_for(3) == 2.5 and health.down_for(2) == 8.5  # shard 2 never connected
+    rows = health.wire({3: 0.0421, 2: float("inf")}, {3: 0.5})
+    assert rows == [
+        [2, "connecting", None, None, 0, 0, 8.5],
+        [3, "disconnected", 0.0421, 0.5, 1, 0, 2.5],
+    ]
+    health.observe("shard_resumed", (3,))
+    assert health.wire({}, {})[1] == [3, "ready", None, None, 1, 1, 0.0]
+
+
+def test_shard_records_survive_the_wire_and_refuse_what_is_not_one() -> None:
+    shard = ShardStatus(3, "disconnected", 0.04, 1.5, 2, 1, 12.0)
+    assert ShardStatus.from_row(shard.to_row()) == shard and not shard.up
+    for bad in ([3, "ready"], [3, "ready", "fast", None, 0, 0, 0.0], "row", [True, "ready", None, None, 0, 0, 0]):
+        with pytest.raises(ValueError, match="shard row"):
+            ShardStatus.from_row(bad)
+    cluster = ClusterStatus(1, (2, 3), 10, "ready", 5, 0, 1.0, 2.0, 3.0, None, shard_health=(shard,), rss=2**26)
+    assert ClusterStatus.from_json(cluster.to_json()) == cluster
+    older = {k: v for k, v in cluster.to_json().items() if k not in ("shard_health", "rss")}
+    assert ClusterStatus.from_json(older).shard_health == ()  # a machine of an older version
+
+
+# ---------------------------------------------------------------------------- a real fleet
+
+DOWN = 3  # the shard made to fail: cluster 1 runs shards 2 and 3
+
+
+@pytest.fixture
+async def procs(gateway: GatewayServer, request: pytest.FixtureRequest) -> AsyncIterator[Processes]:
+    port = free_port()
+    processes = Processes(fleet_env(gateway.api_base, port, ZMQCROSS_SHARD_DOWN_TIMEOUT="4"))
+    processes.port = port  # type: ignore[attr-defined]
+    yield processes
+    await processes.stop_all(failed=failed_test(request))
+
+
+def shard_view(machines) -> dict[int, list[ShardStatus]]:  # type: ignore[no-untyped-def]
+    """Every report of each shard, from current and retiring clusters alike."""
+    view: dict[int, list[ShardStatus]] = {}
+    for m in machines:
+        for c in m.clusters:
+            for s in c.shard_health:
+                view.setdefault(s.id, []).append(s)
+    return view
+
+
+async def test_a_shard_that_stays_down_is_reported_and_its_cluster_restarted(
+    procs, make_bridge, make_client, gateway: GatewayServer
+) -> None:
+    bridge = await make_bridge(
+        auth_token=TOKEN,
+        port=procs.port,
+        pub_port=procs.port + 1,
+        total_shards=8,
+        shards_per_cluster=2,
+        total_machines=2,
+        metrics_port=0,
+    )
+    procs.machine("machine-1"), procs.machine("machine-2")
+    dash = await make_client(
+        auth_token=TOKEN, port=procs.port, pub_port=procs.port + 1, agent="dashboard", machine_id="dash"
+    )
+    await wait_clusters(dash, [0, 1, 2, 3])
+    status = await bridge.status()
+    clusters = {c.id: c for m in status.machines for c in m.clusters}
+    assert sorted(s.id for c in clusters.values() for s in c.shard_health) == list(range(8))
+    assert all(s.up and s.latency is not None and s.latency > 0 for c in clusters.values() for s in c.shard_health)
+    for c in clusters.values():  # RSS as the kernel counts it
+        with open(f"/proc/{c.pid}/status") as proc_status:
+            vm_rss = next(int(line.split()[1]) * 1024 for line in proc_status if line.startswith("VmRSS:"))
+        assert c.rss is not None and abs(c.rss - vm_rss) <= 0.1 * vm_rss, (c.rss, vm_rss)
+    old_pid = clusters[1].pid
+
+    gateway.refuse_shard(DOWN)
+    assert await gateway.disconnect_shard(DOWN) == 1
+    cut = time.monotonic()
+    served: list[dict[int, bool]] = []
+    text = ""
+    async with aiohttp.ClientSession() as http:
+        while True:  # down in status and in the metrics within a few seconds
+            view = shard_view((await bridge.status()).machines)
+            if not any(s.up for s in view[DOWN]):
+                async with http.get(bridge.metrics.url) as response:
+                    text = await response.text()
+                if _metric(text, DOWN) == 0.0:
+                    break
+            assert time.monotonic() - cut < 5, (view[DOWN], [x for x in text.splitlines() if "shard_up" in x])
+            await asyncio.sleep(0.2)
+    detected = time.monotonic() - cut
+    guild = next(guild_id(i) for i in range(64) if shard_of(guild_id(i), 8) == DOWN)
+    with pytest.raises(ZmqcrossError, match=rf"guild {guild} is on shard {DOWN} of cluster 1, which is disconnected"):
+        await dash.request_to_guild({"op": "guild"}, guild_id=guild)
+    with pytest.raises(ZmqcrossError, match=rf"is on shard {DOWN} of cluster 1, which is disconnected"):
+        await dash.broadcast_eval("bot.cluster.id", guild_id=guild)
+
+    # After shard_down_timeout (4 s) the machine restarts cluster 1 (a handover: shard 2
+    # serves on); once that has begun, the shard is let back.
+    while True:
+        status = await bridge.status()
+        view = shard_view(status.machines)
+        served.append({sid: any(s.up for s in reports) for sid, reports in view.items()})
+        restarted = [c for m in status.machines for c in m.clusters if c.id == 1 and c.restarts >= 1]
+        if restarted:
+            break
+        assert time.monotonic() - cut < 15, "cluster 1 was not restarted"
+        await asyncio.sleep(0.2)
+    assert time.monotonic() - cut >= 4.0
+    gateway.refuse_shard(DOWN, False)
+    while True:
+        status = await bridge.status()
+        view = shard_view(status.machines)
+        served.append({sid: any(s.up for s in reports) for sid, reports in view.items()})
+        current = [c for m in status.machines for c in m.clusters if c.id == 1 and c.state == "ready" and c.live]
+        if current and current[0].pid != old_pid and all(s.up for s in current[0].shard_health):
+            break
+        assert time.monotonic() - cut < 60, status
+        await asyncio.sleep(0.2)
+    assert detected < 5
+    others = [sid for sid in range(8) if sid != DOWN]
+    assert all(sample.get(sid) for sample in served for sid in others), served  # the others never left
+    assert (await dash.request_to_guild({"op": "guild", "guild_id": guild}))["shard"] == DOWN
+
+
+def _metric(text: str, shard: int) -> float | None:
+    for line in text.splitlines():
+        if line.startswith("zmqcross_shard_up{") and f'shard="{shard}"' in line and 'cluster="1"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None

@@ -1,0 +1,103 @@
+"""Inside a cluster: each shard's gateway state, from discord.py's shard events. Pure.
+
+A cluster heartbeats ``ready`` once its client is ready, but one of its shards can drop
+and never come back (a "zombie shard") while the others serve: a fifth of a bot's guilds
+silent while everything looks green. So each shard's state rides on the heartbeat too,
+with its latency, how long since it last heard Discord, its disconnects and resumes.
+
+States move by :data:`SHARD_MOVES` on discord.py's events (``on_shard_connect``,
+``on_shard_disconnect``, ``on_shard_ready``, ``on_shard_resumed``) and on the IDENTIFY
+queue's word (``waiting`` for a slot, ``identifying`` once it has one).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SHARD_EVENTS", "SHARD_MOVES", "SHARD_STATES", "ShardHealth"]
+
+SHARD_STATES = ("connecting", "waiting", "identifying", "ready", "disconnected")
+"""Every state a shard can be in: ``waiting`` for its IDENTIFY slot, ``identifying`` once it
+has one, ``connecting`` from its READY until its guilds have streamed in, ``disconnected``
+while discord.py reconnects (a RESUME, or a new IDENTIFY that moves it to ``waiting``)."""
+
+SHARD_MOVES: dict[str, str] = {
+    "shard_connect": "connecting",  # discord.py: READY came, its guilds are streaming in
+    "shard_disconnect": "disconnected",
+    "shard_ready": "ready",
+    "shard_resumed": "ready",
+    "waiting": "waiting",
+    "identifying": "identifying",
+}
+"""The state each event moves a shard to, from any state."""
+
+SHARD_EVENTS = frozenset({"shard_connect", "shard_disconnect", "shard_ready", "shard_resumed"})
+"""The discord.py dispatches the tracker reads."""
+
+
+@dataclass(slots=True)
+class _Shard:
+    state: str = "connecting"
+    since: float = 0.0  # monotonic: when it entered its state
+    disconnects: int = 0
+    resumes: int = 0
+
+
+class ShardHealth:
+    """The state of each of a cluster's shards (see the module docstring)."""
+
+    def __init__(self, shard_ids: Iterable[int], *, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        now = clock()
+        self._shards = {sid: _Shard(since=now) for sid in shard_ids}
+
+    def observe(self, event: str, args: tuple[Any, ...]) -> None:
+        """A discord.py dispatch; shard events (the shard id first) move their shard."""
+        if event not in SHARD_EVENTS or not args:
+            return
+        self.move(args[0], event)
+
+    def move(self, shard_id: Any, event: str) -> None:
+        """Move ``shard_id`` by ``event`` (a key of :data:`SHARD_MOVES`)."""
+        shard = self._shards.get(shard_id) if type(shard_id) is int else None
+        if shard is None:
+            return
+        state = SHARD_MOVES[event]
+        if event == "shard_disconnect":
+            shard.disconnects += 1
+        elif event == "shard_resumed":
+            shard.resumes += 1
+        if state != shard.state:
+            shard.state, shard.since = state, self._clock()
+
+    def down_for(self, shard_id: int) -> float:
+        """Seconds ``shard_id`` has been out of the ready state (0 when ready)."""
+        shard = self._shards[shard_id]
+        return 0.0 if shard.state == "ready" else self._clock() - shard.since
+
+    def wire(self, latencies: Mapping[int, float], idle: Mapping[int, float | None]) -> list[list[Any]]:
+        """The heartbeat's ``shards``: ``[id, state, latency_s, idle_s, disconnects, resumes, down_s]`` each.
+
+        ``latencies`` come from ``bot.latencies`` (infinite or missing: None); ``idle`` is the
+        seconds since each shard's connection last received anything.
+        """
+        now = self._clock()
+        rows = []
+        for sid, shard in self._shards.items():
+            latency = latencies.get(sid)
+            rows.append(
+                [
+                    sid,
+                    shard.state,
+                    round(latency, 4) if latency is not None and math.isfinite(latency) else None,
+                    round(idle[sid], 2) if idle.get(sid) is not None else None,  # type: ignore[arg-type]
+                    shard.disconnects,
+                    shard.resumes,
+                    0.0 if shard.state == "ready" else round(now - shard.since, 2),
+                ]
+            )
+        return rows

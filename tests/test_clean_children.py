@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from conftest import TOKEN, free_port
 
-from zmqcross import ConfigurationError
+from zmqcross import ClusterManager, ConfigurationError
 from zmqcross.client._client import _refuse_in_a_child
 from zmqcross.gateway import GatewayServer
 
@@ -83,3 +83,27 @@ def test_a_bot_file_may_not_start_a_machine_agent(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ConfigurationError, match="cluster 3 tried to connect to the bridge as machine 'm0'"):
         _refuse_in_a_child("m0", "bot")
     _refuse_in_a_child("watcher", "dashboard")  # other agents may connect from a bot
+
+
+async def test_a_cluster_told_to_stop_while_its_shards_cannot_connect_still_exits(
+    gateway: GatewayServer,
+) -> None:
+    # REST answers, the gateway port refuses connections: discord.py's launch_shard retries
+    # every 5 s whether or not the client was closed, so bot.run() would never return.
+    manager = ClusterManager(
+        BOT,
+        total_shards=1,
+        shard_list=[[0]],
+        env={
+            "ZMQCROSS_DISCORD_API": gateway.api_base,
+            "ZMQCROSS_DISCORD_GATEWAY": f"ws://127.0.0.1:{free_port()}/",
+            "ZMQCROSS_LOG_LEVEL": "WARNING",
+        },
+    )
+    await manager.spawn(timeout=2.0)  # not ready: it keeps trying to connect
+    (status,) = manager.clusters
+    assert status.state == "starting" and status.pid is not None
+    stopped = time.monotonic()
+    await manager.close(timeout=15.0)  # asks it to close; kills it only after 15 s
+    (status,) = manager.clusters
+    assert status.exit_code == 0 and time.monotonic() - stopped < 8, status  # it ended itself

@@ -98,6 +98,9 @@ its manager starts it again once the bridge renews the lease, not before."""
 SHUTDOWN_GRACE = 10.0
 """Seconds a cluster waits for discord.py to close its connections before it exits anyway."""
 
+EXIT_GRACE = 3.0
+"""Seconds a cluster waits, after closing discord.py, for bot.run() to return before it exits anyway."""
+
 MAX_REPORTED_TRACEBACK = 16_000
 """Characters of a failing cluster's traceback sent to its manager (the end is kept)."""
 REPORT_TIMEOUT = 2.0
@@ -658,6 +661,11 @@ class ClusterClient:
             os._exit(1)
         for turn in list(self._turns):
             turn.cancel()  # a shard still waiting to IDENTIFY ends the process (see _before_identify)
+        # bot.run() returns once discord.py has closed, except while a shard's first connection
+        # is being retried (launch_shard loops every 5 s, closed or not): a cluster whose machine
+        # is gone would live on for good. Its sessions are closed by now, so it ends anyway.
+        code = FENCED_EXIT if _CURRENT is not None and _CURRENT.fenced else 0
+        asyncio.get_running_loop().call_later(EXIT_GRACE, os._exit, code)
 
     # ------------------------------------------------------------------ upstream (Shard API)
 

@@ -14,9 +14,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 from conftest import IDENTIFY_WINDOW
 
 from zmqcross import Client, ZmqcrossError
+from zmqcross.gateway import guild_id
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "fleet-token"
@@ -163,3 +165,61 @@ async def wait_clusters(client: Client, expected: list[int], timeout: float = 40
             return
         await asyncio.sleep(0.1)
     raise AssertionError(f"clusters {expected} not all answering after {timeout} s: {results}")
+
+
+async def fleet_bridge(make_bridge: Any, port: int, **options: Any) -> Any:
+    """An in-process bridge for the fleet bots/cluster.py machines expect: 8 shards, 4 clusters, 2 machines."""
+    settings: dict[str, Any] = {"total_shards": 8, "shards_per_cluster": 2, "total_machines": 2, **options}
+    return await make_bridge(auth_token=TOKEN, port=port, pub_port=port + 1, **settings)
+
+
+class Messages:
+    """A user's message in each of ``guilds`` (indices) every ``every`` seconds, through the offline
+    gateway's dispatch endpoint, while the block runs; ``sent`` holds the ids some session received.
+
+    The fleet bot counts each message it handles in the bridge's "handled" cache path:
+    :func:`assert_each_handled_once` then checks every one was handled exactly once.
+    """
+
+    def __init__(self, gateway_port: int, guilds: range, every: float = 0.05) -> None:
+        self.url = f"http://127.0.0.1:{gateway_port}/_offline/dispatch"
+        self.guilds, self.every = guilds, every
+        self.sent: list[str] = []
+        self._done = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Messages:
+        self._task = asyncio.create_task(self._talk())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._done.set()
+        if self._task is not None:
+            await self._task
+
+    async def _talk(self) -> None:
+        async with aiohttp.ClientSession() as http:
+
+            async def say(index: int) -> None:
+                body = {"guild_id": str(guild_id(index)), "event": "MESSAGE_CREATE", "data": {"content": "hi"}}
+                async with http.post(self.url, json=body) as response:
+                    answer = await response.json()
+                    if response.status == 200 and answer["delivered"]:
+                        self.sent.append(answer["data"]["id"])
+
+            while not self._done.is_set():
+                await asyncio.gather(*(say(index) for index in self.guilds))
+                await asyncio.sleep(self.every)
+
+
+async def assert_each_handled_once(cache: Any, sent: list[str], *, at_least: int = 200) -> None:
+    """Every message in ``sent`` was counted exactly once in ``cache``'s "handled" path."""
+    handled = cache.cache["handled"]
+    end = time.monotonic() + 10
+    while len(handled.keys()) < len(sent) and time.monotonic() < end:
+        await asyncio.sleep(0.1)
+    counts = handled.get_many(sent)
+    assert len(sent) > at_least, len(sent)
+    twice = sorted(k for k, n in counts.items() if n != 1)
+    missing = [k for k in sent if k not in counts]
+    assert (twice, missing) == ([], []), f"{len(twice)} handled more than once, {len(missing)} never"

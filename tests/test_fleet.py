@@ -12,10 +12,17 @@ import signal
 import time
 from collections.abc import AsyncIterator
 
-import aiohttp
 import pytest
 from conftest import failed_test, free_port
-from fleetkit import TOKEN, Processes, fleet_env, wait_clusters
+from fleetkit import (
+    TOKEN,
+    Messages,
+    Processes,
+    assert_each_handled_once,
+    fleet_bridge,
+    fleet_env,
+    wait_clusters,
+)
 
 from zmqcross import CacheServer, Client, ConnectionLost
 from zmqcross.gateway import GatewayServer, guild_id
@@ -34,15 +41,8 @@ async def procs(gateway: GatewayServer, request: pytest.FixtureRequest) -> Async
     await processes.stop_all(failed=failed_test(request))
 
 
-async def in_process_bridge(make_bridge, procs: Processes):
-    return await make_bridge(
-        auth_token=TOKEN,
-        port=procs.port,
-        pub_port=procs.port + 1,
-        total_shards=8,  # type: ignore[attr-defined]
-        shards_per_cluster=2,
-        total_machines=2,
-    )
+async def in_process_bridge(make_bridge, procs: Processes, **options):
+    return await fleet_bridge(make_bridge, procs.port, **options)  # type: ignore[attr-defined]
 
 
 async def dashboard(make_client, procs: Processes) -> Client:
@@ -170,7 +170,6 @@ async def test_a_rolling_reshard_keeps_answering_and_handles_each_message_once(
     dash = await dashboard(make_client, procs)
     await wait_clusters(dash, [0, 1, 2, 3])
     polls: list[list] = []
-    sent: list[str] = []  # ids of the messages some live session received
     done = asyncio.Event()
 
     async def poll() -> None:
@@ -178,22 +177,9 @@ async def test_a_rolling_reshard_keeps_answering_and_handles_each_message_once(
             polls.append(await dash.broadcast_eval("bot.cluster.id", return_exceptions=True, timeout=3))
             await asyncio.sleep(0.05)
 
-    async def talk(http: aiohttp.ClientSession) -> None:
-        # Every 50 ms a message in 12 guilds: every shard of the old plan (8) and the new one (12).
-        async def say(index: int) -> None:
-            body = {"guild_id": str(guild_id(index)), "event": "MESSAGE_CREATE", "data": {"content": "hi"}}
-            url = f"http://127.0.0.1:{gateway.port}/_offline/dispatch"
-            async with http.post(url, json=body) as response:
-                answer = await response.json()
-                if response.status == 200 and answer["delivered"]:
-                    sent.append(answer["data"]["id"])
-
-        while not done.is_set():
-            await asyncio.gather(*(say(index) for index in range(12)))
-            await asyncio.sleep(0.05)
-
-    async with aiohttp.ClientSession() as http:
-        poller, talker = asyncio.create_task(poll()), asyncio.create_task(talk(http))
+    # Every 50 ms a message in 12 guilds: every shard of the old plan (8) and the new one (12).
+    async with Messages(gateway.port, range(12)) as messages:
+        poller = asyncio.create_task(poll())
         await asyncio.sleep(1.0)
         plan = await bridge.reshard(total_shards=12)
         assert plan.total_clusters == 6
@@ -212,7 +198,6 @@ async def test_a_rolling_reshard_keeps_answering_and_handles_each_message_once(
         finally:
             done.set()
             await poller
-            await talker
     answered = [sum(not isinstance(r, Exception) for r in poll) for poll in polls]
     # one cluster per machine is swapped at a time: never more than two of six slots down
     assert len(polls) > 5 and min(answered) >= 2, answered
@@ -228,16 +213,7 @@ async def test_a_rolling_reshard_keeps_answering_and_handles_each_message_once(
     status = await bridge.status()
     assert not any(m.stale for m in status.machines) and status.unassigned == ()
     assert all(await dash.broadcast_eval("bot.cluster.live"))
-    # Every message some session received was handled exactly once, through the whole roll.
-    end = time.monotonic() + 10
-    handled = cache.cache["handled"]
-    while len(handled.keys()) < len(sent) and time.monotonic() < end:
-        await asyncio.sleep(0.1)
-    counts = handled.get_many(sent)
-    assert len(sent) > 200
-    twice = sorted(k for k, n in counts.items() if n != 1)
-    missing = [k for k in sent if k not in counts]
-    assert (twice, missing) == ([], []), f"{len(twice)} handled more than once, {len(missing)} never"
+    await assert_each_handled_once(cache, messages.sent)  # through the whole roll
     await cache.close()
 
 
@@ -272,15 +248,7 @@ async def test_sigterm_drains_and_the_standby_takes_over_at_once(procs, make_bri
 async def test_a_standby_that_never_starts_its_chunk_is_reported_and_the_chunk_moves_on(
     procs, make_bridge, make_client
 ) -> None:
-    bridge = await make_bridge(
-        auth_token=TOKEN,
-        port=procs.port,
-        pub_port=procs.port + 1,  # type: ignore[attr-defined]
-        total_shards=8,
-        shards_per_cluster=2,
-        total_machines=2,
-        claim_timeout=3.0,
-    )
+    bridge = await in_process_bridge(make_bridge, procs, claim_timeout=3.0)
     unclaimed: list[tuple[str, tuple[int, ...], float]] = []
     bridge.on(
         "assignment_unclaimed", lambda mid, clusters: unclaimed.append((mid, clusters, time.monotonic()))

@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 from conftest import failed_test, free_port
-from fleetkit import ROOT, TOKEN, Processes, fleet_env, wait_clusters
+from fleetkit import (
+    ROOT,
+    TOKEN,
+    Messages,
+    Processes,
+    assert_each_handled_once,
+    fleet_bridge,
+    fleet_env,
+    wait_clusters,
+)
 
 from zmqcross import CacheServer, ConfigurationError, ZmqcrossError
 from zmqcross.bridge._restart import Restarts, RestartState, pick_targets
-from zmqcross.gateway import GatewayServer, guild_id
+from zmqcross.gateway import GatewayServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -126,14 +133,7 @@ async def procs(gateway: GatewayServer, tmp_path: Path, request: pytest.FixtureR
 async def test_a_fleet_restart_under_load_replaces_every_process_and_handles_each_message_once(
     procs, make_bridge, make_client, gateway: GatewayServer
 ) -> None:
-    bridge = await make_bridge(
-        auth_token=TOKEN,
-        port=procs.port,
-        pub_port=procs.port + 1,
-        total_shards=8,
-        shards_per_cluster=2,
-        total_machines=2,
-    )
+    bridge = await fleet_bridge(make_bridge, procs.port)
     cache = CacheServer(bridge, paths=[{"path": "handled", "max_size": 100_000}])
     progress: list[str] = []
     bridge.on("restart_progress", lambda record: progress.append(record["progress"]))
@@ -144,7 +144,6 @@ async def test_a_fleet_restart_under_load_replaces_every_process_and_handles_eac
     await wait_clusters(dash, [0, 1, 2, 3])
     pids = await dash.broadcast_eval("import os\nos.getpid()")
     answered: list[int] = []
-    sent: list[str] = []
     done = asyncio.Event()
 
     async def poll() -> None:
@@ -153,27 +152,15 @@ async def test_a_fleet_restart_under_load_replaces_every_process_and_handles_eac
             answered.append(sum(not isinstance(r, Exception) for r in results))
             await asyncio.sleep(0.1)
 
-    async def talk(http: aiohttp.ClientSession) -> None:
-        async def say(index: int) -> None:  # guilds 0-7: one on each of the 8 shards
-            body = {"guild_id": str(guild_id(index)), "event": "MESSAGE_CREATE", "data": {"content": "hi"}}
-            async with http.post(f"http://127.0.0.1:{gateway.port}/_offline/dispatch", json=body) as response:
-                answer = await response.json()
-                if response.status == 200 and answer["delivered"]:
-                    sent.append(answer["data"]["id"])
-
-        while not done.is_set():
-            await asyncio.gather(*(say(index) for index in range(8)))
-            await asyncio.sleep(0.05)
-
-    async with aiohttp.ClientSession() as http:
-        tasks = [asyncio.create_task(poll()), asyncio.create_task(talk(http))]
+    async with Messages(gateway.port, range(8)) as messages:  # guilds 0-7: one on each shard
+        poller = asyncio.create_task(poll())
         await asyncio.sleep(0.5)
         try:
             record = await bridge.restart(all=True)
             await asyncio.sleep(0.5)
         finally:
             done.set()
-            await asyncio.gather(*tasks)
+            await poller
     holder = {c: m for m, clusters in bridge.shard_map()["held"].items() for c in clusters}
     assert record["state"] == "done" and record["done"] == [0, 1, 2, 3]
     assert progress[0] == f"restarting 1/4: cluster 0 on {holder[0]}"
@@ -181,15 +168,7 @@ async def test_a_fleet_restart_under_load_replaces_every_process_and_handles_eac
     after = await dash.broadcast_eval("import os\nos.getpid()")
     assert all(a != b for a, b in zip(pids, after, strict=True)), (pids, after)
     assert min(answered) >= 3, answered  # never more than one cluster missing
-    handled = cache.cache["handled"]
-    end = time.monotonic() + 10
-    while len(handled.keys()) < len(sent) and time.monotonic() < end:
-        await asyncio.sleep(0.1)
-    counts = handled.get_many(sent)
-    assert len(sent) > 200
-    twice = sorted(k for k, n in counts.items() if n != 1)
-    missing = [k for k in sent if k not in counts]
-    assert (twice, missing) == ([], []), f"{len(twice)} handled more than once, {len(missing)} never"
+    await assert_each_handled_once(cache, messages.sent)
 
     # A bot file that no longer imports: the roll stops at the first cluster, all old ones serve.
     procs.bot.write_text("raise RuntimeError('the new version is broken')\n")

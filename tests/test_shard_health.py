@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 from conftest import failed_test, free_port
-from fleetkit import TOKEN, Processes, fleet_env, wait_clusters
+from fleetkit import TOKEN, Processes, fleet_bridge, fleet_env, wait_clusters
 
 from zmqcross import ZmqcrossError
 from zmqcross.cluster._shardhealth import ShardHealth
@@ -94,15 +94,7 @@ def shard_view(machines) -> dict[int, list[ShardStatus]]:  # type: ignore[no-unt
 async def test_a_shard_that_stays_down_is_reported_and_its_cluster_restarted(
     procs, make_bridge, make_client, gateway: GatewayServer
 ) -> None:
-    bridge = await make_bridge(
-        auth_token=TOKEN,
-        port=procs.port,
-        pub_port=procs.port + 1,
-        total_shards=8,
-        shards_per_cluster=2,
-        total_machines=2,
-        metrics_port=0,
-    )
+    bridge = await fleet_bridge(make_bridge, procs.port, metrics_port=0)
     procs.machine("machine-1"), procs.machine("machine-2")
     dash = await make_client(
         auth_token=TOKEN, port=procs.port, pub_port=procs.port + 1, agent="dashboard", machine_id="dash"

@@ -26,6 +26,7 @@ from fleetkit import (
 
 from zmqcross import CacheServer, ConfigurationError, ZmqcrossError
 from zmqcross.bridge._restart import Restarts, RestartState, pick_targets
+from zmqcross.protocol import RESTART_SERVICE
 from zmqcross.gateway import GatewayServer
 
 pytestmark = pytest.mark.timeout(120)
@@ -113,6 +114,24 @@ async def test_a_cancelled_restart_finishes_its_cluster_and_starts_no_other() ->
         await restarts.wait(run)
     assert fleet.asked == [("m1", 0)] and run.done == [0]
     await restarts.wait(restarts.begin((2,)))  # the next one may start
+
+
+async def test_restart_requests_that_cannot_be_met_are_refused_saying_why(make_bridge, make_client) -> None:
+    bridge = await make_bridge()
+    ops = await make_client(bridge, machine_id="ops", agent="dashboard")
+    with pytest.raises(ConfigurationError, match=r"no machine runs cluster\(s\) \[1\]; running: none"):
+        await bridge.restart(clusters=[1])
+    for options, message in [
+        ({"clusters": "0,1"}, "clusters must be a non-empty list of cluster ids"),
+        ({"machines": [["m1"]]}, "machines must be a list of machine ids"),
+        ({"all": True, "timeout": "soon"}, "timeout must be a positive number of seconds"),
+        ({"all": True, "concurrency": 0}, "concurrency must be a positive integer"),
+        ({"every": True}, r"restart got unknown option\(s\) \['every'\]"),
+        ({}, "exactly one of clusters"),
+    ]:
+        with pytest.raises(ZmqcrossError, match=message):
+            await ops.call_service(RESTART_SERVICE, options)
+    assert await ops.cancel_restart() is None  # nothing ran
 
 
 # ---------------------------------------------------------------------------- a real fleet

@@ -667,6 +667,12 @@ class Bridge:
         timeout: float,
     ) -> RestartRun:
         self._shell.require_running()
+        if type(concurrency) is not int or concurrency < 1:
+            raise ConfigurationError(f"concurrency must be a positive integer, not {concurrency!r}")
+        if type(timeout) not in (int, float) or not 0 < timeout:
+            raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")
+        if machines is not None and (isinstance(machines, str) or not all(type(m) is str for m in machines)):
+            raise ConfigurationError(f"machines must be a list of machine ids, not {machines!r}")
         holders = {cid: p.info.id for p in self._fleet.registry if not p.leaving for cid in p.clusters}
         targets = pick_targets(holders, clusters=clusters, machines=machines, everything=everything)
         return self._restarts.begin(

@@ -115,7 +115,7 @@ def pick_targets(
     if everything:
         chosen = sorted(holders)
     elif clusters is not None:
-        if not clusters or not all(type(c) is int for c in clusters):
+        if isinstance(clusters, str) or not clusters or not all(type(c) is int for c in clusters):
             raise ConfigurationError(f"clusters must be a non-empty list of cluster ids, not {clusters!r}")
         missing = sorted(set(clusters) - holders.keys())
         if missing:

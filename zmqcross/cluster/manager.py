@@ -21,7 +21,6 @@ states' values.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import functools
 import itertools
@@ -35,7 +34,7 @@ from typing import Any
 
 from .._events import EventEmitter, Handler
 from .._fanout import FanOut, FanOuts, Gather
-from .._handover import HandoverPlan, Ledger, overlaps, pack_fingerprints, unpack_fingerprints
+from .._handover import unpack_fingerprints
 from .._identify import IdentifyParams
 from .._relaying import EvalRoute, forward_eval, reply_slots
 from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
@@ -73,6 +72,7 @@ from ._lifecycle import (
 )
 from ._pipe import PipeEnd, open_pipe
 from ._process import ClusterProcess
+from ._succession import Succession
 
 __all__ = [
     "CLUSTER_TRANSITIONS",
@@ -102,11 +102,6 @@ RETIRING = "retiring"
 DEFAULT_SHARD_DOWN_TIMEOUT = 60.0
 """Seconds a shard of a ready cluster may stay down (disconnected, reconnecting) before its
 cluster is restarted; a shard waiting for its IDENTIFY slot is not down."""
-
-RETIRE_TIMEOUT = 5.0
-"""Seconds an old cluster has to answer its retire step (with what it handled)."""
-MAX_EARLY_NOTICES = 4096
-"""Handover notices kept from other machines before this machine's own roll begins."""
 
 
 class ClusterManager:
@@ -192,10 +187,7 @@ class ClusterManager:
         """Set by ``Client.listen``: until when (monotonic) the bridge lets this machine run
         clusters; passed on to them, and they close their sessions when it runs out."""
         self._fenced: set[int] = set()  # clusters that stopped when the lease ran out
-        self._ledger: Ledger | None = None  # the handover of the roll under way
-        self._ledger_changed = asyncio.Event()
-        self._shared = False  # whether the ledger's steps go to the other machines (a reshard)
-        self._early: list[Handover] = []
+        self._succession = Succession(self)  # new processes taking over from old ones
 
     @classmethod
     def from_shard_data(
@@ -354,62 +346,7 @@ class ClusterManager:
         and their notices come through :meth:`handover_notice`. What still waits after
         ``timeout`` seconds (a machine gone mid-roll) retires or goes live anyway.
         """
-        timeout = self.spawn_timeout if timeout is None else timeout
-        old = dict(self._clusters)
-        for c in old.values():
-            self._tell(c, Handover(step="record", cluster_id=c.id))  # before any successor starts
-        new_shards = dict(zip(data.cluster_list, data.shard_list, strict=True))
-        plan = data.handover
-        if plan is None or plan.from_plan != self.plan_version:  # no bridge: this machine's own
-            live_after, retire_after = overlaps(
-                {c.id: c.shards for c in old.values()}, self.total_shards, new_shards, data.total_shards
-            )
-            plan = HandoverPlan(self.plan_version, live_after, retire_after)
-        ledger = Ledger(plan, data.plan_version)
-        self._ledger, self._ledger_changed, self._shared = ledger, asyncio.Event(), True
-        for notice in self._early:
-            ledger.note(
-                notice.step, notice.plan_version, notice.cluster_id, unpack_fingerprints(notice.fingerprints)
-            )
-        self._early.clear()
-        self._retiring.update(self._clusters)
-        self._clusters = {
-            cid: _Cluster(cid, tuple(s), held=bool(plan.live_after.get(cid))) for cid, s in new_shards.items()
-        }
-        self.total_shards, self.total_clusters = data.total_shards, data.total_clusters
-        self.plan_version, self.identify = data.plan_version, data.identify
-        log.info("rolling restart to plan %s: clusters %s", data.plan_version, list(data.cluster_list))
-        try:
-            for cid in sorted(self._clusters):
-                fresh = self._clusters[cid]
-                await self._start(fresh)
-                try:
-                    await asyncio.wait_for(fresh.ready.wait(), timeout)
-                except TimeoutError:
-                    log.warning(
-                        "new cluster %d not ready after %g s; the clusters it replaces serve on", cid, timeout
-                    )
-                    continue
-                await self._settle(ledger)  # its readiness is in the ledger (see _from_cluster)
-                log.info("rolling restart: cluster %d now runs shards %s", cid, list(fresh.shards))
-            end = time.monotonic() + timeout
-            while self._retiring or any(c.held for c in self._clusters.values()):
-                left = end - time.monotonic()
-                if left <= 0:
-                    break
-                self._ledger_changed.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._ledger_changed.wait(), min(left, self.heartbeat_interval))
-                await self._settle(ledger)
-            await self._settle(ledger, force=True)
-        except Exception:
-            # Whatever went wrong, no cluster may stay held (deaf) or retiring for good.
-            log.exception("rolling restart to plan %s failed; ending its handover now", data.plan_version)
-            await self._settle(ledger, force=True)
-            raise
-        finally:
-            self._ledger = None
-        log.info("rolling restart to plan %s done", data.plan_version)
+        await self._succession.roll(data, timeout=timeout)
 
     async def restart(self, cluster_id: int, *, timeout: float | None = None) -> ClusterStatus:
         """Replace one cluster's process with a new one, which reads the bot file afresh.
@@ -419,148 +356,11 @@ class ClusterManager:
         If the new process exits or is not ready within ``timeout`` (``spawn_timeout``), it
         is stopped, the old one serves on, and :class:`ZmqcrossError` says why.
         """
-        timeout = self.spawn_timeout if timeout is None else timeout
-        old = self._clusters.get(cluster_id)
-        if old is None:
-            raise ClientNotFound(
-                f"this machine runs no cluster {cluster_id} (it runs {sorted(self._clusters)})"
-            )
-        if self._ledger is not None:
-            raise ZmqcrossError(
-                f"cluster {cluster_id} was not restarted: a handover is under way on this machine"
-            )
-        if old.state is not _READY:
-            raise ZmqcrossError(f"cluster {cluster_id} is {old.state.value}, not ready: not restarted")
-        fresh = _Cluster(
-            cluster_id, old.shards, held=True, trial=True, restarts=old.restarts, recent=old.recent
-        )
-        ledger = Ledger(
-            HandoverPlan(self.plan_version, {cluster_id: (cluster_id,)}, {cluster_id: (cluster_id,)}),
-            self.plan_version,
-        )
-        self._tell(old, Handover(step="record", cluster_id=cluster_id))
-        self._ledger, self._ledger_changed, self._shared = ledger, asyncio.Event(), False
-        self._retiring[cluster_id], self._clusters[cluster_id] = old, fresh
-        log.info("cluster %d restarting: a new process takes over from pid %s", cluster_id, old.process.pid)
-        try:
-            await self._start(fresh)
-            failure = await self._until_ready(fresh, timeout)
-            if failure is not None:
-                self._clusters[cluster_id] = self._retiring.pop(cluster_id)
-                self._tell(old, Handover(step="keep", cluster_id=cluster_id))
-                await self._stop_cluster(fresh, 5.0, "its restart failed")
-                error = ZmqcrossError(
-                    f"cluster {cluster_id}'s new process {failure}; its old process (pid {old.process.pid}) "
-                    f"serves on. Last error: {(fresh.last_error or 'none').splitlines()[-1]} "
-                    "(the machine's log has the whole of it)"
-                )
-                log.error("%s", error.message)
-                raise error
-            fresh.trial = False
-            await self._settle(ledger)
-        finally:
-            self._ledger = None
-        log.info("cluster %d restarted: pid %s", cluster_id, fresh.process.pid)
-        return self._status(fresh)
-
-    async def _until_ready(self, c: _Cluster, timeout: float) -> str | None:
-        """Wait until ``c`` is ready (None) or has exited or timed out (what happened)."""
-        waits = [asyncio.ensure_future(c.ready.wait()), asyncio.ensure_future(c.exited.wait())]
-        try:
-            await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for wait in waits:
-                wait.cancel()
-        if c.ready.is_set():
-            return None
-        if c.exited.is_set():
-            return f"exited with code {c.exit_code} before it was ready"
-        return f"was not ready within {timeout:g} s"
-
-    async def _settle(self, ledger: Ledger, *, force: bool = False) -> None:
-        # Retire the old clusters whose successors are all ready, then let go live the new
-        # ones whose predecessors have all retired. ``force``: the roll waited long enough.
-        for cid, old in sorted(self._retiring.items()):
-            if not force and not ledger.may_retire(cid):
-                continue
-            if force and ledger.missing_ready(cid):
-                log.warning(
-                    "old cluster %d retires though new clusters %s are not ready: their guilds wait",
-                    cid,
-                    ledger.missing_ready(cid),
-                )
-            handled = await self._retire(old)
-            self._retiring.pop(cid, None)
-            self._note(
-                Handover(
-                    step="retired",
-                    plan_version=ledger.plan.from_plan,
-                    cluster_id=cid,
-                    fingerprints=pack_fingerprints(handled),
-                )
-            )
-            await self._stop_cluster(old, 10.0, "replaced by a rolling restart")
-        for c in self._clusters.values():
-            if not c.held or (not force and (c.state is not _READY or not ledger.may_go_live(c.id))):
-                continue
-            if force and ledger.missing_retired(c.id):
-                log.warning(
-                    "cluster %d goes live though old clusters %s never said they retired: "
-                    "events they handled may be handled again",
-                    c.id,
-                    ledger.missing_retired(c.id),
-                )
-            c.held = False
-            self._tell(
-                c,
-                Handover(
-                    step="release", cluster_id=c.id, fingerprints=pack_fingerprints(ledger.handled(c.id))
-                ),
-            )
-
-    async def _retire(self, c: _Cluster) -> list[int]:
-        """Tell an old cluster to stop handling events; the fingerprints of those it handled."""
-        if c.pipe is None or c.process is None or not c.process.is_alive():
-            return []
-        c.retired = asyncio.get_running_loop().create_future()
-        if not c.pipe.send(Handover(step="retire", cluster_id=c.id)):
-            return []
-        try:
-            return await asyncio.wait_for(c.retired, RETIRE_TIMEOUT)
-        except TimeoutError:
-            log.warning("cluster %d did not answer its retire step within %g s", c.id, RETIRE_TIMEOUT)
-            return []
-        finally:
-            c.retired = None
-
-    def _tell(self, c: _Cluster, msg: Handover) -> None:
-        if c.pipe is not None:
-            c.pipe.send(msg)
-
-    def _note(self, msg: Handover) -> None:
-        # A step of this machine's: in its own ledger, and to the other machines through the bridge.
-        if self._ledger is not None:
-            self._ledger.note(
-                msg.step, msg.plan_version, msg.cluster_id, unpack_fingerprints(msg.fingerprints)
-            )
-        if self._shared and self.upstream is not None:
-            self.upstream(msg, lambda outcome: None)
+        return await self._succession.restart(cluster_id, timeout=timeout)
 
     def handover_notice(self, msg: Handover) -> None:
         """Another machine's cluster is ready or retired (passed on by the bridge)."""
-        if msg.step not in ("ready", "retired"):
-            log.warning("ignored a handover notice with step %r", msg.step)
-            return
-        try:
-            handled = unpack_fingerprints(msg.fingerprints)
-        except ValueError as exc:
-            log.warning("ignored a malformed handover notice: %s", exc)
-            return
-        if self._ledger is None:
-            self._early.append(msg)  # its roll may not have begun yet here
-            del self._early[:-MAX_EARLY_NOTICES]
-        elif self._ledger.note(msg.step, msg.plan_version, msg.cluster_id, handled):
-            self._ledger_changed.set()
+        self._succession.notice(msg)
 
     async def _start(self, c: _Cluster) -> None:
         parent, child = self._mp.Pipe(duplex=True)
@@ -723,40 +523,10 @@ class ClusterManager:
                     self._kill(
                         c, f"sent no heartbeat for {now - c.last_beat:.1f} s (its event loop is stuck?)"
                     )
-                elif c.state is _READY and not c.held and not c.repairing and self._ledger is None:
+                elif c.state is _READY and not c.held and not c.repairing and self._succession.ledger is None:
                     down = [s for s in c.shard_health if s.state != "waiting" and not s.up]
                     if any(s.down_for >= self.shard_down_timeout for s in down):
-                        self._repair(c, down, now)
-
-    def _repair(self, c: _Cluster, down: list[ShardStatus], now: float) -> None:
-        # A shard that stays down (a zombie): restart its cluster through a handover, so the
-        # other shards keep serving; it counts against the restart cap like a crash.
-        what = ", ".join(f"shard {s.id} {s.state} for {s.down_for:.0f} s" for s in down)
-        decision = after_exit(c, now=now, policy=self.restarts, report=None)
-        if isinstance(decision, GiveUp):
-            c.repairing = True  # said once; the shard stays down
-            c.last_error = f"{what}; {decision.reason}"
-            log.error("cluster %d: %s; %s", c.id, what, decision.reason)
-            self._events.emit("error", ZmqcrossError(f"cluster {c.id}: {what}; {decision.reason}"))
-            return
-        log.warning(
-            "cluster %d: %s (shard_down_timeout=%g s); restarting the cluster",
-            c.id,
-            what,
-            self.shard_down_timeout,
-        )
-        c.repairing = True
-        task = asyncio.get_running_loop().create_task(self._repair_by_restart(c, what))
-        self._respawns.add(task)
-        task.add_done_callback(self._respawns.discard)
-
-    async def _repair_by_restart(self, c: _Cluster, what: str) -> None:
-        try:
-            await self.restart(c.id)
-        except ZmqcrossError as exc:
-            log.error("cluster %d could not be restarted (%s): %s", c.id, what, exc.message)
-        finally:
-            c.repairing = False
+                        self._succession.repair(c, down, now)
 
     def _pipe_closed(self, c: _Cluster, exc: Exception | None) -> None:
         if c.open or self._fanouts:
@@ -796,9 +566,11 @@ class ClusterManager:
                 c.last_error = None
                 c.ready.set()
                 self._events.emit("cluster_ready", c.id)
-                if self._ledger is not None and self._clusters.get(c.id) is c:  # a roll waits for it
-                    self._note(Handover(step="ready", plan_version=self.plan_version, cluster_id=c.id))
-                    self._ledger_changed.set()
+                if self._succession.ledger is not None and self._clusters.get(c.id) is c:  # awaited
+                    self._succession.note(
+                        Handover(step="ready", plan_version=self.plan_version, cluster_id=c.id)
+                    )
+                    self._succession.changed.set()
         elif isinstance(msg, ErrorReply) and msg.reply_to is None:  # see _child.report_failure
             self._reported(c, msg.error)
         elif isinstance(msg, (EvalReply, Reply, ErrorReply)):

@@ -214,6 +214,19 @@ async def test_a_rolling_reshard_keeps_answering_and_handles_each_message_once(
     assert not any(m.stale for m in status.machines) and status.unassigned == ()
     assert all(await dash.broadcast_eval("bot.cluster.live"))
     await assert_each_handled_once(cache, messages.sent)  # through the whole roll
+    # A plan with no room for one machine: its clusters retire once their successors on the
+    # other are ready, and it waits as a standby.
+    await bridge.reshard(total_machines=1)
+    end = time.monotonic() + 40
+    while True:
+        status = await bridge.status()
+        hosts = {m.id: [(c.id, c.state, c.live) for c in m.clusters] for m in status.machines if m.agent == "bot"}
+        if len(status.standbys) == 1 and sorted(len(h) for h in hosts.values()) == [0, 6]:
+            if all(state == "ready" and live for h in hosts.values() for _, state, live in h):
+                break
+        assert time.monotonic() < end, hosts
+        await asyncio.sleep(0.2)
+    assert await dash.broadcast_eval("bot.cluster.id") == [0, 1, 2, 3, 4, 5]
     await cache.close()
 
 

@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
-from conftest import failed_test, free_port
+from conftest import IDENTIFY_WINDOW, failed_test, free_port
 from fleetkit import (
     ROOT,
     TOKEN,
@@ -24,10 +24,12 @@ from fleetkit import (
     wait_clusters,
 )
 
-from zmqcross import CacheServer, ConfigurationError, ZmqcrossError
+from zmqcross import CacheServer, ClientNotFound, ClusterManager, ConfigurationError, ZmqcrossError
+from zmqcross._identify import IdentifyParams
 from zmqcross.bridge._restart import Restarts, RestartState, pick_targets
-from zmqcross.protocol import RESTART_SERVICE
 from zmqcross.gateway import GatewayServer
+from zmqcross.planning import ShardData
+from zmqcross.protocol import RESTART_SERVICE
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -132,6 +134,43 @@ async def test_restart_requests_that_cannot_be_met_are_refused_saying_why(make_b
         with pytest.raises(ZmqcrossError, match=message):
             await ops.call_service(RESTART_SERVICE, options)
     assert await ops.cancel_restart() is None  # nothing ran
+
+
+async def test_a_machine_restarts_one_cluster_at_a_time_and_never_during_a_roll(gateway: GatewayServer) -> None:
+    # A bare ClusterManager, no bridge: its handovers are its own.
+    manager = ClusterManager(
+        ROOT / "tests" / "fleet_bot.py",
+        total_shards=2,
+        shard_list=[[0], [1]],
+        env={"ZMQCROSS_DISCORD_API": gateway.api_base, "ZMQCROSS_LOG_LEVEL": "WARNING"},
+        identify=IdentifyParams(window=IDENTIFY_WINDOW),
+    )
+    try:
+        await manager.spawn()
+        before = {c.id: c.pid for c in manager.clusters}
+        status = await manager.restart(1)
+        assert status.pid not in (None, before[1]) and status.state == "ready" and status.live
+        with pytest.raises(ClientNotFound, match=r"this machine runs no cluster 7 \(it runs \[0, 1\]\)"):
+            await manager.restart(7)
+        plan = ShardData(
+            total_shards=4,
+            shard_list=((0, 1), (2, 3)),
+            cluster_list=(0, 1),
+            total_clusters=2,
+            plan_version="next",
+            identify=IdentifyParams(window=IDENTIFY_WINDOW),
+        )
+        rolling = asyncio.create_task(manager.roll(plan))
+        await asyncio.sleep(0.2)
+        with pytest.raises(ZmqcrossError, match="cluster 0 was not restarted: a handover is under way"):
+            await manager.restart(0)
+        await rolling
+        assert [(c.shards, c.state, c.live) for c in manager.statuses()] == [
+            ((0, 1), "ready", True),
+            ((2, 3), "ready", True),
+        ]
+    finally:
+        await manager.close()
 
 
 # ---------------------------------------------------------------------------- a real fleet

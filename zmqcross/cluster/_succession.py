@@ -51,9 +51,14 @@ class Succession:
         self.changed = asyncio.Event()
         self.shared = False  # whether the ledger's steps go to the other machines (a reshard)
         self.early: list[Handover] = []  # other machines' notices from before this roll began
+        self._one_at_a_time = asyncio.Lock()  # a roll waits for a restart under way, and back
 
     async def roll(self, data: ShardData, *, timeout: float | None = None) -> None:
         """See :meth:`ClusterManager.roll`."""
+        async with self._one_at_a_time:
+            await self._roll(data, timeout)
+
+    async def _roll(self, data: ShardData, timeout: float | None) -> None:
         timeout = self._m.spawn_timeout if timeout is None else timeout
         old = dict(self._m._clusters)
         for c in old.values():
@@ -119,7 +124,7 @@ class Succession:
             raise ClientNotFound(
                 f"this machine runs no cluster {cluster_id} (it runs {sorted(self._m._clusters)})"
             )
-        if self.ledger is not None:
+        if self.ledger is not None or self._one_at_a_time.locked():
             raise ZmqcrossError(
                 f"cluster {cluster_id} was not restarted: a handover is under way on this machine"
             )
@@ -132,6 +137,11 @@ class Succession:
             HandoverPlan(self._m.plan_version, {cluster_id: (cluster_id,)}, {cluster_id: (cluster_id,)}),
             self._m.plan_version,
         )
+        async with self._one_at_a_time:
+            return await self._restart(old, fresh, ledger, timeout)
+
+    async def _restart(self, old: _Cluster, fresh: _Cluster, ledger: Ledger, timeout: float) -> ClusterStatus:
+        cluster_id = old.id
         self._tell(old, Handover(step="record", cluster_id=cluster_id))
         self.ledger, self.changed, self.shared = ledger, asyncio.Event(), False
         self._m._retiring[cluster_id], self._m._clusters[cluster_id] = old, fresh

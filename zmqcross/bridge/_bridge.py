@@ -50,7 +50,7 @@ from ._identify import IdentifyQueue
 from ._identify_service import IdentifyService, IdentifySettings
 from ._observers import Observer
 from ._outgoing import BridgeCounters
-from ._restart import DEFAULT_CLUSTER_TIMEOUT, RestartRun, Restarts, pick_targets
+from ._restart import DEFAULT_CLUSTER_TIMEOUT, RestartRun, Restarts, check_pacing, pick_targets
 from ._routing import ClientFilter, Service, ServiceHandler, ServiceOwner
 from ._settings import DEFAULT_CLAIM_TIMEOUT, DEFAULT_LEASE, MAX_LEASE, MAX_TIMEOUT, CoreSettings
 from ._shell import BridgeShell, endpoint
@@ -667,14 +667,10 @@ class Bridge:
         timeout: float,
     ) -> RestartRun:
         self._shell.require_running()
-        if type(concurrency) is not int or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be a positive integer, not {concurrency!r}")
-        if type(timeout) not in (int, float) or not 0 < timeout:
-            raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")
-        if machines is not None and (isinstance(machines, str) or not all(type(m) is str for m in machines)):
-            raise ConfigurationError(f"machines must be a list of machine ids, not {machines!r}")
-        holders = {cid: p.info.id for p in self._fleet.registry if not p.leaving for cid in p.clusters}
-        targets = pick_targets(holders, clusters=clusters, machines=machines, everything=everything)
+        check_pacing(concurrency, timeout)  # before the targets: a bad option is named first
+        targets = pick_targets(
+            self._fleet.running(), clusters=clusters, machines=machines, everything=everything
+        )
         return self._restarts.begin(
             targets, concurrency=concurrency, timeout=float(min(timeout, MAX_TIMEOUT))
         )

@@ -49,7 +49,6 @@ class Unclaimed:
     """A chunk handed to a machine that ran nothing, not yet claimed (it has not said it runs it)."""
 
     clusters: tuple[int, ...]
-    plan_version: str
     since: float  # monotonic
 
 
@@ -131,13 +130,14 @@ class FleetState:
         machines.sort(key=lambda p: (not p.clusters, min(p.clusters, default=0)))
         old_plan = self.plan
         old_clusters = {p.info.id: p.clusters for p in machines}
-        running = {cid: old_plan.clusters[cid] for clusters in old_clusters.values() for cid in clusters}
+        holders = self.running()
         live_after, retire_after = overlaps(
-            running, old_plan.total_shards, dict(enumerate(plan.clusters)), plan.total_shards
+            {cid: old_plan.clusters[cid] for cid in holders},
+            old_plan.total_shards,
+            dict(enumerate(plan.clusters)),
+            plan.total_shards,
         )
-        self.handing_over = HandingOver(
-            old_plan.version, {cid: mid for mid, clusters in old_clusters.items() for cid in clusters}
-        )
+        self.handing_over = HandingOver(old_plan.version, holders)
         self._plan, self._options, self._placement = plan, dict(options), Placement(plan)
         self.unclaimed.clear()
         log.info(
@@ -227,7 +227,7 @@ class FleetState:
             had = self.placement.held_by(peer.info.id)
             clusters = self.placement.assign(peer.info.id, max_clusters=max_clusters, fenced=self.fenced)
             if clusters and not had:
-                self.unclaimed[peer.info.id] = Unclaimed(clusters, self.plan.version, now)
+                self.unclaimed[peer.info.id] = Unclaimed(clusters, now)
         peer.clusters, peer.standby = clusters, not clusters and peer.stalled is None
         peer.plan_version = self.plan.version if clusters else None
         data = dataclasses.replace(self.placement.shard_data(clusters), identify=self.identify)
@@ -251,7 +251,7 @@ class FleetState:
         clusters = self.placement.assign(peer.info.id, fenced=self.fenced)
         peer.clusters, peer.standby = clusters, not clusters
         if clusters and now is not None:
-            self.unclaimed[peer.info.id] = Unclaimed(clusters, self.plan.version, now)
+            self.unclaimed[peer.info.id] = Unclaimed(clusters, now)
         if not clusters:
             log.info(
                 "machine %r waits as a standby: every chunk of plan %s is held",
@@ -311,6 +311,10 @@ class FleetState:
                     break
                 pushes.append((peer, assignment))
         return pushes
+
+    def running(self) -> dict[int, str]:
+        """Each cluster a connected machine that is not draining runs, and that machine's id."""
+        return {cid: p.info.id for p in self.registry if not p.leaving for cid in p.clusters}
 
     def placement_holder(self, cluster_id: int) -> str | None:
         """The id of the connected machine running ``cluster_id``, if any."""

@@ -23,7 +23,7 @@ from typing import Any
 
 from ..errors import ConfigurationError, ZmqcrossError
 
-__all__ = ["RESTART_TRANSITIONS", "RestartRun", "RestartState", "Restarts", "pick_targets"]
+__all__ = ["RESTART_TRANSITIONS", "RestartRun", "RestartState", "Restarts", "check_pacing", "pick_targets"]
 
 log = logging.getLogger("zmqcross.bridge")
 
@@ -97,6 +97,14 @@ class RestartRun:
         }
 
 
+def check_pacing(concurrency: object, timeout: object) -> None:
+    """ConfigurationError unless ``concurrency`` is a positive integer and ``timeout`` positive seconds."""
+    if type(concurrency) is not int or concurrency < 1:
+        raise ConfigurationError(f"concurrency must be a positive integer, not {concurrency!r}")
+    if not (isinstance(timeout, int | float) and type(timeout) is not bool and timeout > 0):
+        raise ConfigurationError(f"timeout must be a positive number of seconds, not {timeout!r}")
+
+
 def pick_targets(
     holders: Mapping[int, str],
     *,
@@ -125,6 +133,8 @@ def pick_targets(
         chosen = sorted(set(clusters))
     else:
         assert machines is not None
+        if isinstance(machines, str) or not all(type(m) is str for m in machines):
+            raise ConfigurationError(f"machines must be a list of machine ids, not {machines!r}")
         known = set(holders.values())
         unknown = sorted(set(machines) - known)
         if not machines or unknown:
@@ -172,10 +182,7 @@ class Restarts:
                 f"a restart is already running ({self.run.progress()}); wait for it to end, or cancel it "
                 "(bridge.cancel_restart(), client.cancel_restart() or zmqcross restart --cancel)"
             )
-        if type(concurrency) is not int or concurrency < 1:
-            raise ConfigurationError(f"concurrency must be a positive integer, not {concurrency!r}")
-        if not 0 < timeout:
-            raise ConfigurationError(f"timeout must be positive, not {timeout!r}")
+        check_pacing(concurrency, timeout)
         run = RestartRun(
             clusters=tuple(targets), concurrency=concurrency, started_at=time.time(), pending=list(targets)
         )

@@ -471,9 +471,7 @@ class ClusterClient:
         # discord.py's hook: called before every IDENTIFY of every shard, initial or not.
         sid = shard_id if shard_id is not None else self.data.first_shard_id
         self.shard_health.move(sid, "waiting")
-        turn = asyncio.ensure_future(
-            self.identify_turns.wait_turn(shard_id if shard_id is not None else self.data.first_shard_id)
-        )
+        turn = asyncio.ensure_future(self.identify_turns.wait_turn(sid))
         self._turns.add(turn)
         try:
             await turn

@@ -35,7 +35,7 @@ SHARD_MOVES: dict[str, str] = {
 }
 """The state each event moves a shard to, from any state."""
 
-SHARD_EVENTS = frozenset({"shard_connect", "shard_disconnect", "shard_ready", "shard_resumed"})
+SHARD_EVENTS = frozenset(event for event in SHARD_MOVES if event.startswith("shard_"))
 """The discord.py dispatches the tracker reads."""
 
 

@@ -5,6 +5,12 @@ A DEALER to the bridge's ROUTER (requests, answers, registration), a SUB to its 
 what arrives goes to the callbacks given to :meth:`Channel.open`, and what the link, the
 relay and the client send leaves through :meth:`Channel.send`, :meth:`Channel.send_frames`
 and :meth:`Channel.answer`.
+
+The DEALER is read on the process's relay core (:mod:`zmqcross.relay`), not on the event
+loop: a machine relays evals to its clusters from there without waking the loop. So
+``on_dealer`` runs on the core's thread; the client hands the loop what is its to handle.
+Sends from the loop go straight out, under the socket's lock (:class:`~zmqcross.relay.SocketLink`);
+:meth:`Channel.post` is the core's own way out, batched at the end of its round.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import secrets
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -24,11 +31,11 @@ from .._transport import (
     closed_error,
     configure_socket,
     new_context,
-    send_frames,
     watch_monitor,
 )
 from ..errors import ConnectionLost, ZmqcrossError
 from ..protocol import Limits, Message, answer_frames, check_limits, encode
+from ..relay import SocketLink, shared_core
 from ..security import CurveClient
 
 __all__ = ["Channel"]
@@ -59,8 +66,7 @@ class Channel:
         self._curve = curve
         self._limits = limits
         self._ctx: zmq.Context[Any] | None = None
-        self._dealer: zmq.Socket[Any] | None = None
-        self._dealer_pump: Pump | None = None
+        self._dealer: SocketLink | None = None
         self._sockets: list[zmq.Socket[Any]] = []
         self._pumps: list[Pump] = []
         self._outbox = Outbox(self._send_held)  # answers to the bridge, batched under load
@@ -77,7 +83,8 @@ class Channel:
         on_sub: Callable[[list[bytes]], None],
         on_monitor: Callable[[MonitorEvent], None],
     ) -> None:
-        """Open and connect the sockets; what arrives on each goes to its callback."""
+        """Open and connect the sockets; what arrives on each goes to its callback
+        (``on_dealer`` on the relay core's thread, the others on the event loop)."""
         ctx = new_context()
         self._ctx = ctx
         dealer = ctx.socket(zmq.DEALER)
@@ -93,24 +100,35 @@ class Channel:
             if self._ipv6:
                 sock.setsockopt(zmq.IPV6, 1)
         sub.setsockopt(zmq.SUBSCRIBE, b"")
-        self._dealer_pump = Pump(dealer, on_dealer, name="dealer")
         monitor = watch_monitor(dealer, on_monitor, name="dealer-monitor")
         self._sockets.append(monitor.sock)
-        self._pumps += [self._dealer_pump, Pump(sub, on_sub, name="sub"), monitor]
+        self._pumps += [Pump(sub, on_sub, name="sub"), monitor]
         for pump in self._pumps:
             pump.start()
         dealer.connect(self.endpoint)
         sub.connect(self.pub_endpoint)
-        self._dealer = dealer
+        core = shared_core()
+        self._dealer = SocketLink(core, dealer, on_dealer)
+        self._dealer.on_send_error = lambda reason: log.warning("could not answer the bridge: %s", reason)
+        core.submit(self._dealer.attach)
 
     async def close(self) -> None:
         """Stop the pumps and close the sockets, letting a last goodbye leave."""
         for pump in self._pumps:
             pump.stop()
+        link, self._dealer = self._dealer, None
+        if link is not None:  # the core lets go of the DEALER before it is closed here
+            detached = threading.Event()
+
+            def let_go() -> None:
+                link.detach()
+                detached.set()
+
+            link.core.submit(let_go)
+            await asyncio.to_thread(detached.wait, 5.0)
         for sock in self._sockets:
-            sock.close(linger=200 if sock is self._dealer else 0)  # let the goodbye leave
+            sock.close(linger=200 if link is not None and sock is link.sock else 0)  # let the goodbye leave
         self._sockets.clear()
-        self._dealer = None
         ctx, self._ctx = self._ctx, None
         if ctx is not None:
             await asyncio.to_thread(ctx.term)
@@ -137,6 +155,16 @@ class Channel:
             return
         self._outbox.put(None, frames)
 
+    def post(self, msg: Message) -> None:
+        """An answer from the relay core's thread: leaves at the end of the core's round, batched."""
+        dealer = self._dealer
+        if dealer is None:
+            return
+        try:
+            dealer.post(answer_frames(msg, self._limits))
+        except ZmqcrossError as exc:
+            log.warning("could not answer the bridge: %s", exc.message)
+
     def _send_held(self, key: None, frames: list[bytes]) -> None:
         try:
             self._send_now(frames)
@@ -148,11 +176,8 @@ class Channel:
         if dealer is None:
             raise closed_error("the client")
         try:
-            send_frames(dealer, frames)
+            dealer.send(frames)
         except zmq.Again:
             raise ConnectionLost(
                 f"the queue to the bridge at {self.endpoint} is full: the bridge is unreachable or not reading"
             ) from None
-        finally:
-            if self._dealer_pump is not None:
-                self._dealer_pump.kick()

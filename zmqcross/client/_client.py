@@ -65,6 +65,7 @@ from ..protocol import (
     ShardDataRequest,
     Welcome,
     check_limits,
+    decode,
     decode_header,
     dump,
     encode,
@@ -72,6 +73,7 @@ from ..protocol import (
     result_of,
 )
 from ..registry import check_name
+from ..relay import Upcalls
 from ..security import CurveClient
 from ..status import FleetStatus
 from ._channel import Channel
@@ -214,8 +216,7 @@ class Client:
             next_id=self._open.next_id, exchange=self._exchange, request_timeout=request_timeout
         )
         self._tasks: list[asyncio.Task[None]] = []
-        # Bound once: an eval is relayed straight from the receive callback (the hot path).
-        self._on_eval = self._relay.on_eval
+        self._upcall: Upcalls | None = None  # the relay core's way onto this client's loop
         self._dispatch: dict[type, Callable[[Any], None]] = {
             Welcome: self._on_answer,
             Reply: self._on_answer,
@@ -225,7 +226,6 @@ class Client:
             Goodbye: self._link.on_goodbye,
             Send: self._on_send,
             Request: self._on_request,
-            GuildRequest: self._relay.on_guild,
             EvalReply: self._on_answer,
             Assignment: self._on_assignment,
             Handover: self._relay.on_handover,
@@ -248,7 +248,8 @@ class Client:
             raise RuntimeError(f"this client is {link.state.value}; create a new Client to connect again")
         _refuse_in_a_child(self._machine_id, self._agent)
         dump(initial_data)  # a SerializationError now, not inside the registration loop
-        self._channel.open(on_dealer=self._on_dealer, on_sub=link.on_sub, on_monitor=link.on_monitor)
+        self._upcall = Upcalls(asyncio.get_running_loop())
+        self._channel.open(on_dealer=self._on_core, on_sub=link.on_sub, on_monitor=link.on_monitor)
         connected = link.start(initial_data)
         timeout = self._connect_timeout if timeout is None else float(timeout)
         try:
@@ -608,15 +609,35 @@ class Client:
 
     # ------------------------------------------------------------------ receiving
 
-    def _on_dealer(self, frames: list[bytes], *, nested: bool = False) -> None:
+    def _on_core(self, frames: list[bytes], nested: bool = False) -> None:
+        # On the relay core's thread: evals and guild requests are relayed from here; the
+        # rest goes to the loop as it came (where a malformed message is reported).
         try:
             header = read_header(frames, self._limits)
-            if header.get("type") == "eval":  # relayed from its header (zmqcross._relaying)
+            kind = header.get("type")
+            if kind == "eval":  # relayed from its header (zmqcross._relaying)
                 route = eval_route(header, frames)
                 self._link.last_heard = time.monotonic()
-                self._on_eval(route)
+                self._relay.on_eval(route)
                 return
-            msg = decode_header(header, frames)
+            if kind == "guild_request" or (kind == "batch" and not nested):
+                msg = decode_header(header, frames)
+                self._link.last_heard = time.monotonic()
+                if isinstance(msg, GuildRequest):
+                    self._relay.on_guild(msg)
+                    return
+                if isinstance(msg, Batch):
+                    for inner in msg.messages():
+                        self._on_core(inner, True)
+                    return
+        except ProtocolError:
+            pass  # reported by the loop's own reading of it
+        assert self._upcall is not None
+        self._upcall(self._on_dealer, frames, nested)
+
+    def _on_dealer(self, frames: list[bytes], nested: bool = False) -> None:
+        try:
+            msg = decode(frames, self._limits)
             if nested and type(msg) is Batch:
                 raise ProtocolError("a batch inside a batch")
         except ProtocolError as exc:

@@ -4,7 +4,11 @@ After ``client.listen(manager)``, evals and guild requests from the bridge go to
 :class:`~zmqcross.ClusterManager`'s clusters and their answers back to the bridge;
 requests made inside the bots (:class:`~zmqcross.Shard`) go to the bridge under this
 client's id and their answers back down the pipe. Eval results pass as bytes, untouched
-(:mod:`zmqcross._relaying`): this is the machine's hot path, kept to a check and a call.
+(:mod:`zmqcross._relaying`).
+
+The hot path (:meth:`MachineRelay.on_eval`, :meth:`MachineRelay.on_guild`) runs on the
+relay core's thread and hands the work to the manager's :class:`~zmqcross.relay.ClusterRelay`
+there; everything else here runs on the event loop.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from ..protocol import (
     load,
     readdress,
 )
+from ..relay import ClusterRelay
 from ..status import ClusterStatus
 from ._channel import Channel
 from ._link import Link
@@ -50,12 +55,14 @@ class MachineRelay:
     """
 
     def __init__(self, channel: Channel, link: Link, *, open_requests: OpenRequests, machine_id: str) -> None:
-        self._answer = channel.answer
+        self._answer = channel.answer  # from the loop
+        self._post = channel.post  # from the relay core's thread
         self._send_frames = channel.send_frames
         self._link = link
         self._open = open_requests
         self._machine_id = machine_id
         self._manager: ClusterManager | None = None
+        self._hot: ClusterRelay | None = None  # the manager's hot path, read on the core's thread
 
     @property
     def manager(self) -> ClusterManager | None:
@@ -65,6 +72,7 @@ class MachineRelay:
     def listen(self, manager: ClusterManager) -> None:
         """Relay the bridge's work to ``manager``'s clusters and their requests to the bridge."""
         self._manager = manager
+        self._hot = manager.relay
         manager.upstream = self._upstream
         manager.lease = lambda: self._link.lease_until
 
@@ -74,6 +82,7 @@ class MachineRelay:
             self._manager.upstream = None
             self._manager.lease = None
         self._manager = None
+        self._hot = None
 
     def statuses(self) -> list[ClusterStatus]:
         """Every cluster's status (none without a manager)."""
@@ -85,22 +94,24 @@ class MachineRelay:
             self._manager.send_to_clusters(data)
 
     def on_eval(self, route: EvalRoute) -> None:
-        """An eval from the bridge, read from its header: to the clusters it names."""
-        if self._manager is None:
-            self._answer(readdress(self._no_clusters(), route.id))
+        """An eval from the bridge, read from its header: to the clusters it names (core thread)."""
+        hot = self._hot
+        if hot is None:
+            self._post(readdress(self._no_clusters(), route.id))
         elif route.deadline < time.time():
             log.debug("dropped eval %d: its deadline passed in transit", route.id)
         else:
-            self._manager.dispatch_eval(route, self._answer)
+            hot.dispatch_eval(route, self._post)
 
     def on_guild(self, msg: GuildRequest) -> None:
-        """A guild request from the bridge: to the cluster running that guild's shard."""
-        if self._manager is None:
-            self._answer(readdress(self._no_clusters(), msg.id))
+        """A guild request from the bridge: to the cluster running that guild's shard (core thread)."""
+        hot = self._hot
+        if hot is None:
+            self._post(readdress(self._no_clusters(), msg.id))
         elif msg.deadline < time.time():
             log.debug("dropped %s %d: its deadline passed in transit", msg.type, msg.id)
         else:
-            self._manager.dispatch_guild(msg, self._answer)
+            hot.dispatch_guild(msg, self._post)
 
     def on_handover(self, msg: Handover) -> None:
         """Another machine's handover step, passed on by the bridge: to the manager rolling."""

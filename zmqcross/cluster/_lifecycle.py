@@ -22,12 +22,11 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from .._requests import OpenRequests
 from .._transitions import Transitions
 from ..errors import ConfigurationError
 from ..protocol import ErrorInfo
+from ..relay import PipeConn
 from ..status import ShardStatus
-from ._pipe import PipeEnd
 
 __all__ = [
     "CLUSTER_TRANSITIONS",
@@ -100,7 +99,7 @@ class _Cluster:
     id: int
     shards: tuple[int, ...]
     process: Any = None
-    pipe: PipeEnd | None = None
+    pipe: PipeConn | None = None  # the machine's end, served by the relay core
     state: ClusterState = ClusterState.STOPPED  # changed only through move()
     started: float = 0.0  # monotonic
     started_at: float | None = None  # wall clock, for status
@@ -113,7 +112,6 @@ class _Cluster:
     recent: deque[float] = field(default_factory=deque)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     exited: asyncio.Event = field(default_factory=asyncio.Event)
-    open: OpenRequests = field(default_factory=OpenRequests)
     report: ErrorInfo | None = None  # what the running process said before it exited, if anything
     killed: str | None = None  # why the watchdog killed the running process
     last_error: str | None = None  # for status: why it last stopped unasked, until it is ready again

@@ -1,13 +1,10 @@
-"""Message framing over the pipe between a machine agent and a cluster process.
+"""A cluster's end of its pipe to the machine, on the cluster's event loop.
 
 The pipe is a ``multiprocessing.Pipe()`` (a Unix socket pair), but neither side uses
 ``Connection.send_bytes``/``recv_bytes`` on it: those block, and a cluster's 10 MB eval
-result would freeze the event loop on both ends while it crosses. Each side wraps its
-end in an asyncio transport instead, and messages are the wire protocol's frames::
-
-    record  = u32 length, then ``length`` bytes of: u32 frame count, (u32 size, bytes) * count
-
-so an eval result encoded once in the cluster reaches the bridge as the same bytes.
+result would freeze the event loop while it crosses. The cluster wraps its end in an
+asyncio transport; the machine reads and writes its ends on its relay core's thread
+(:mod:`zmqcross.relay`). Both frame messages as records (:mod:`zmqcross._records`).
 """
 
 from __future__ import annotations
@@ -16,11 +13,11 @@ import asyncio
 import logging
 import os
 import socket
-import struct
 from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any, cast
 
+from .._records import RecordReader, pack, unpack
 from .._transport import CORK
 from ..errors import ProtocolError
 from ..protocol import DEFAULT_LIMITS, Limits, Message, check_limits, decode_header, encode, read_header
@@ -28,40 +25,6 @@ from ..protocol import DEFAULT_LIMITS, Limits, Message, check_limits, decode_hea
 __all__ = ["PipeEnd", "open_pipe", "pack", "unpack"]
 
 log = logging.getLogger("zmqcross.cluster")
-
-_U32 = struct.Struct(">I")
-
-READ_CHUNK = 65536
-"""Free space offered to each read; a bigger record grows the buffer to fit it."""
-_OVERHEAD_PER_FRAME = _U32.size
-
-
-def pack(frames: list[bytes]) -> list[bytes]:
-    """The pieces of one record (header, sizes and frames), ready for ``writelines``."""
-    count = len(frames)
-    sizes = [len(f) for f in frames]
-    head = struct.pack(f">II{count}I", _U32.size * (1 + count) + sum(sizes), count, *sizes)
-    return [head, *frames]
-
-
-def unpack(record: memoryview) -> list[bytes]:
-    """The frames of one record body (without its length prefix)."""
-    if len(record) < _U32.size:
-        raise ProtocolError("pipe record too short")
-    (count,) = _U32.unpack_from(record, 0)
-    offset = _U32.size
-    sizes_end = offset + count * _U32.size
-    if sizes_end > len(record):
-        raise ProtocolError("pipe record's frame table runs past its end")
-    sizes = struct.unpack_from(f">{count}I", record, offset)
-    frames = []
-    position = sizes_end
-    for size in sizes:
-        frames.append(bytes(record[position : position + size]))
-        position += size
-    if position != len(record):
-        raise ProtocolError("pipe record's frame sizes do not add up to its length")
-    return frames
 
 
 class PipeEnd(asyncio.BufferedProtocol):
@@ -91,14 +54,9 @@ class PipeEnd(asyncio.BufferedProtocol):
         self._on_closed = on_closed
         self._limits = limits
         self._name = name
-        self._buffer = bytearray(READ_CHUNK)
-        self._start = 0  # first unparsed byte
-        self._end = 0  # end of received bytes
+        self._reader = RecordReader(limits)
         self._transport: asyncio.Transport | None = None
         self._held: list[bytes] = []  # records written while the cork is held
-        # A record's length is capped before reading it, so a broken peer cannot make
-        # this side buffer without bound.
-        self._max_record = limits.max_message_bytes + limits.max_frames * _OVERHEAD_PER_FRAME + 2 * _U32.size
 
     # asyncio.BufferedProtocol --------------------------------------------------
 
@@ -106,53 +64,16 @@ class PipeEnd(asyncio.BufferedProtocol):
         self._transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
 
     def get_buffer(self, sizehint: int) -> memoryview:
-        free = len(self._buffer) - self._end
-        if free < READ_CHUNK:
-            pending = self._end - self._start
-            needed = max(pending + READ_CHUNK, min(self._record_size() or 0, self._max_record + _U32.size))
-            if self._start and needed <= len(self._buffer):
-                self._buffer[:pending] = self._buffer[self._start : self._end]  # compact
-            else:
-                grown = bytearray(max(needed, 2 * len(self._buffer)))
-                grown[:pending] = self._buffer[self._start : self._end]
-                self._buffer = grown
-            self._start, self._end = 0, pending
-        return memoryview(self._buffer)[self._end :]
+        return self._reader.buffer()
 
     def buffer_updated(self, nbytes: int) -> None:
-        self._end += nbytes
+        self._reader.advance(nbytes)
         with CORK:  # answers to every record of this read leave together
-            self._read_records()
-
-    def _read_records(self) -> None:
-        while True:
-            size = self._record_size()
-            if size is None:
-                break
-            if size > self._max_record + _U32.size:  # before buffering toward a bogus length
-                self._fail(ProtocolError(f"{self._name}: pipe record of {size} bytes is over the limit"))
-                return
-            if self._end - self._start < size:
-                break
-            with memoryview(self._buffer) as view:
-                record = view[self._start + _U32.size : self._start + size]
-                try:
-                    frames = unpack(record)
-                except ProtocolError as exc:  # the stream is out of step: nothing after this is trustworthy
-                    self._fail(ProtocolError(f"{self._name}: {exc.message}"))
-                    return
-                finally:
-                    record.release()
-            self._start += size
-            self._dispatch(frames)
-        if self._start == self._end:
-            self._start = self._end = 0
-
-    def _record_size(self) -> int | None:
-        if self._end - self._start < _U32.size:
-            return None
-        size: int = _U32.unpack_from(self._buffer, self._start)[0]  # annotated: struct returns Any
-        return _U32.size + size
+            try:
+                for frames in self._reader.records():
+                    self._dispatch(frames)
+            except ProtocolError as exc:  # the stream is out of step: nothing after this is trustworthy
+                self._fail(ProtocolError(f"{self._name}: {exc.message}"))
 
     def _dispatch(self, frames: list[bytes]) -> None:
         try:

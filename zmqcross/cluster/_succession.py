@@ -83,6 +83,7 @@ class Succession:
         }
         self._m.total_shards, self._m.total_clusters = data.total_shards, data.total_clusters
         self._m.plan_version, self._m.identify = data.plan_version, data.identify
+        self._m._publish_routes()
         log.info("rolling restart to plan %s: clusters %s", data.plan_version, list(data.cluster_list))
         try:
             for cid in sorted(self._m._clusters):
@@ -145,12 +146,14 @@ class Succession:
         self._tell(old, Handover(step="record", cluster_id=cluster_id))
         self.ledger, self.changed, self.shared = ledger, asyncio.Event(), False
         self._m._retiring[cluster_id], self._m._clusters[cluster_id] = old, fresh
+        self._m._publish_routes()
         log.info("cluster %d restarting: a new process takes over from pid %s", cluster_id, old.process.pid)
         try:
             await self._m._start(fresh)
             failure = await self._until_ready(fresh, timeout)
             if failure is not None:
                 self._m._clusters[cluster_id] = self._m._retiring.pop(cluster_id)
+                self._m._publish_routes()
                 self._tell(old, Handover(step="keep", cluster_id=cluster_id))
                 await self._m._stop_cluster(fresh, 5.0, "its restart failed")
                 error = ZmqcrossError(
@@ -195,6 +198,7 @@ class Succession:
                 )
             handled = await self._retire(old)
             self._m._retiring.pop(cid, None)
+            self._m._publish_routes()
             self.note(
                 Handover(
                     step="retired",

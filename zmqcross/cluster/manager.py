@@ -21,9 +21,6 @@ states' values.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import functools
-import itertools
 import logging
 import multiprocessing
 import os
@@ -33,12 +30,10 @@ from pathlib import Path
 from typing import Any
 
 from .._events import EventEmitter, Handler
-from .._fanout import FanOut, FanOuts, Gather
 from .._handover import unpack_fingerprints
 from .._identify import IdentifyParams
-from .._relaying import EvalRoute, forward_eval, reply_slots
-from ..errors import ClientNotFound, ConfigurationError, ConnectionLost, RequestTimeout, ZmqcrossError
-from ..planning import ShardData, shard_for_guild
+from ..errors import ConfigurationError, ConnectionLost, ZmqcrossError
+from ..planning import ShardData
 from ..protocol import (
     DEFAULT_LIMITS,
     ErrorInfo,
@@ -57,6 +52,7 @@ from ..protocol import (
     Send,
     readdress,
 )
+from ..relay import ClusterRelay, PipeConn, RouteTable, Serving, Upcalls, shared_core
 from ..status import ClusterStatus, ShardStatus
 from ._child import FENCED_EXIT, ClusterData
 from ._lifecycle import (
@@ -70,7 +66,6 @@ from ._lifecycle import (
     error_summary,
     is_fatal,
 )
-from ._pipe import PipeEnd, open_pipe
 from ._process import ClusterProcess
 from ._succession import Succession
 
@@ -88,7 +83,6 @@ log = logging.getLogger("zmqcross.cluster")
 MANAGER_EVENTS = ("cluster_create", "cluster_exit", "cluster_failed", "cluster_ready", "error")
 """Events a :class:`ClusterManager` emits; see :meth:`ClusterManager.on`."""
 
-Respond = Callable[[Message], object]
 Upstream = Callable[[Message, Callable[[Message | ZmqcrossError], object]], None]
 
 
@@ -179,8 +173,8 @@ class ClusterManager:
         self._watchdog: asyncio.Task[None] | None = None
         self._respawns: set[asyncio.Task[None]] = set()
         self._retiring: dict[int, _Cluster] = {}  # old clusters still serving during a rolling restart
-        self._fanouts = FanOuts()
-        self._ids = itertools.count(1)  # one sequence for every request sent down any pipe
+        self._core = shared_core()
+        self._hot: ClusterRelay | None = None  # made on the first start, on the manager's loop
         self.upstream: Upstream | None = None
         """Set by ``Client.listen``: carries the bots' own requests to the bridge."""
         self.lease: Callable[[], float | None] | None = None
@@ -255,9 +249,18 @@ class ClusterManager:
 
     def in_flight(self) -> int:
         """Requests handed to clusters and not answered yet."""
-        return len(self._fanouts) + sum(
-            len(c.open) for c in (*self._clusters.values(), *self._retiring.values())
-        )
+        return self._hot.in_flight if self._hot is not None else 0
+
+    @property
+    def relay(self) -> ClusterRelay:
+        """The hot path to the clusters, on the relay core's thread (``Client.listen`` feeds it)."""
+        if self._hot is None:
+            upcall = Upcalls(asyncio.get_running_loop())
+            self._hot = ClusterRelay(
+                self._core, lambda conn, msg: upcall(self._from_cluster, conn.owner, msg), limits=self._limits
+            )
+            self._publish_routes()
+        return self._hot
 
     # ------------------------------------------------------------------ lifetime
 
@@ -322,6 +325,7 @@ class ClusterManager:
             c.stopping = True
             if c.state is not ClusterState.STOPPING:  # a second stop of the same cluster just waits too
                 c.move(ClusterState.STOPPING)
+                self._publish_routes()
             if c.pipe is None or not c.pipe.send(Goodbye(reason=reason)):
                 process.terminate()
             end = time.monotonic() + timeout
@@ -333,6 +337,7 @@ class ClusterManager:
         await asyncio.to_thread(process.join, 5)
         self._reap(c)
         c.move(ClusterState.STOPPED)
+        self._publish_routes()
 
     async def roll(self, data: ShardData, *, timeout: float | None = None) -> None:
         """Switch to a new share of a new plan, one cluster at a time, never all down.
@@ -385,16 +390,18 @@ class ClusterManager:
         c.ready, c.exited = asyncio.Event(), asyncio.Event()
         c.started, c.started_at = time.monotonic(), time.time()
         c.last_beat, c.last_beat_at = c.started, None
-        c.pipe = await open_pipe(
+        relay, upcall = self.relay, Upcalls(asyncio.get_running_loop())
+        c.pipe = PipeConn(
+            self._core,
             parent,
-            PipeEnd(
-                functools.partial(self._from_cluster, c),
-                functools.partial(self._pipe_closed, c),
-                limits=self._limits,
-                name=f"cluster {c.id}",
-                peek=functools.partial(self._peek_cluster, c),
-            ),
+            on_frames=relay.from_pipe,
+            on_closed=lambda conn, exc: upcall(self._pipe_closed, conn, exc),
+            name=f"cluster {c.id}",
+            limits=self._limits,
         )
+        c.pipe.owner = c
+        c.pipe.start()
+        self._publish_routes()
         c.lease_sent = None
         self._pass_lease(c)
         asyncio.get_running_loop().add_reader(process.sentinel, self._exited, c, process)
@@ -419,13 +426,13 @@ class ClusterManager:
         self._reap(c)
         code = c.exit_code
         gone = ConnectionLost(f"cluster {c.id} exited (code {code}) before answering")
-        c.open.fail_all(gone)
-        self._fanouts.fail_route(c, gone)
         c.exited.set()
         if c.pipe is not None:
+            self._core.submit(self.relay.fail_pipe, c.pipe, gone)
             c.pipe.close()
         wanted = c.stopping
         c.move(ClusterState.STOPPED)
+        self._publish_routes()
         c.ready.clear()
         if code == FENCED_EXIT and not wanted:
             c.last_error = "stopped its Discord sessions: this machine's lease from the bridge ran out"
@@ -450,6 +457,7 @@ class ClusterManager:
         decision = after_exit(c, now=time.monotonic(), policy=self.restarts, report=c.report)
         if isinstance(decision, GiveUp):
             c.move(ClusterState.FAILED)
+            self._publish_routes()
             c.last_error = f"{decision.reason}; last error:\n{c.last_error}"
             error = ZmqcrossError(f"{decision.reason}; its last error: {c.last_error.splitlines()[-1]}")
             log.error("%s", error.message)
@@ -528,13 +536,15 @@ class ClusterManager:
                     if any(s.down_for >= self.shard_down_timeout for s in down):
                         self._succession.repair(c, down, now)
 
-    def _pipe_closed(self, c: _Cluster, exc: Exception | None) -> None:
-        if c.open or self._fanouts:
-            task = asyncio.get_running_loop().create_task(self._fail_open(c, c.exited))
+    def _pipe_closed(self, conn: PipeConn, exc: Exception | None) -> None:
+        c: _Cluster = conn.owner
+        self._publish_routes()
+        if self.in_flight():
+            task = asyncio.get_running_loop().create_task(self._fail_open(c, conn, c.exited))
             self._respawns.add(task)
             task.add_done_callback(self._respawns.discard)
 
-    async def _fail_open(self, c: _Cluster, exited: asyncio.Event) -> None:
+    async def _fail_open(self, c: _Cluster, conn: PipeConn, exited: asyncio.Event) -> None:
         # The pipe usually closes because the process died; then the exit handler fails
         # the open requests with the exit code. Only a pipe that closes on its own is
         # reported as such. (Joining here too would race the exit handler's waitpid.)
@@ -544,8 +554,7 @@ class ClusterManager:
             if c.exited is not exited:  # a new process runs for this cluster now: not ours to fail
                 return
             error = ConnectionLost(f"the pipe to cluster {c.id} closed before it answered")
-            c.open.fail_all(error)
-            self._fanouts.fail_route(c, error)
+            self._core.submit(self.relay.fail_pipe, conn, error)
 
     # ------------------------------------------------------------------ messages from clusters
 
@@ -556,14 +565,20 @@ class ClusterManager:
             c.rss = msg.rss
             if isinstance(msg.shards, list):
                 try:
-                    c.shard_health = tuple(ShardStatus.from_row(row) for row in msg.shards)
+                    health = tuple(ShardStatus.from_row(row) for row in msg.shards)
                 except ValueError as exc:
                     log.debug("cluster %d sent a malformed shard report: %s", c.id, exc)
+                else:
+                    was_down = {s.id for s in c.shard_health if not s.up}
+                    c.shard_health = health
+                    if was_down or any(not s.up for s in health):  # routing reads which shards are down
+                        self._publish_routes()
             if c.waiting is not None and c.state is ClusterState.STARTING:
                 c.started = c.last_beat  # spawn_timeout counts from its IDENTIFY's turn, not its start
             if msg.ready and c.state is ClusterState.STARTING:
                 c.move(ClusterState.READY)
                 c.last_error = None
+                self._publish_routes()
                 c.ready.set()
                 self._events.emit("cluster_ready", c.id)
                 if self._succession.ledger is not None and self._clusters.get(c.id) is c:  # awaited
@@ -573,9 +588,8 @@ class ClusterManager:
                     self._succession.changed.set()
         elif isinstance(msg, ErrorReply) and msg.reply_to is None:  # see _child.report_failure
             self._reported(c, msg.error)
-        elif isinstance(msg, (EvalReply, Reply, ErrorReply)):
-            if not c.open.finish(msg.reply_to, msg) and msg.reply_to is not None:
-                self._fanouts.absorb(msg.reply_to, c, msg)
+        elif isinstance(msg, (EvalReply, Reply, ErrorReply)):  # the relay core took the timely ones
+            log.debug("cluster %d answered request %s after it ended", c.id, msg.reply_to)
         elif isinstance(msg, (EvalRequest, GuildRequest, Request, Send)):
             self._upstream(c, msg)
         elif isinstance(msg, Handover) and msg.step == "retired":
@@ -586,14 +600,6 @@ class ClusterManager:
                     c.retired.set_result([])
         else:
             log.warning("cluster %d sent an unexpected %r message", c.id, msg.type)
-
-    def _peek_cluster(self, c: _Cluster, header: dict[str, Any], frames: list[bytes]) -> bool:
-        # Eval replies are regrouped from their header alone (zmqcross._relaying).
-        if header.get("type") != "eval_reply":
-            return False
-        reply = reply_slots(header, frames)
-        self._fanouts.absorb(reply.reply_to, c, reply)
-        return True
 
     def _upstream(self, c: _Cluster, msg: EvalRequest | GuildRequest | Request | Send) -> None:
         pipe = c.pipe
@@ -614,51 +620,45 @@ class ClusterManager:
             msg, lambda outcome: pipe.send(readdress(outcome, request_id)) if pipe is not None else None
         )
 
-    # ------------------------------------------------------------------ work from the bridge
+    # ------------------------------------------------------------------ routing (the relay core's table)
 
-    def dispatch_eval(self, route: EvalRoute, respond: Respond) -> None:
-        """Run an eval on the clusters of ``route.clusters`` this machine runs; ``respond`` gets one :class:`EvalReply`."""
-        mine = self._clusters.keys() | self._retiring.keys()
-        targets = (
-            sorted(c for c in route.clusters if c in mine)
-            if route.clusters is not None
-            else sorted(self._clusters)
+    def _publish_routes(self) -> None:
+        """Hand the relay core a new table of where work goes (see zmqcross.relay._routes)."""
+        if self._hot is not None:
+            self._hot.routes = self._route_table()
+
+    def _route_table(self) -> RouteTable:
+        entries: dict[int, Serving] = {}  # by id(cluster record)
+
+        def entry(c: _Cluster) -> Serving:
+            found = entries.get(id(c))
+            if found is None:
+                entries[id(c)] = found = self._entry(c)
+            return found
+
+        ids = self._clusters.keys() | self._retiring.keys()
+        serving = {cid: entry(c) for cid in ids if (c := self._serving(cid)) is not None}
+        # A guild's shard is answered by a ready process that runs it (a new cluster before an
+        # old one still serving), else by the current cluster, whose error then says why.
+        candidates = [self._clusters[cid] for cid in sorted(self._clusters)]
+        candidates += [c for _, c in sorted(self._retiring.items()) if c.state is _READY]
+        owners: dict[int, Serving] = {}
+        for c in sorted(candidates, key=lambda c: c.state is not _READY):  # stable: keeps that order
+            for shard in c.shards:
+                owners.setdefault(shard, entry(c))
+        return RouteTable(
+            total_shards=self.total_shards,
+            everyone=tuple(sorted(self._clusters)),
+            mine=frozenset(serving),
+            serving=serving,
+            owners=owners,
         )
-        gather = Gather(targets)
-        routes: dict[_Cluster, list[int]] = {}
-        guild = route.header.get("guild_id")
-        for cid in targets:
-            c = self._serving(cid)
-            if c is None or c.state is not _READY or c.pipe is None or not c.pipe.open:
-                gather.fail(
-                    [cid], ConnectionLost(f"cluster {cid} is {c.state.value if c else 'stopped'}, not ready")
-                )
-                continue
-            down = (
-                self._shard_down(c, shard_for_guild(guild, self.total_shards), f"guild {guild}")
-                if type(guild) is int
-                else None
-            )
-            if down is not None:
-                gather.fail([cid], down)
-                continue
-            routes[c] = [cid]
-        # One id, one timer and one encoding for all of this machine's clusters.
-        fan_id = next(self._ids)
-        deadline = self._fanouts.launch(
-            fan_id,
-            FanOut(route.id, gather, routes, respond),
-            deadline=route.deadline,
-            now=time.time(),
-            call_later=asyncio.get_running_loop().call_later,
-            error=RequestTimeout("the cluster did not answer before the deadline"),
-        )
-        if deadline is None:
-            return
-        frames = forward_eval(route, fan_id, deadline)  # the script and context pass as they came
-        for c in routes:
-            assert c.pipe is not None
-            c.pipe.send_frames(frames)
+
+    @staticmethod
+    def _entry(c: _Cluster) -> Serving:
+        down = {s.id: (s.state, s.down_for) for s in c.shard_health if not s.up}
+        pipe = c.pipe if c.state is _READY else None
+        return Serving(cluster=c.id, state=c.state.value, pipe=pipe, down=down)
 
     def _serving(self, cluster_id: int) -> _Cluster | None:
         """The process answering for ``cluster_id``: its own, or the old one until that is ready."""
@@ -669,45 +669,6 @@ class ClusterManager:
         if old is not None and old.state is _READY:
             return old
         return current or old
-
-    def dispatch_guild(self, msg: GuildRequest, respond: Respond) -> None:
-        """Hand a guild request to the cluster running that guild's shard; ``respond`` gets its answer."""
-        shard = shard_for_guild(msg.guild_id, self.total_shards)
-        candidates = [c for c in self._clusters.values() if shard in c.shards]
-        # During a rolling restart an old cluster with the shard answers until the new one is ready.
-        candidates += [c for c in self._retiring.values() if shard in c.shards and c.state is _READY]
-        owner = next((c for c in candidates if c.state is _READY), candidates[0] if candidates else None)
-        error: ZmqcrossError | None = None
-        if owner is None:
-            error = ClientNotFound(
-                f"guild {msg.guild_id} is on shard {shard}, which this machine does not run"
-            )
-        elif owner.state is not _READY or owner.pipe is None or not owner.pipe.open:
-            error = ConnectionLost(f"cluster {owner.id} (shard {shard}) is {owner.state.value}, not ready")
-        else:
-            error = self._shard_down(owner, shard, f"guild {msg.guild_id}")
-        if error is not None or owner is None or owner.pipe is None:
-            respond(readdress(error or ConnectionLost("no cluster"), msg.id))
-            return
-        sub_id = next(self._ids)
-        owner.open.add(
-            request_id=sub_id,
-            timeout=max(msg.deadline - time.time(), 0.0),
-            what=f"request to cluster {owner.id}",
-            on_done=lambda outcome: respond(readdress(outcome, msg.id)),
-        )
-        owner.pipe.send(dataclasses.replace(msg, id=sub_id))
-
-    @staticmethod
-    def _shard_down(c: _Cluster, shard: int, what: str) -> ConnectionLost | None:
-        """The error for work about ``what`` on ``shard`` if that shard is not up in cluster ``c``."""
-        for health in c.shard_health:
-            if health.id == shard and not health.up:
-                return ConnectionLost(
-                    f"{what} is on shard {shard} of cluster {c.id}, which is {health.state} "
-                    f"(for {health.down_for:.0f} s): its events are not arriving; try again once it is back"
-                )
-        return None
 
     def send_to_clusters(self, data: bytes) -> int:
         """Hand a custom message (encoded JSON) to every ready cluster's ``message`` handlers."""

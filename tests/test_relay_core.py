@@ -34,7 +34,6 @@ from zmqcross.protocol import (
     Heartbeat,
     Message,
     Reply,
-    answer_frames,
     decode,
     decode_header,
     dump,
@@ -133,7 +132,7 @@ def machine() -> Iterator[Machine]:
 
     def on_frames(frames: list[bytes]) -> None:  # what the client's core handler does, in short
         header = read_header(frames)
-        post = lambda msg: link.post(answer_frames(msg))  # noqa: E731
+        post = lambda frames, reply_to: link.post(frames)  # noqa: E731
         if header["type"] == "eval":
             relay.dispatch_eval(eval_route(header, frames), post)
         else:

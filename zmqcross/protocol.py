@@ -777,11 +777,15 @@ def answer_frames(msg: Message, limits: Limits = DEFAULT_LIMITS) -> list[bytes]:
     """``msg`` encoded and checked against ``limits``. An answer over them (a gathered eval
     of many big results) becomes an :class:`ErrorReply` saying so, so that its caller hears
     why at once instead of waiting out its timeout; anything else over them raises."""
-    frames = encode(msg)
+    return fit_answer(encode(msg), getattr(msg, "reply_to", None), limits)
+
+
+def fit_answer(frames: list[bytes], reply_to: int | None, limits: Limits = DEFAULT_LIMITS) -> list[bytes]:
+    """An encoded answer to ``reply_to`` as :func:`answer_frames` sends it: itself, or the
+    :class:`ErrorReply` saying it is too large (raises for a message that answers nothing)."""
     try:
         check_limits(frames, limits)
     except MessageTooLarge as exc:
-        reply_to = getattr(msg, "reply_to", None)
         if reply_to is None:
             raise
         error = MessageTooLarge(f"the answer to request {reply_to} is too large to send: {exc.message}")

@@ -34,7 +34,7 @@ from .._transport import (
     watch_monitor,
 )
 from ..errors import ConnectionLost, ZmqcrossError
-from ..protocol import Limits, Message, answer_frames, check_limits, encode
+from ..protocol import Limits, Message, answer_frames, check_limits, encode, fit_answer
 from ..relay import SocketLink, shared_core
 from ..security import CurveClient
 
@@ -155,13 +155,14 @@ class Channel:
             return
         self._outbox.put(None, frames)
 
-    def post(self, msg: Message) -> None:
-        """An answer from the relay core's thread: leaves at the end of the core's round, batched."""
+    def post(self, frames: list[bytes], reply_to: int) -> None:
+        """An encoded answer to ``reply_to`` from the relay core's thread: leaves at the end of
+        the core's round, batched. One over the limits is replaced by the error saying so."""
         dealer = self._dealer
         if dealer is None:
             return
         try:
-            dealer.post(answer_frames(msg, self._limits))
+            dealer.post(fit_answer(frames, reply_to, self._limits))
         except ZmqcrossError as exc:
             log.warning("could not answer the bridge: %s", exc.message)
 

@@ -97,7 +97,7 @@ class MachineRelay:
         """An eval from the bridge, read from its header: to the clusters it names (core thread)."""
         hot = self._hot
         if hot is None:
-            self._post(readdress(self._no_clusters(), route.id))
+            self._post(encode(readdress(self._no_clusters(), route.id)), route.id)
         elif route.deadline < time.time():
             log.debug("dropped eval %d: its deadline passed in transit", route.id)
         else:
@@ -107,7 +107,7 @@ class MachineRelay:
         """A guild request from the bridge: to the cluster running that guild's shard (core thread)."""
         hot = self._hot
         if hot is None:
-            self._post(readdress(self._no_clusters(), msg.id))
+            self._post(encode(readdress(self._no_clusters(), msg.id)), msg.id)
         elif msg.deadline < time.time():
             log.debug("dropped %s %d: its deadline passed in transit", msg.type, msg.id)
         else:

@@ -1,11 +1,14 @@
 """A machine's hot path: evals and guild requests to its clusters' pipes, answers back.
 
-Runs on the relay core's thread. The eval fan-out is the same bookkeeping the bridge uses
-(:mod:`zmqcross._fanout`: one id, one timer and one encoding per eval, the first answer
-per cluster wins, a hop answers a little before its caller gives up), on the core's clock.
-Replies are regrouped from their headers: the result frames pass through untouched.
-Anything a cluster sends that is not an answer to this work (heartbeats, its bots' own
-requests, handover steps) goes to the manager on its event loop, decoded.
+Runs on the relay core's thread, as lean as it can be: it runs for every eval on every
+machine. An eval goes to each ready cluster here under one id, with one timer and one
+encoding; a hop answers a little before its caller gives up (:func:`~zmqcross._fanout.hop_deadline`),
+so a silent cluster costs its own slot, not the call. Each cluster's reply is read from
+its header (its slot for that cluster, the first answer wins, slots it was not asked
+for are ignored) and the result frames pass through untouched; the gathered answer is
+written straight as frames. Anything a cluster sends that is not an answer to this work
+(heartbeats, its bots' own requests, handover steps) goes to the manager on its event
+loop, decoded.
 """
 
 from __future__ import annotations
@@ -15,8 +18,10 @@ import itertools
 import logging
 from collections.abc import Callable
 
-from .._fanout import FanOut, FanOuts, Gather
-from .._relaying import EvalRoute, forward_eval, reply_slots
+import orjson
+
+from .._fanout import error_frame, hop_deadline
+from .._relaying import EvalRoute, forward_eval
 from ..errors import ProtocolError, RequestTimeout, ZmqcrossError
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -36,9 +41,31 @@ __all__ = ["ClusterRelay"]
 
 log = logging.getLogger("zmqcross.relay")
 
-Respond = Callable[[Message], object]
+Respond = Callable[[list[bytes], int], object]
+"""Where an answer goes: its frames and the request it answers (answers are written as frames)."""
 
 _ANSWERS = ("reply", "error")
+_TIMEOUT = RequestTimeout("the cluster did not answer before the deadline")
+
+
+class _Eval:
+    """One eval waiting on this machine's clusters."""
+
+    __slots__ = ("outcomes", "reply_to", "respond", "timer", "waiting")
+
+    def __init__(self, reply_to: int, respond: Respond, waiting: dict[PipeConn, int]) -> None:
+        self.reply_to = reply_to
+        self.respond = respond
+        self.waiting = waiting  # pipe -> the cluster it answers for, until it has
+        self.outcomes: dict[int, tuple[bool, bytes]] = {}
+        self.timer: CoreTimer | None = None
+
+
+def _gathered(reply_to: int, outcomes: dict[int, tuple[bool, bytes]]) -> list[bytes]:
+    order = sorted(outcomes)
+    slots = [{"cluster": cid, "ok": outcomes[cid][0]} for cid in order]
+    header = orjson.dumps({"type": "eval_reply", "reply_to": reply_to, "slots": slots})
+    return [header, *(outcomes[cid][1] for cid in order)]
 
 
 class ClusterRelay:
@@ -59,44 +86,83 @@ class ClusterRelay:
         self._deliver = deliver
         self._limits = limits
         self.routes: RouteTable = EMPTY_ROUTES
-        self._fanouts = FanOuts()
+        self._evals: dict[int, _Eval] = {}
         self._guilds: dict[int, tuple[PipeConn, int, Respond, CoreTimer]] = {}
         self._ids = itertools.count(1)  # one sequence for every request sent down any pipe
 
     @property
     def in_flight(self) -> int:
         """Evals and guild requests waiting on clusters (read from any thread)."""
-        return len(self._fanouts) + len(self._guilds)
+        return len(self._evals) + len(self._guilds)
 
     # ------------------------------------------------------------------ work from the bridge
 
     def dispatch_eval(self, route: EvalRoute, respond: Respond) -> None:
-        """Run an eval on this machine's clusters among ``route.clusters``; ``respond`` gets one EvalReply."""
-        targets, routes, failures = eval_targets(self.routes, route.clusters, route.header.get("guild_id"))
-        gather = Gather(targets)
-        for cid, error in failures:
-            gather.fail([cid], error)
+        """Run an eval on this machine's clusters among ``route.clusters``; ``respond`` gets one answer."""
+        _, routes, failures = eval_targets(self.routes, route.clusters, route.header.get("guild_id"))
         fan_id = next(self._ids)
-        core = self._core
-        deadline = self._fanouts.launch(
-            fan_id,
-            FanOut(route.id, gather, routes, respond),
-            deadline=route.deadline,
-            now=core.time(),
-            call_later=core.call_later,
-            error=RequestTimeout("the cluster did not answer before the deadline"),
-        )
-        if deadline is None:
+        ev = _Eval(route.id, respond, {pipe: clusters[0] for pipe, clusters in routes.items()})
+        for cid, error in failures:
+            ev.outcomes[cid] = (False, error_frame(error))
+        if not routes:
+            respond(_gathered(route.id, ev.outcomes), route.id)
             return
+        core = self._core
+        now = core.time()
+        deadline = hop_deadline(route.deadline, now)
+        ev.timer = core.call_later(deadline - now, self._expire, fan_id, _TIMEOUT)
+        self._evals[fan_id] = ev
         frames = forward_eval(route, fan_id, deadline)  # the script and context pass as they came
         for pipe in routes:
             pipe.send_frames(frames)
+
+    def _reply(self, conn: PipeConn, header: dict[str, object], frames: list[bytes]) -> None:
+        reply_to = header.get("reply_to")
+        ev = self._evals.get(reply_to) if type(reply_to) is int else None
+        if ev is None:
+            return  # late: its eval was answered already
+        cid = ev.waiting.get(conn)
+        if cid is None:
+            return  # a cluster answering what it was not asked
+        slots = header.get("slots")
+        if type(slots) is not list or len(slots) != len(frames) - 1:
+            log.warning(
+                "%s: dropped a bad pipe message: an 'eval_reply' whose slots and results disagree", conn.name
+            )
+            return
+        del ev.waiting[conn]
+        for slot, result in zip(slots, frames[1:], strict=True):
+            if type(slot) is dict and slot.get("cluster") == cid:
+                ev.outcomes[cid] = (slot.get("ok") is True, result)
+                break
+        else:
+            ev.outcomes[cid] = (
+                False,
+                error_frame(ProtocolError(f"no result came back for cluster(s) [{cid}]")),
+            )
+        if not ev.waiting:
+            self._finish(reply_to, ev)  # type: ignore[arg-type]
+
+    def _finish(self, fan_id: int, ev: _Eval) -> None:
+        del self._evals[fan_id]
+        if ev.timer is not None:
+            ev.timer.cancel()
+        ev.respond(_gathered(ev.reply_to, ev.outcomes), ev.reply_to)
+
+    def _expire(self, fan_id: int, error: ZmqcrossError) -> None:
+        ev = self._evals.get(fan_id)
+        if ev is not None:
+            frame = error_frame(error)
+            for cid in ev.waiting.values():
+                ev.outcomes[cid] = (False, frame)
+            ev.waiting.clear()
+            self._finish(fan_id, ev)
 
     def dispatch_guild(self, msg: GuildRequest, respond: Respond) -> None:
         """Hand a guild request to the cluster running that guild's shard; ``respond`` gets its answer."""
         target = guild_target(self.routes, msg.guild_id)
         if isinstance(target, ZmqcrossError):
-            respond(readdress(target, msg.id))
+            respond(encode(readdress(target, msg.id)), msg.id)
             return
         pipe: PipeConn = target.pipe
         sub_id = next(self._ids)
@@ -110,7 +176,7 @@ class ClusterRelay:
         if entry is not None:
             _, reply_to, respond, _ = entry
             error = RequestTimeout(f"request to cluster {cluster}: no answer within {timeout:.3g} s")
-            respond(readdress(error, reply_to))
+            respond(encode(readdress(error, reply_to)), reply_to)
 
     # ------------------------------------------------------------------ from the clusters
 
@@ -119,9 +185,8 @@ class ClusterRelay:
         try:
             header = read_header(frames, self._limits)
             kind = header.get("type")
-            if kind == "eval_reply":  # regrouped from its header (zmqcross._relaying)
-                reply = reply_slots(header, frames)
-                self._fanouts.absorb(reply.reply_to, conn, reply)
+            if kind == "eval_reply":  # read from its header; the results pass untouched
+                self._reply(conn, header, frames)
                 return
             msg = decode_header(header, frames)
         except ProtocolError as exc:
@@ -134,27 +199,30 @@ class ClusterRelay:
                 del self._guilds[reply_to]  # type: ignore[arg-type]
                 _, asked_as, respond, timer = entry
                 timer.cancel()
-                respond(readdress(msg, asked_as))
+                respond(encode(readdress(msg, asked_as)), asked_as)
                 return
         self._deliver(conn, msg)
 
     def fail_pipe(self, conn: PipeConn, error: ZmqcrossError) -> None:
         """A cluster is gone: its slots in open evals and its guild requests end with ``error``."""
-        self._fanouts.fail_route(conn, error)
+        frame = error_frame(error)
+        for fan_id, ev in list(self._evals.items()):
+            cid = ev.waiting.pop(conn, None)
+            if cid is not None:
+                ev.outcomes[cid] = (False, frame)
+                if not ev.waiting:
+                    self._finish(fan_id, ev)
         for sub_id, (pipe, reply_to, respond, timer) in list(self._guilds.items()):
             if pipe is conn:
                 del self._guilds[sub_id]
                 timer.cancel()
-                respond(readdress(error, reply_to))
-
-    def waiting_on(self, conn: PipeConn) -> bool:
-        """Whether any open work waits on ``conn`` (read from any thread, as a hint)."""
-        return any(entry[0] is conn for entry in list(self._guilds.values())) or bool(self._fanouts)
+                respond(encode(readdress(error, reply_to)), reply_to)
 
     def fail_all(self, error: ZmqcrossError) -> None:
         """End every open eval and guild request with ``error`` (the manager closed)."""
-        self._fanouts.fail_all(error)
+        for fan_id in list(self._evals):
+            self._expire(fan_id, error)
         for sub_id in list(self._guilds):
             _, reply_to, respond, timer = self._guilds.pop(sub_id)
             timer.cancel()
-            respond(readdress(error, reply_to))
+            respond(encode(readdress(error, reply_to)), reply_to)

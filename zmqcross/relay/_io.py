@@ -20,7 +20,7 @@ from typing import Any, cast
 import zmq
 
 from .._records import RecordReader, pack
-from .._transport import receive_frames, send_frames
+from .._transport import COPY_THRESHOLD, receive_frames, send_frames
 from ..errors import ConnectionLost, ProtocolError
 from ..protocol import DEFAULT_LIMITS, Limits, Message, batches, check_limits, encode
 from ._loop import RelayCore
@@ -40,6 +40,11 @@ _IOV_MAX = 512
 
 _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
+# ZMQ_EVENTS as a plain int: pyzmq's own Socket.get makes it an enum (slow Python arithmetic).
+_get: Callable[[zmq.Socket[Any], int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
+_send: Callable[..., Any] = zmq.backend.Socket.send
+_MORE = int(zmq.DONTWAIT | zmq.SNDMORE)
+_DONTWAIT = int(zmq.DONTWAIT)
 
 
 class SocketLink:
@@ -83,7 +88,7 @@ class SocketLink:
             try:
                 send_frames(self.sock, frames)
             finally:
-                if not self.core.on_thread and cast(int, self.sock.getsockopt(_EVENTS)) & _POLLIN:
+                if not self.core.on_thread and _get(self.sock, _EVENTS) & _POLLIN:
                     self.core.wake()
 
     def post(self, frames: list[bytes]) -> None:
@@ -97,13 +102,26 @@ class SocketLink:
         if not held:
             return
         with self._lock:
-            for frames in batches(held):
+            sock = self.sock
+            for frames in batches(held) if len(held) > 1 else held:
                 try:
-                    send_frames(self.sock, frames)
+                    last = len(frames) - 1
+                    for index, frame in enumerate(
+                        frames
+                    ):  # pyzmq's Cython send: its Python wrapper costs more
+                        _send(
+                            sock,
+                            frame,
+                            _MORE if index < last else _DONTWAIT,
+                            len(frame) < COPY_THRESHOLD,
+                            False,
+                        )
                 except zmq.Again:
                     self.on_send_error("the queue to the bridge is full: an answer was dropped")
                 except zmq.ZMQError as exc:
                     self.on_send_error(f"an answer to the bridge was not sent: {exc}")
+            if _get(sock, _EVENTS) & _POLLIN:  # the sends may have eaten the descriptor's signal
+                self.core.again()
 
     def _drain(self) -> bool:
         if self._detach is None:
@@ -112,10 +130,10 @@ class SocketLink:
         with self._lock:
             sock = self.sock
             try:
-                for _ in range(DRAIN_MESSAGES):
+                while _get(sock, _EVENTS) & _POLLIN:  # looking first is cheaper than a zmq.Again
                     received.append(receive_frames(sock))
-            except zmq.Again:
-                pass
+                    if len(received) == DRAIN_MESSAGES:
+                        break
             except zmq.ZMQError as exc:
                 if exc.errno != zmq.ENOTSOCK and not sock.closed:
                     raise

@@ -3,8 +3,8 @@
 A machine's hot path (evals and guild requests down to the cluster pipes, answers back
 up) used to run as asyncio callbacks: every eval woke the event loop several times, and
 each wake-up ran a lot of cold interpreter code. Here it runs in a tight synchronous loop
-on its own thread, which sleeps in one ``zmq.Poller.poll`` over every descriptor it
-serves and wakes once per burst:
+on its own thread, which sleeps in one ``poll`` over every descriptor it serves (a
+ZeroMQ socket's through its ``ZMQ_FD``) and wakes once per burst:
 
 - **readers**: a descriptor and what to call when it is readable (a pipe's end, the
   wake-up socket). A ZeroMQ socket is served through its ``ZMQ_FD`` (see :class:`SocketIn`).
@@ -22,9 +22,11 @@ runs one on an event loop. Nothing else crosses between the threads.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import heapq
 import itertools
 import logging
+import select
 import socket
 import threading
 import time
@@ -32,14 +34,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-import zmq
-
 __all__ = ["CoreTimer", "RelayCore", "Upcalls", "shared_core"]
 
 log = logging.getLogger("zmqcross.relay")
 
-_POLLIN = zmq.POLLIN
-_POLLOUT = zmq.POLLOUT
+_POLLIN = select.POLLIN
+_POLLOUT = select.POLLOUT
 
 
 class CoreTimer:
@@ -67,7 +67,7 @@ class RelayCore:
 
     def __init__(self, name: str = "zmqcross-relay") -> None:
         self._name = name
-        self._poller = zmq.Poller()
+        self._poller = select.poll()
         self._wake_in, self._wake_out = socket.socketpair()
         self._wake_in.setblocking(False)
         self._wake_out.setblocking(False)
@@ -76,6 +76,7 @@ class RelayCore:
         self._readers: dict[int, Callable[[], None]] = {}
         self._writers: dict[int, Callable[[], None]] = {}
         self._every_round: list[Callable[[], bool]] = []
+        self._again = False  # something sent this round may have left input unread: no sleep next
         self._flushes: list[Callable[[], None]] = []
         self._timers: list[tuple[float, int, CoreTimer]] = []
         self._order = itertools.count()
@@ -130,7 +131,7 @@ class RelayCore:
     def add_reader(self, fd: int, on_readable: Callable[[], None]) -> None:
         """Call ``on_readable()`` whenever ``fd`` is readable."""
         self._readers[fd] = on_readable
-        self._poller.register(fd, _POLLIN | (_POLLOUT if fd in self._writers else 0))
+        self._reregister(fd)
 
     def remove_reader(self, fd: int) -> None:
         self._readers.pop(fd, None)
@@ -138,18 +139,27 @@ class RelayCore:
 
     def add_writer(self, fd: int, on_writable: Callable[[], None]) -> None:
         """Call ``on_writable()`` whenever ``fd`` has room (only while output waits for it)."""
-        self._writers[fd] = on_writable
-        self._poller.register(fd, _POLLOUT | (_POLLIN if fd in self._readers else 0))
+        if fd not in self._writers:
+            self._writers[fd] = on_writable
+            self._reregister(fd)
 
     def remove_writer(self, fd: int) -> None:
-        self._writers.pop(fd, None)
-        self._reregister(fd)
+        if self._writers.pop(fd, None) is not None:
+            self._reregister(fd)
 
     def every_round(self, poll: Callable[[], bool]) -> Callable[[], None]:
-        """Call ``poll()`` at the start of every round; it returns True while it has more to do
-        (the round after it then does not sleep). Returns what removes it."""
-        self._every_round.append(poll)
-        return lambda: self._every_round.remove(poll) if poll in self._every_round else None
+        """Call ``poll()`` in every round; it returns True while it has more to do (the round
+        after it then does not sleep). Returns what removes it."""
+        self._every_round = [*self._every_round, poll]  # replaced, never changed: rounds iterate it
+
+        def remove() -> None:
+            self._every_round = [p for p in self._every_round if p is not poll]
+
+        return remove
+
+    def again(self) -> None:
+        """Run another round at once rather than sleep (a socket may hold input a send hid)."""
+        self._again = True
 
     def defer_flush(self, flush: Callable[[], None]) -> None:
         """Call ``flush()`` once at the end of this round (register once per writer and round)."""
@@ -169,7 +179,7 @@ class RelayCore:
     def _reregister(self, fd: int) -> None:
         mask = (_POLLIN if fd in self._readers else 0) | (_POLLOUT if fd in self._writers else 0)
         if mask:
-            self._poller.register(fd, mask)
+            self._poller.register(fd, mask)  # registering again changes the mask
         else:
             try:
                 self._poller.unregister(fd)
@@ -191,6 +201,7 @@ class RelayCore:
 
     def _run(self) -> None:
         self._thread_id = threading.get_ident()
+        _name_os_thread(self._name)
         busy = True
         while self._running:
             try:
@@ -202,43 +213,41 @@ class RelayCore:
         self._wake_out.close()
 
     def _round(self, busy: bool) -> bool:
-        timeout: int | None = 0 if busy or self._commands else self._sleep_ms()
-        events = self._poller.poll(timeout)
-        if self._woken or any(fd == self._wake_fd for fd, _ in events):
-            self._drain_wake()  # first: whatever a wake-up asked for is handled below, in this round
+        # One wake-up: what the poll found, what other threads asked for, the sockets, due
+        # timers, then every write of the round at once. Kept to few calls: it runs per burst.
+        events = self._poller.poll(0 if busy or self._commands else self._sleep_ms())
+        readers, writers, wake_fd = self._readers, self._writers, self._wake_fd
+        for fd, event in events:
+            if fd == wake_fd:
+                self._drain_wake()
+                continue
+            if event & _POLLOUT:
+                writer = writers.get(fd)
+                if writer is not None:
+                    writer()
+            if event & ~_POLLOUT:  # readable, or hung up / in error: the reader finds out which
+                reader = readers.get(fd)
+                if reader is not None:
+                    reader()
+        if self._woken:
+            self._drain_wake()
         commands = self._commands
         while commands:
             fn, args = commands.popleft()
             fn(*args)
         more = False
-        for poll in list(self._every_round):
-            more = poll() or more
-        for fd, event in events:
-            if fd == self._wake_fd:
-                continue
-            if event & _POLLIN or event & zmq.POLLERR:
-                reader = self._readers.get(fd)
-                if reader is not None:
-                    reader()
-            if event & _POLLOUT:
-                writer = self._writers.get(fd)
-                if writer is not None:
-                    writer()
-        if self._timers:
+        for poll in self._every_round:
+            if poll():
+                more = True
+        if self._timers and self._timers[0][0] <= time.monotonic():
             self._run_timers()
-        flushes = self._flushes
-        while flushes:
-            self._flushes = []
-            for flush in flushes:
-                flush()
-            flushes = self._flushes
-        # A send may have eaten a socket's wake-up signal: look again before sleeping.
-        for poll in list(self._every_round):
-            more = poll() or more
         while self._flushes:
             flushes, self._flushes = self._flushes, []
             for flush in flushes:
                 flush()
+        if self._again:
+            self._again = False
+            return True
         return more
 
     def _sleep_ms(self) -> int | None:
@@ -257,6 +266,15 @@ class RelayCore:
             if not timer.cancelled:
                 timer.cancelled = True
                 timer.callback(*timer.args)
+
+
+def _name_os_thread(name: str) -> None:
+    """Show the thread's name to the OS (``top -H``, ``/proc/<pid>/task/*/comm``), on Linux."""
+    try:
+        libc = ctypes.CDLL(None)
+        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
+    except (OSError, AttributeError):
+        pass
 
 
 class Upcalls:

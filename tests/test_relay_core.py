@@ -326,3 +326,16 @@ def test_a_message_with_an_empty_frame_reaches_the_cluster_and_the_core_serves_o
     answer(machine, 1)
     reply = machine.receive()
     assert isinstance(reply, EvalReply) and [s.ok for s in reply.slots] == [True, True]
+
+
+def test_cancelled_timers_do_not_pile_up_in_the_heap(machine: Machine) -> None:
+    core = machine.core
+    sizes: queue.Queue[int] = queue.Queue()
+
+    def churn() -> None:
+        for _ in range(10_000):  # an eval answered long before its deadline, 10,000 times
+            core.call_later(60.0, lambda: None).cancel()
+        sizes.put(len(core._timers))
+
+    core.submit(churn)
+    assert sizes.get(timeout=5) < 200

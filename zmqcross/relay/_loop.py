@@ -22,7 +22,6 @@ runs one on an event loop. Nothing else crosses between the threads.
 from __future__ import annotations
 
 import asyncio
-import ctypes
 import heapq
 import itertools
 import logging
@@ -43,18 +42,28 @@ _POLLOUT = select.POLLOUT
 
 
 class CoreTimer:
-    """A call scheduled on the core's heap; :meth:`cancel` calls it off (the heap drops it lazily)."""
+    """A call scheduled on the core's heap; :meth:`cancel` calls it off.
 
-    __slots__ = ("args", "callback", "cancelled", "when")
+    A cancelled timer stays in the heap until it comes to the top, or until cancelled ones
+    are half the heap and it is rebuilt: every eval's deadline timer is cancelled when the
+    eval is answered, and with long deadlines they would otherwise pile up by the thousand.
+    """
 
-    def __init__(self, when: float, callback: Callable[..., object], args: tuple[Any, ...]) -> None:
+    __slots__ = ("args", "callback", "cancelled", "core", "when")
+
+    def __init__(
+        self, core: RelayCore, when: float, callback: Callable[..., object], args: tuple[Any, ...]
+    ) -> None:
+        self.core = core
         self.when = when
         self.callback = callback
         self.args = args
         self.cancelled = False
 
     def cancel(self) -> None:
-        self.cancelled = True
+        if not self.cancelled:
+            self.cancelled = True
+            self.core.timer_cancelled()
 
 
 class RelayCore:
@@ -79,6 +88,7 @@ class RelayCore:
         self._again = False  # something sent this round may have left input unread: no sleep next
         self._flushes: list[Callable[[], None]] = []
         self._timers: list[tuple[float, int, CoreTimer]] = []
+        self._cancelled = 0  # cancelled timers still in the heap
         self._order = itertools.count()
         self._thread: threading.Thread | None = None
         self._thread_id: int | None = None
@@ -172,9 +182,17 @@ class RelayCore:
         return time.monotonic()
 
     def call_later(self, delay: float, callback: Callable[..., object], *args: Any) -> CoreTimer:
-        timer = CoreTimer(time.monotonic() + max(delay, 0.0), callback, args)
+        timer = CoreTimer(self, time.monotonic() + max(delay, 0.0), callback, args)
         heapq.heappush(self._timers, (timer.when, next(self._order), timer))
         return timer
+
+    def timer_cancelled(self) -> None:
+        """Count a cancelled timer; rebuild the heap without them once they are half of it."""
+        self._cancelled += 1
+        if self._cancelled > 64 and self._cancelled * 2 > len(self._timers):
+            self._timers = [entry for entry in self._timers if not entry[2].cancelled]
+            heapq.heapify(self._timers)
+            self._cancelled = 0
 
     def _reregister(self, fd: int) -> None:
         mask = (_POLLIN if fd in self._readers else 0) | (_POLLOUT if fd in self._writers else 0)
@@ -254,6 +272,7 @@ class RelayCore:
         timers = self._timers
         while timers and timers[0][2].cancelled:
             heapq.heappop(timers)
+            self._cancelled -= 1
         if not timers:
             return None
         return max(int((timers[0][0] - time.monotonic()) * 1000) + 1, 0)  # milliseconds, rounded up
@@ -263,17 +282,19 @@ class RelayCore:
         timers = self._timers
         while timers and (timers[0][0] <= now or timers[0][2].cancelled):
             _, _, timer = heapq.heappop(timers)
-            if not timer.cancelled:
-                timer.cancelled = True
+            if timer.cancelled:
+                self._cancelled -= 1
+            else:
+                timer.cancelled = True  # fired: cancel() is a no-op now
                 timer.callback(*timer.args)
 
 
 def _name_os_thread(name: str) -> None:
-    """Show the thread's name to the OS (``top -H``, ``/proc/<pid>/task/*/comm``), on Linux."""
+    """Show the thread's name to the OS (``top -H``, ``ps -L``), on Linux; elsewhere nothing."""
     try:
-        libc = ctypes.CDLL(None)
-        libc.prctl(15, name.encode()[:15], 0, 0, 0)  # PR_SET_NAME
-    except (OSError, AttributeError):
+        with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
+            comm.write(name[:15])
+    except OSError:
         pass
 
 

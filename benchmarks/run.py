@@ -30,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu import CpuMeter, cpu_seconds, host_cpu_seconds  # noqa: E402
 from fleet import Fleet, fleet  # noqa: E402
 from floor import measure_floor  # noqa: E402
+from simfleet import measure_sim  # noqa: E402
 from stats import compare, summarize, table  # noqa: E402
 
 import zmqcross  # noqa: E402
@@ -42,6 +43,10 @@ CASE_5 = (
     "'roles': [role for guild in bot.guilds for role in guild.roles], "
     "'channels': list(bot.get_all_channels())}"
 )
+
+
+SECTIONS = ("main", "sweep", "cold", "sim")
+"""`--only` picks from these: the main table (and floor), the scale sweep, cold starts, the simulated fleet."""
 
 
 class Profile:
@@ -57,6 +62,8 @@ class Profile:
         self.throughput_seconds = 2.0 if quick else 5.0
         self.sweep = (8, 16) if quick else (8, 16, 32, 64)
         self.sweep_n = 30 if quick else 100
+        self.sim_machines = (8, 32) if quick else (8, 32, 128)  # x 8 clusters: 64, 256 and 1,024 clusters
+        self.sim_n = 30 if quick else 100
 
 
 def rss_mb(pid: int | str = "self") -> float:
@@ -262,7 +269,7 @@ async def sweep(profile: Profile, results: dict[str, Any]) -> None:
                   file=sys.stderr, flush=True)
         if clusters == profile.sweep[0]:
             async with fleet(total_shards=16, shards_per_cluster=2, guilds=160, curve=False, cache=False) as f:
-                results["cases"]["1_math_curve_off"] = await measure(
+                results.setdefault("cases", {})["1_math_curve_off"] = await measure(
                     lambda f=f: f.bridge.broadcast_eval("1+1"), lambda r: r == [2] * 8, n=profile.n,
                     warmup=profile.warmup
                 )
@@ -302,15 +309,28 @@ async def cold_start(results: dict[str, Any]) -> None:
               f"refused {row['refused']}; restart all: {row['restart_all_s']} s", file=sys.stderr, flush=True)
 
 
+async def simulated(profile: Profile, results: dict[str, Any]) -> None:
+    """The bridge at scale: simulated machines of 8 clusters each (benchmarks/simfleet.py)."""
+    rows: dict[str, Any] = {}
+    results["simulated"] = rows
+    for machines in profile.sim_machines:
+        row = await measure_sim(machines, 8, n=profile.sim_n, warmup=profile.warmup,
+                                throughput_s=profile.throughput_seconds)
+        rows[str(row["clusters"])] = row
+        storm, evals, tp = row["registration_storm"], row["broadcast_eval_ms"], row["throughput"]
+        print(f"simulated {machines} machines x 8 = {row['clusters']} clusters: all placed in {storm['all_placed_s']} s "
+              f"({storm['clusters_placed']} placed, {storm['placed_twice']} twice); broadcast_eval p50 {evals['p50']:.2f} "
+              f"ms p99 {evals['p99']:.2f} ms; {tp['evals_per_sec']:.0f} evals/s; bridge CPU {tp['bridge_cpu_us_per_eval']:.0f} "
+              f"us/eval ({row['bridge_cpu_us_per_eval_per_cluster']:.2f} us per cluster); bridge RSS "
+              f"{row['bridge_rss_mb']} MB", file=sys.stderr, flush=True)
+
+
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=10) as response:
         return json.loads(response.read())
 
 
-def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
-    print()
-    print(f"zmqcross {zmqcross.__version__}: 1 bridge, 4 machines, 8 clusters, 16 shards, "
-          f"{results['topology']['guilds']} guilds, CURVE on ({'quick' if results['quick'] else 'full'} run)")
+def report_main(results: dict[str, Any]) -> None:
     print(table(results["cases"]))
     floor = results.get("floor", {})
     if floor:
@@ -323,6 +343,21 @@ def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
         if cpu:
             parts = ", ".join(f"{kind} {us:.0f}" for kind, us in cpu.items() if kind != "total")
             print(f"CPU per eval in {case} (us, all threads): {parts}; total {cpu['total']:.0f}")
+    mem = results["memory"]
+    print(f"RSS MB: bridge {mem['bridge']['mean_mb']}, machines {mem['machine']['min_mb']}-{mem['machine']['max_mb']}, "
+          f"clusters {mem['cluster']['min_mb']}-{mem['cluster']['max_mb']} (mean {mem['cluster']['mean_mb']}), "
+          f"gateway {mem['gateway']['mean_mb']}")
+    hc = results["host_contention"]
+    print(f"other processes used {hc['foreign_cpu_s']} CPU s of {hc['wall_s']} s x {os.cpu_count()} cores "
+          f"(share {hc['foreign_share_of_capacity']}); a share above ~0.1 means a noisy run")
+
+
+def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
+    print()
+    print(f"zmqcross {zmqcross.__version__}: 1 bridge, 4 machines, 8 clusters, 16 shards, "
+          f"{results['topology']['guilds']} guilds, CURVE on ({'quick' if results['quick'] else 'full'} run)")
+    if "1_math" in results.get("cases", {}):
+        report_main(results)
     print()
     for row in results.get("cold_start", {}).values():
         print(f"cold start, 16 shards, max_concurrency {row['max_concurrency']}, {row['window_s']} s window: all ready "
@@ -331,16 +366,16 @@ def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
         print(f"restart all, 16 shards in 8 clusters one at a time, max_concurrency {row['max_concurrency']}: "
               f"{row['restart_all_s']} s (IDENTIFY floor {row['floor_s']} s), {row['restart_refused']} of "
               f"{row['restart_identifies']} IDENTIFYs refused")
+    for row in results.get("simulated", {}).values():
+        storm, evals, tp = row["registration_storm"], row["broadcast_eval_ms"], row["throughput"]
+        print(f"simulated {row['machines']} machines, {row['clusters']} clusters: placed in {storm['all_placed_s']} s "
+              f"({storm['clusters_placed']} placed, {storm['placed_twice']} twice), broadcast_eval p50 "
+              f"{evals['p50']:.2f} ms p99 {evals['p99']:.2f} ms, {tp['evals_per_sec']:.0f} evals/s at 32 in flight, "
+              f"bridge CPU {tp['bridge_cpu_us_per_eval']:.0f} us/eval ({row['bridge_cpu_us_per_eval_per_cluster']:.2f} "
+              f"per cluster), RSS {row['bridge_rss_mb']} MB")
     for name, row in results.get("scale_sweep", {}).items():
         print(f"scale sweep {name:>3} clusters: 1_math p50 {row['1_math']['p50']:.2f} ms, p99 {row['1_math']['p99']:.2f} ms")
-    mem = results["memory"]
-    print(f"RSS MB: bridge {mem['bridge']['mean_mb']}, machines {mem['machine']['min_mb']}-{mem['machine']['max_mb']}, "
-          f"clusters {mem['cluster']['min_mb']}-{mem['cluster']['max_mb']} (mean {mem['cluster']['mean_mb']}), "
-          f"gateway {mem['gateway']['mean_mb']}")
-    hc = results["host_contention"]
-    print(f"other processes used {hc['foreign_cpu_s']} CPU s of {hc['wall_s']} s x {os.cpu_count()} cores "
-          f"(share {hc['foreign_share_of_capacity']}); a share above ~0.1 means a noisy run")
-    if original is not None:
+    if original is not None and "cases" in results:
         text, ratios = compare(results, original)
         results["compare"] = ratios
         print("\nzmqcross / original (below 1 is faster):")
@@ -360,10 +395,16 @@ async def run(args: argparse.Namespace) -> int:
         "warmup": profile.warmup,
     }
     started = time.monotonic()
-    await main_fleet(profile, results)
-    results["floor"] = await asyncio.to_thread(measure_floor, profile.n * 3, profile.warmup)
-    await sweep(profile, results)
-    await cold_start(results)
+    only = set(args.only.split(",")) if args.only else set(SECTIONS)
+    if "main" in only:
+        await main_fleet(profile, results)
+        results["floor"] = await asyncio.to_thread(measure_floor, profile.n * 3, profile.warmup)
+    if "sweep" in only:
+        await sweep(profile, results)
+    if "cold" in only:
+        await cold_start(results)
+    if "sim" in only:
+        await simulated(profile, results)
     results["total_runtime_s"] = round(time.monotonic() - started, 1)
     original = json.loads(Path(args.compare).read_text()) if args.compare else None
     report(results, original)
@@ -378,6 +419,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer guilds and calls: under a minute")
     parser.add_argument("--compare", metavar="FILE", help="a result file of the original's harness (node-dch run.sh)")
+    parser.add_argument("--only", metavar="SECTIONS", help=f"comma-separated, of {','.join(SECTIONS)} (default all)")
     parser.add_argument("--output", metavar="FILE", help="where to write the results (default results/latest.json)")
     return zmqcross.run(run(parser.parse_args()))  # the bridge side on uvloop, as `zmqcross bridge` runs
 

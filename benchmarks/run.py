@@ -321,8 +321,8 @@ async def simulated(profile: Profile, results: dict[str, Any]) -> None:
         print(f"simulated {machines} machines x 8 = {row['clusters']} clusters: all placed in {storm['all_placed_s']} s "
               f"({storm['clusters_placed']} placed, {storm['placed_twice']} twice); broadcast_eval p50 {evals['p50']:.2f} "
               f"ms p99 {evals['p99']:.2f} ms; {tp['evals_per_sec']:.0f} evals/s; bridge CPU {tp['bridge_cpu_us_per_eval']:.0f} "
-              f"us/eval ({row['bridge_cpu_us_per_eval_per_cluster']:.2f} us per cluster); bridge RSS "
-              f"{row['bridge_rss_mb']} MB", file=sys.stderr, flush=True)
+              f"us/eval ({row['bridge_cpu_us_per_eval_per_cluster']:.2f} us per cluster), idle share "
+              f"{row['bridge_idle_cpu_share']:.3f}; bridge RSS {row['bridge_rss_mb']} MB", file=sys.stderr, flush=True)
 
 
 def _get_json(url: str) -> Any:
@@ -372,7 +372,7 @@ def report(results: dict[str, Any], original: dict[str, Any] | None) -> None:
               f"({storm['clusters_placed']} placed, {storm['placed_twice']} twice), broadcast_eval p50 "
               f"{evals['p50']:.2f} ms p99 {evals['p99']:.2f} ms, {tp['evals_per_sec']:.0f} evals/s at 32 in flight, "
               f"bridge CPU {tp['bridge_cpu_us_per_eval']:.0f} us/eval ({row['bridge_cpu_us_per_eval_per_cluster']:.2f} "
-              f"per cluster), RSS {row['bridge_rss_mb']} MB")
+              f"per cluster; idle it uses {row['bridge_idle_cpu_share']:.1%} of a core), RSS {row['bridge_rss_mb']} MB")
     for name, row in results.get("scale_sweep", {}).items():
         print(f"scale sweep {name:>3} clusters: 1_math p50 {row['1_math']['p50']:.2f} ms, p99 {row['1_math']['p99']:.2f} ms")
     if original is not None and "cases" in results:

@@ -18,6 +18,7 @@ import os
 import pickle
 import subprocess
 import sys
+import threading
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -35,6 +36,7 @@ class ClusterProcess:
         self._conn = conn
         self._popen: subprocess.Popen[bytes] | None = None
         self.sentinel = -1
+        self._sentinel_lock = threading.Lock()
 
     def start(self) -> None:
         """Start the interpreter; blocks while it is created (call it off the event loop)."""
@@ -77,9 +79,18 @@ class ClusterProcess:
             self._popen.wait(timeout)
         except subprocess.TimeoutExpired:
             return
-        if self.sentinel >= 0:
-            os.close(self.sentinel)
-            self.sentinel = -1
+
+    def close_sentinel(self) -> None:
+        """Close the sentinel once its watcher is done with it (the manager, after its exit).
+
+        Only then: closed under a watcher, its number could be taken by a new descriptor
+        that the watcher would then stop watching; closed twice, the second close would hit
+        whatever took the number since (a cluster's pipe).
+        """
+        with self._sentinel_lock:
+            fd, self.sentinel = self.sentinel, -1
+        if fd >= 0:
+            os.close(fd)
 
     def terminate(self) -> None:
         if self.is_alive():

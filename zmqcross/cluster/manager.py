@@ -413,6 +413,7 @@ class ClusterManager:
     def _exited(self, c: _Cluster, process: Any) -> None:
         loop = asyncio.get_running_loop()
         loop.remove_reader(process.sentinel)
+        process.close_sentinel()  # only now: see ClusterProcess.close_sentinel
         task = loop.create_task(self._after_exit(c, process))
         self._respawns.add(task)
         task.add_done_callback(self._respawns.discard)

@@ -33,7 +33,7 @@ clean:
 demo: $(STAMP)
 	$(BIN)/python bots/demo.py
 
-# make bench: the latency table at 20,000 guilds (under 6 minutes); COMPARE=file adds ratios
+# make bench: the latency table at 20,000 guilds and a simulated fleet (about 7 minutes); COMPARE=file adds ratios
 # against a result file of the original's harness (../shared/anchors/node-dch/run.sh).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run.py $(if $(COMPARE),--compare $(COMPARE))

@@ -4,9 +4,10 @@
 guilds on the offline gateway, CURVE on. Then a floor row (bare pyzmq + pipes, same shape),
 a scale sweep, and cold starts and whole-fleet restarts against Discord's IDENTIFY limits
 (16 shards, max_concurrency 1 and 4, a 0.5 s window: time to all ready, and to every cluster
-restarted one at a time, against the floor, and refused IDENTIFYs). Writes
-benchmarks/results/latest.json; `--compare FILE` prints the
-ratio zmqcross / original per case against a result file of ../shared/anchors/node-dch.
+restarted one at a time, against the floor, and refused IDENTIFYs), and a simulated fleet
+of 64, 256 and 1,024 clusters against one bridge (benchmarks/simfleet.py). Writes
+benchmarks/results/latest.json; `--compare FILE` prints the ratio zmqcross / original per
+case against a result file of ../shared/anchors/node-dch; `--only` runs some sections.
 """
 
 from __future__ import annotations

@@ -28,12 +28,12 @@ log = logging.getLogger("zmqcross.cluster")
 
 
 class PipeEnd(asyncio.BufferedProtocol):
-    """One end of a cluster pipe: decodes arriving records, encodes outgoing messages.
+    """A cluster's end of its pipe: decodes arriving records, encodes outgoing messages.
 
     ``peek(header, frames)``, if given, sees each record's parsed header first and
-    returns True for one it has handled itself (a machine handles eval replies this way,
-    a cluster evals, without building them); everything else is decoded and goes to
-    ``on_message``.
+    returns True for one it has handled itself (a cluster runs evals this way, without
+    building them); everything else is decoded and goes to ``on_message``. (The machine's
+    ends are served by its relay core: :class:`zmqcross.relay.PipeConn`.)
 
     A buffered protocol: the transport reads straight into this end's own buffer
     (``recv_into``). The plain ``data_received`` path allocates a 256 KiB bytes object per

@@ -339,3 +339,14 @@ def test_cancelled_timers_do_not_pile_up_in_the_heap(machine: Machine) -> None:
 
     core.submit(churn)
     assert sizes.get(timeout=5) < 200
+
+
+def test_a_malformed_reply_is_dropped_and_its_cluster_answers_at_the_deadline(machine: Machine) -> None:
+    machine.send(eval_frames(31, deadline_in=1.0))
+    answer(machine, 0)
+    header = orjson.loads(machine.clusters[1].read()[0])
+    bad = eval_reply_frames(header["id"], 1, True, b"2")
+    machine.clusters[1].write([bad[0]])  # a slot with no result frame
+    reply = machine.receive(timeout=3)
+    assert isinstance(reply, EvalReply) and [s.ok for s in reply.slots] == [True, False]
+    assert load(reply.results[1])["type"] == "RequestTimeout"

@@ -65,13 +65,15 @@ HIGH_WATER_MARK = 100_000
 _DONTWAIT = int(zmq.DONTWAIT)
 _MORE = int(zmq.DONTWAIT | zmq.SNDMORE)
 _RCVMORE = int(zmq.RCVMORE)
+# pyzmq's Cython send, without the Python wrapper around it (0.8 against 1.6 us a frame here).
+_send: Callable[..., Any] = zmq.backend.Socket.send
 
 
 def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
     """Send one multipart message without blocking (``zmq.Again`` when the queue is full)."""
     last = len(frames) - 1
     for index, frame in enumerate(frames):
-        sock.send(frame, _MORE if index < last else _DONTWAIT, copy=len(frame) < COPY_THRESHOLD)
+        _send(sock, frame, _MORE if index < last else _DONTWAIT, len(frame) < COPY_THRESHOLD, False)
 
 
 def receive_frames(sock: zmq.Socket[Any]) -> list[bytes]:

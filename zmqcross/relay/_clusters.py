@@ -21,7 +21,7 @@ from collections.abc import Callable
 import orjson
 
 from .._fanout import error_frame, hop_deadline
-from .._relaying import EvalRoute, forward_eval
+from .._relaying import EvalRoute, ReplySlots, forward_eval, reply_slots
 from ..errors import ProtocolError, RequestTimeout, ZmqcrossError
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -116,24 +116,16 @@ class ClusterRelay:
         for pipe in routes:
             pipe.send_frames(frames)
 
-    def _reply(self, conn: PipeConn, header: dict[str, object], frames: list[bytes]) -> None:
-        reply_to = header.get("reply_to")
-        ev = self._evals.get(reply_to) if type(reply_to) is int else None
+    def _reply(self, conn: PipeConn, reply: ReplySlots) -> None:
+        ev = self._evals.get(reply.reply_to)
         if ev is None:
             return  # late: its eval was answered already
-        cid = ev.waiting.get(conn)
+        cid = ev.waiting.pop(conn, None)
         if cid is None:
             return  # a cluster answering what it was not asked
-        slots = header.get("slots")
-        if type(slots) is not list or len(slots) != len(frames) - 1:
-            log.warning(
-                "%s: dropped a bad pipe message: an 'eval_reply' whose slots and results disagree", conn.name
-            )
-            return
-        del ev.waiting[conn]
-        for slot, result in zip(slots, frames[1:], strict=True):
-            if type(slot) is dict and slot.get("cluster") == cid:
-                ev.outcomes[cid] = (slot.get("ok") is True, result)
+        for (cluster, ok), result in zip(reply.slots, reply.results, strict=True):
+            if cluster == cid:
+                ev.outcomes[cid] = (ok, result)
                 break
         else:
             ev.outcomes[cid] = (
@@ -141,7 +133,7 @@ class ClusterRelay:
                 error_frame(ProtocolError(f"no result came back for cluster(s) [{cid}]")),
             )
         if not ev.waiting:
-            self._finish(reply_to, ev)  # type: ignore[arg-type]
+            self._finish(reply.reply_to, ev)
 
     def _finish(self, fan_id: int, ev: _Eval) -> None:
         del self._evals[fan_id]
@@ -185,8 +177,8 @@ class ClusterRelay:
         try:
             header = read_header(frames, self._limits)
             kind = header.get("type")
-            if kind == "eval_reply":  # read from its header; the results pass untouched
-                self._reply(conn, header, frames)
+            if kind == "eval_reply":  # read from its header, checked; the results pass untouched
+                self._reply(conn, reply_slots(header, frames))
                 return
             msg = decode_header(header, frames)
         except ProtocolError as exc:

@@ -20,7 +20,7 @@ from typing import Any, cast
 import zmq
 
 from .._records import RecordReader, pack
-from .._transport import COPY_THRESHOLD, receive_frames, send_frames
+from .._transport import receive_frames, send_frames
 from ..errors import ConnectionLost, ProtocolError
 from ..protocol import DEFAULT_LIMITS, Limits, Message, batches, check_limits, encode
 from ._loop import RelayCore
@@ -42,9 +42,6 @@ _EVENTS = int(zmq.EVENTS)
 _POLLIN = int(zmq.POLLIN)
 # ZMQ_EVENTS as a plain int: pyzmq's own Socket.get makes it an enum (slow Python arithmetic).
 _get: Callable[[zmq.Socket[Any], int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
-_send: Callable[..., Any] = zmq.backend.Socket.send
-_MORE = int(zmq.DONTWAIT | zmq.SNDMORE)
-_DONTWAIT = int(zmq.DONTWAIT)
 
 
 class SocketLink:
@@ -105,17 +102,7 @@ class SocketLink:
             sock = self.sock
             for frames in batches(held) if len(held) > 1 else held:
                 try:
-                    last = len(frames) - 1
-                    for index, frame in enumerate(
-                        frames
-                    ):  # pyzmq's Cython send: its Python wrapper costs more
-                        _send(
-                            sock,
-                            frame,
-                            _MORE if index < last else _DONTWAIT,
-                            len(frame) < COPY_THRESHOLD,
-                            False,
-                        )
+                    send_frames(sock, frames)
                 except zmq.Again:
                     self.on_send_error("the queue to the bridge is full: an answer was dropped")
                 except zmq.ZMQError as exc:
@@ -240,7 +227,7 @@ class PipeConn:
             try:
                 sent = self._sock.sendmsg(out[:_IOV_MAX])
             except BlockingIOError:
-                self._core.add_writer(self._fd, self._writable)
+                self._core.add_writer(self._fd, self._flush)
                 return
             except OSError as exc:
                 self._lost(exc)
@@ -255,16 +242,13 @@ class PipeConn:
                     sent = 0
         self._core.remove_writer(self._fd)
         if self._closing:
-            self._shut()
-
-    def _writable(self) -> None:
-        self._flush()
+            self._lost(None)
 
     def _close_when_flushed(self) -> None:
         if self._closed:
             return
         if not self._out:
-            self._shut()
+            self._lost(None)
         elif not self._flushing:
             self._flush()
 
@@ -298,9 +282,6 @@ class PipeConn:
             self._lost(ConnectionLost(f"{self.name}: {exc.message}"))
             return False
         return True
-
-    def _shut(self) -> None:
-        self._lost(None)
 
     def _lost(self, exc: Exception | None) -> None:
         if self._closed:

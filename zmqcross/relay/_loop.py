@@ -7,7 +7,7 @@ on its own thread, which sleeps in one ``poll`` over every descriptor it serves 
 ZeroMQ socket's through its ``ZMQ_FD``) and wakes once per burst:
 
 - **readers**: a descriptor and what to call when it is readable (a pipe's end, the
-  wake-up socket). A ZeroMQ socket is served through its ``ZMQ_FD`` (see :class:`SocketIn`).
+  wake-up socket). A ZeroMQ socket is served through its ``ZMQ_FD`` (see :class:`~zmqcross.relay.SocketLink`).
 - **writers**: a descriptor to watch for room while a pipe's output is backed up.
 - **flushes**: what handlers wrote during a round leaves once, at the round's end (one
   batch to the bridge, one write per pipe), however many messages the round handled.

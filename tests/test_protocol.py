@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import typing
 
 import orjson
@@ -320,3 +321,19 @@ def test_fuzz_valid_messages_round_trip(ident: int, deadline: float, data: objec
         ),
     ):
         assert p.decode(p.encode(msg)) == msg
+
+
+def test_encode_each_equals_encoding_each_variant_alone() -> None:
+    msg = p.EvalRequest(id=3, deadline=9.5, script="1+1", context={"k": [1, 2]}, guild_id=77)
+    shares = [(0, 1), (4,), ()]
+    expected = [p.decode(p.encode(dataclasses.replace(msg, clusters=share))) for share in shares]
+    assert [p.decode(frames) for frames in p.encode_each(msg, "clusters", shares)] == expected
+
+
+def test_encode_each_refuses_what_encode_refuses() -> None:
+    deep: object = []
+    for _ in range(300):
+        deep = [deep]
+    msg = p.EvalRequest(id=3, deadline=9.5, script="1+1", context=deep)
+    with pytest.raises(SerializationError):
+        p.encode_each(msg, "clusters", [(0,)])

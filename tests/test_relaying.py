@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from zmqcross import protocol as p
 from zmqcross.errors import ProtocolError
-from zmqcross._relaying import eval_reply_frames, eval_route, forward_eval, reply_slots
+from zmqcross._relaying import eval_reply_frames, eval_route, forward_eval, full_reply, reply_slots
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -47,6 +47,7 @@ def test_reply_slots_pass_the_result_frames_untouched() -> None:
     reply = reply_slots(read(frames), frames)
     assert (reply.reply_to, reply.slots) == (9, [(4, True), (5, False)])
     assert all(a is b for a, b in zip(reply.results, results, strict=True))
+    assert full_reply(reply) == p.decode(frames)
 
 
 def test_a_clusters_answer_is_the_eval_reply_decode_reads() -> None:

@@ -26,12 +26,27 @@ READ_CHUNK = 65536
 """Free space offered to each read; a bigger record grows the buffer to fit it."""
 
 
+_HEADS = [struct.Struct(f">II{count}I") for count in range(9)]
+"""Record heads for up to 8 frames, compiled once (every eval's record has 1 or 2)."""
+
+
+def _head(count: int) -> struct.Struct:
+    return _HEADS[count] if count < len(_HEADS) else struct.Struct(f">II{count}I")
+
+
 def pack(frames: list[bytes]) -> list[bytes]:
     """The pieces of one record (header, sizes and frames), ready for ``writelines``."""
     count = len(frames)
-    sizes = [len(f) for f in frames]
-    head = struct.pack(f">II{count}I", _U32.size * (1 + count) + sum(sizes), count, *sizes)
+    sizes = list(map(len, frames))
+    head = _head(count).pack(_U32.size * (1 + count) + sum(sizes), count, *sizes)
     return [head, *frames]
+
+
+_SIZES = [struct.Struct(f">{count}I") for count in range(9)]
+
+
+def _sizes(count: int) -> struct.Struct:
+    return _SIZES[count] if count < len(_SIZES) else struct.Struct(f">{count}I")
 
 
 def unpack(record: memoryview) -> list[bytes]:
@@ -43,7 +58,7 @@ def unpack(record: memoryview) -> list[bytes]:
     sizes_end = offset + count * _U32.size
     if sizes_end > len(record):
         raise ProtocolError("pipe record's frame table runs past its end")
-    sizes = struct.unpack_from(f">{count}I", record, offset)
+    sizes = _sizes(count).unpack_from(record, offset)
     frames = []
     position = sizes_end
     for size in sizes:

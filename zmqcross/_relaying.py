@@ -20,9 +20,17 @@ from typing import Any, NamedTuple
 import orjson
 
 from .errors import ProtocolError
-from .protocol import check_header
+from .protocol import EvalReply, Slot, check_header
 
-__all__ = ["EvalRoute", "ReplySlots", "eval_reply_frames", "eval_route", "forward_eval", "reply_slots"]
+__all__ = [
+    "EvalRoute",
+    "ReplySlots",
+    "eval_reply_frames",
+    "eval_route",
+    "forward_eval",
+    "full_reply",
+    "reply_slots",
+]
 
 
 class EvalRoute(NamedTuple):
@@ -75,6 +83,12 @@ def reply_slots(header: dict[str, Any], frames: Sequence[bytes]) -> ReplySlots:
     check_header(header, frames)
     slots = [(slot["cluster"], slot["ok"]) for slot in header["slots"]]
     return ReplySlots(header["reply_to"], slots, frames[1:])
+
+
+def full_reply(reply: ReplySlots) -> EvalReply:
+    """The :class:`~zmqcross.protocol.EvalReply` that ``reply`` was read from."""
+    slots = tuple(Slot(cluster=cluster, ok=ok) for cluster, ok in reply.slots)
+    return EvalReply(reply_to=reply.reply_to, slots=slots, results=tuple(bytes(r) for r in reply.results))
 
 
 def eval_reply_frames(reply_to: int, cluster: int, ok: bool, result: bytes) -> list[bytes]:

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import traceback as _traceback
 import typing
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -91,6 +91,7 @@ __all__ = [
     "decode_header",
     "dump",
     "encode",
+    "encode_each",
     "load",
     "read_header",
     "readdress",
@@ -596,6 +597,29 @@ def encode(msg: Message) -> list[bytes]:
     if codec.rest is not None:
         frames.extend(getattr(msg, codec.rest))
     return frames
+
+
+def encode_each(msg: Message, name: str, values: Iterable[Any]) -> list[list[bytes]]:
+    """The frames of ``msg`` once per value of its header field ``name``, in order.
+
+    Equal to ``[encode(dataclasses.replace(msg, **{name: v})) for v in values]`` with the
+    header built once: a fan-out sends one message to each machine, differing only in
+    the clusters it names. ``name`` is one of the message's header fields.
+    """
+    codec = _CODEC_BY_CLASS[type(msg)]
+    header = {"type": codec.kind}
+    header.update(codec.to_json(msg))
+    body = [getattr(msg, field_name) for field_name in codec.body]
+    if codec.rest is not None:
+        body.extend(getattr(msg, codec.rest))
+    out = []
+    for value in values:
+        header[name] = value
+        try:
+            out.append([orjson.dumps(header, option=orjson.OPT_NON_STR_KEYS), *body])
+        except orjson.JSONEncodeError as exc:
+            raise SerializationError(f"cannot encode a {codec.kind!r} message: {exc}") from None
+    return out
 
 
 def check_limits(frames: Sequence[bytes], limits: Limits = DEFAULT_LIMITS) -> None:

@@ -38,7 +38,7 @@ from ..protocol import (
     Message,
     Request,
     check_limits,
-    encode,
+    encode_each,
     readdress,
 )
 from ..registry import ClientInfo, Peer
@@ -210,20 +210,11 @@ class Router:
         deadline = min(msg.deadline, now + MAX_TIMEOUT)
         hop = hop_deadline(deadline, now)
         fan_id = self._open.next_id()
-        sends = []
         try:
-            for route, clusters in by_machine.items():
-                frames = encode(
-                    dataclasses.replace(
-                        msg,
-                        id=fan_id,
-                        deadline=hop,
-                        clusters=tuple(clusters),
-                        shards=None,  # guild: see below
-                    )
-                )
+            base = dataclasses.replace(msg, id=fan_id, deadline=hop, clusters=None, shards=None)
+            sends = list(zip(by_machine, encode_each(base, "clusters", by_machine.values()), strict=True))
+            for _, frames in sends:
                 check_limits(frames, self._limits)
-                sends.append((route, frames))
         except ZmqcrossError as exc:
             respond(readdress(exc, msg.id))
             return

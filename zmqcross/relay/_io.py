@@ -215,7 +215,10 @@ class PipeConn:
     def _post(self, frames: list[bytes]) -> None:
         if self._closed:
             return
-        self._out.extend(piece for piece in pack(frames) if piece)  # an empty frame is no piece to send
+        pieces = pack(frames)
+        if not all(pieces):  # an empty frame is no piece to send
+            pieces = [piece for piece in pieces if piece]
+        self._out.extend(pieces)
         if not self._flushing:
             self._flushing = True
             self._core.defer_flush(self._flush)

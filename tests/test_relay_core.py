@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from zmqcross._records import RecordReader, pack
-from zmqcross._relaying import eval_reply_frames, eval_route
+from zmqcross._relaying import answer_frames, eval_route
 from zmqcross.errors import ConnectionLost, ProtocolError
 from zmqcross.protocol import (
     DEFAULT_LIMITS,
@@ -175,7 +175,7 @@ def answer(machine: Machine, cid: int, result: bytes = b"2") -> int:
     cluster = machine.clusters[cid]
     header = orjson.loads(cluster.read()[0])
     assert header["type"] == "eval" and "clusters" not in header
-    cluster.write(eval_reply_frames(header["id"], cid, True, result))
+    cluster.write(answer_frames(header["id"], True, result))
     return int(header["id"])
 
 
@@ -183,7 +183,7 @@ def test_an_eval_fans_out_to_every_ready_pipe_and_comes_back_as_one_reply(machin
     machine.send(eval_frames(7))
     for cid, cluster in enumerate(machine.clusters):
         header = orjson.loads(cluster.read()[0])
-        cluster.write(eval_reply_frames(header["id"], cid, True, dump(cid * 10)))
+        cluster.write(answer_frames(header["id"], True, dump(cid * 10)))
     reply = machine.receive()
     assert isinstance(reply, EvalReply) and reply.reply_to == 7
     assert [(s.cluster, s.ok) for s in reply.slots] == [(0, True), (1, True)]
@@ -196,7 +196,7 @@ def test_a_big_result_is_forwarded_as_the_same_bytes(machine: Machine) -> None:
     machine.send(eval_frames(1))
     for cid, cluster in enumerate(machine.clusters):
         header = orjson.loads(cluster.read()[0])
-        cluster.write(eval_reply_frames(header["id"], cid, True, big if cid == 0 else b"1"))
+        cluster.write(answer_frames(header["id"], True, big if cid == 0 else b"1"))
     reply = machine.receive()
     assert isinstance(reply, EvalReply)
     assert reply.results[0] == big and reply.results[1] == b"1"
@@ -205,7 +205,7 @@ def test_a_big_result_is_forwarded_as_the_same_bytes(machine: Machine) -> None:
 def test_a_silent_cluster_costs_its_own_slot_at_the_deadline(machine: Machine) -> None:
     machine.send(eval_frames(3, deadline_in=1.0))
     header = orjson.loads(machine.clusters[0].read()[0])
-    machine.clusters[0].write(eval_reply_frames(header["id"], 0, True, b"2"))
+    machine.clusters[0].write(answer_frames(header["id"], True, b"2"))
     machine.clusters[1].read()  # and never answered
     started = time.monotonic()
     reply = machine.receive(timeout=3)
@@ -345,8 +345,33 @@ def test_a_malformed_reply_is_dropped_and_its_cluster_answers_at_the_deadline(ma
     machine.send(eval_frames(31, deadline_in=1.0))
     answer(machine, 0)
     header = orjson.loads(machine.clusters[1].read()[0])
-    bad = eval_reply_frames(header["id"], 1, True, b"2")
-    machine.clusters[1].write([bad[0]])  # a slot with no result frame
+    bad = answer_frames(header["id"], True, b"2")
+    machine.clusters[1].write([bad[0]])  # a head with no result frame
     reply = machine.receive(timeout=3)
     assert isinstance(reply, EvalReply) and [s.ok for s in reply.slots] == [True, False]
     assert load(reply.results[1])["type"] == "RequestTimeout"
+
+
+def test_an_answer_fills_only_its_own_pipes_slot_and_only_once(machine: Machine) -> None:
+    machine.send(eval_frames(41, deadline_in=1.0, clusters=[0]))
+    header = orjson.loads(machine.clusters[0].read()[0])
+    machine.clusters[1].write(answer_frames(header["id"], True, b"666"))  # not asked: ignored
+    machine.clusters[0].write(answer_frames(header["id"], True, b"2"))
+    machine.clusters[0].write(answer_frames(header["id"], True, b"3"))  # late: ignored
+    reply = machine.receive()
+    assert isinstance(reply, EvalReply) and [(s.cluster, s.ok) for s in reply.slots] == [(0, True)]
+    assert reply.results == (b"2",)
+    machine.send(eval_frames(42))
+    assert answer(machine, 0) != header["id"]  # the relay moved on; nothing else was sent
+    answer(machine, 1)
+    assert isinstance(machine.receive(), EvalReply)
+
+
+def test_a_result_over_the_frame_limit_becomes_an_error_in_its_slot(machine: Machine) -> None:
+    machine.send(eval_frames(43))
+    answer(machine, 0)
+    answer(machine, 1, b"1" * (DEFAULT_LIMITS.max_frame_bytes + 1))
+    reply = machine.receive()
+    assert isinstance(reply, EvalReply) and [s.ok for s in reply.slots] == [True, False]
+    error = load(reply.results[1])
+    assert error["type"] == "MessageTooLarge" and "(max_frame_bytes)" in error["message"]

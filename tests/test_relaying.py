@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 
 from zmqcross import protocol as p
 from zmqcross.errors import ProtocolError
-from zmqcross._relaying import eval_reply_frames, eval_route, forward_eval, full_reply, reply_slots
+from zmqcross._relaying import answer_frames, eval_route, forward_eval, full_reply, read_answer, reply_slots
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,12 +50,19 @@ def test_reply_slots_pass_the_result_frames_untouched() -> None:
     assert full_reply(reply) == p.decode(frames)
 
 
-def test_a_clusters_answer_is_the_eval_reply_decode_reads() -> None:
-    frames = eval_reply_frames(12, 3, False, b'{"code":"x"}')
-    assert p.decode(frames) == p.EvalReply(
-        reply_to=12, slots=(p.Slot(cluster=3, ok=False),), results=(b'{"code":"x"}',)
-    )
-    assert reply_slots(read(frames), frames).slots == [(3, False)]
+@given(request_id=st.integers(0, 2**64 - 1), ok=st.booleans(), result=st.binary(max_size=64))
+def test_a_clusters_answer_reads_back_as_written(request_id: int, ok: bool, result: bytes) -> None:
+    frames = answer_frames(request_id, ok, result)
+    assert read_answer(frames) == (request_id, ok, result)
+    assert frames[1] is result
+
+
+def test_json_messages_are_not_answers_and_broken_answers_say_why() -> None:
+    assert read_answer(p.encode(p.Heartbeat(sent_at=1.0, ready=True))) is None
+    head = answer_frames(5, True, b"2")[0]
+    for frames in ([head], [head, b"2", b"3"], [head[:-1], b"2"], [head + b"x", b"2"]):
+        with pytest.raises(ProtocolError, match="an eval answer is a 10-byte head and one result frame"):
+            read_answer(frames)
 
 
 @pytest.mark.parametrize(

@@ -1,19 +1,26 @@
 """Evals on their way down and back: the few fields each hop reads, the frames it writes. Pure.
 
 A machine stands between the bridge and its clusters. Of an ``eval`` it needs the id,
-the deadline and the target clusters; of each cluster's ``eval_reply``, the slots. The
-script, the context and the result frames pass through as the bytes they came as.
-Building the full messages for that was over a third of a machine's Python time per
-eval (measured warm in the benchmark's shape, two clusters per machine: decoding the
+the deadline and the target clusters; of the bridge's view of a machine's ``eval_reply``,
+the slots. The script, the context and the result frames pass through as the bytes they
+came as. Building the full messages for that was over a third of a machine's Python time
+per eval (measured warm in the benchmark's shape, two clusters per machine: decoding the
 eval 11 us and each reply 9 us, of about 70 us per eval). A cluster, too, runs an eval
-from its checked header and writes its one-slot answer directly.
+from its checked header.
 
-Both readers check the header exactly as :func:`~zmqcross.protocol.decode` would, so a
+A cluster's answer on its pipe is not a wire-protocol message at all: the pipe is the
+machine's own, and the machine knows which cluster is at its far end, so the answer is a
+fixed 10-byte head (a tag byte, the request id, ok) and the result frame
+(:func:`answer_frames`, :func:`read_answer`: 0.4 us to read against 5.9 us for a JSON
+``eval_reply`` here). It names no cluster, so a cluster cannot answer for another.
+
+The header readers check exactly as :func:`~zmqcross.protocol.decode` would, so a
 malformed message still gets its precise :class:`~zmqcross.errors.ProtocolError`.
 """
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Sequence
 from typing import Any, NamedTuple
 
@@ -23,14 +30,21 @@ from .errors import ProtocolError
 from .protocol import EvalReply, Slot, check_header
 
 __all__ = [
+    "ANSWER_TAG",
     "EvalRoute",
     "ReplySlots",
-    "eval_reply_frames",
+    "answer_frames",
     "eval_route",
     "forward_eval",
     "full_reply",
+    "read_answer",
     "reply_slots",
 ]
+
+ANSWER_TAG = b"A"
+"""First byte of a cluster's eval answer on its pipe (every JSON header starts with ``{``)."""
+
+_ANSWER = struct.Struct(">cQ?")
 
 
 class EvalRoute(NamedTuple):
@@ -91,7 +105,20 @@ def full_reply(reply: ReplySlots) -> EvalReply:
     return EvalReply(reply_to=reply.reply_to, slots=slots, results=tuple(bytes(r) for r in reply.results))
 
 
-def eval_reply_frames(reply_to: int, cluster: int, ok: bool, result: bytes) -> list[bytes]:
-    """One cluster's answer to an eval (its slot and its result frame), without building an ``EvalReply``."""
-    header = {"type": "eval_reply", "reply_to": reply_to, "slots": [{"cluster": cluster, "ok": ok}]}
-    return [orjson.dumps(header), result]
+def answer_frames(request_id: int, ok: bool, result: bytes) -> list[bytes]:
+    """A cluster's answer to the eval ``request_id`` on its pipe: the fixed head, then the result frame."""
+    return [_ANSWER.pack(ANSWER_TAG, request_id, ok), result]
+
+
+def read_answer(frames: Sequence[bytes]) -> tuple[int, bool, bytes] | None:
+    """``(request id, ok, result)`` of a cluster's eval answer; None for anything else (a JSON message)."""
+    head = frames[0]
+    if head[:1] != ANSWER_TAG:
+        return None
+    if len(head) != _ANSWER.size or len(frames) != 2:
+        raise ProtocolError(
+            f"an eval answer is a {_ANSWER.size}-byte head and one result frame, "
+            f"not a {len(head)}-byte head and {len(frames) - 1} frame(s)"
+        )
+    _, request_id, ok = _ANSWER.unpack(head)
+    return request_id, ok, frames[1]

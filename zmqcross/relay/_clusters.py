@@ -3,10 +3,12 @@
 Runs on the relay core's thread, as lean as it can be: it runs for every eval on every
 machine. An eval goes to each ready cluster here under one id, with one timer and one
 encoding; a hop answers a little before its caller gives up (:func:`~zmqcross._fanout.hop_deadline`),
-so a silent cluster costs its own slot, not the call. Each cluster's reply is read from
-its header (its slot for that cluster, the first answer wins, slots it was not asked
-for are ignored) and the result frames pass through untouched; the gathered answer is
-written straight as frames. Anything a cluster sends that is not an answer to this work
+so a silent cluster costs its own slot, not the call. Each cluster answers on its own
+pipe with a fixed head and its result frame (:func:`~zmqcross._relaying.read_answer`):
+the answer fills that pipe's cluster's slot, the first answer wins, an answer to what the
+pipe was not asked is ignored, and the result passes through untouched (one over the
+frame limit becomes an error in its slot); the gathered answer is written straight as
+frames. Anything a cluster sends that is not an answer to this work
 (heartbeats, its bots' own requests, handover steps) goes to the manager on its event
 loop, decoded.
 """
@@ -21,8 +23,8 @@ from collections.abc import Callable
 import orjson
 
 from .._fanout import error_frame, hop_deadline
-from .._relaying import EvalRoute, ReplySlots, forward_eval, reply_slots
-from ..errors import ProtocolError, RequestTimeout, ZmqcrossError
+from .._relaying import EvalRoute, forward_eval, read_answer
+from ..errors import MessageTooLarge, ProtocolError, RequestTimeout, ZmqcrossError
 from ..protocol import (
     DEFAULT_LIMITS,
     GuildRequest,
@@ -116,24 +118,23 @@ class ClusterRelay:
         for pipe in routes:
             pipe.send_frames(frames)
 
-    def _reply(self, conn: PipeConn, reply: ReplySlots) -> None:
-        ev = self._evals.get(reply.reply_to)
+    def _answer(self, conn: PipeConn, fan_id: int, ok: bool, result: bytes) -> None:
+        ev = self._evals.get(fan_id)
         if ev is None:
             return  # late: its eval was answered already
         cid = ev.waiting.pop(conn, None)
         if cid is None:
-            return  # a cluster answering what it was not asked
-        for (cluster, ok), result in zip(reply.slots, reply.results, strict=True):
-            if cluster == cid:
-                ev.outcomes[cid] = (ok, result)
-                break
-        else:
-            ev.outcomes[cid] = (
-                False,
-                error_frame(ProtocolError(f"no result came back for cluster(s) [{cid}]")),
+            return  # this pipe was not asked, or answered already
+        limit = self._limits.max_frame_bytes
+        if len(result) > limit:  # the bridge would refuse this machine's whole answer
+            size = len(result)
+            too_big = MessageTooLarge(
+                f"cluster {cid}'s result is {size} bytes; the limit is {limit} (max_frame_bytes)"
             )
+            ok, result = False, error_frame(too_big)
+        ev.outcomes[cid] = (ok, result)
         if not ev.waiting:
-            self._finish(reply.reply_to, ev)
+            self._finish(fan_id, ev)
 
     def _finish(self, fan_id: int, ev: _Eval) -> None:
         del self._evals[fan_id]
@@ -175,11 +176,12 @@ class ClusterRelay:
     def from_pipe(self, conn: PipeConn, frames: list[bytes]) -> None:
         """A record from a cluster: an answer to this work is handled here, the rest delivered."""
         try:
+            answer = read_answer(frames)
+            if answer is not None:  # the hot one: a fixed head, the result passes untouched
+                self._answer(conn, *answer)
+                return
             header = read_header(frames, self._limits)
             kind = header.get("type")
-            if kind == "eval_reply":  # read from its header, checked; the results pass untouched
-                self._reply(conn, reply_slots(header, frames))
-                return
             msg = decode_header(header, frames)
         except ProtocolError as exc:
             log.warning("%s: dropped a bad pipe message: %s", conn.name, exc.message)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from zmqcross import ConfigurationError, build_plan, shard_for_guild
 from zmqcross.planning import Placement
@@ -107,6 +109,34 @@ def test_partial_reclaim_frees_the_rest() -> None:
     assert placement.assign("a") == (0, 1, 2, 3)
     assert placement.claim("a", [0, 1]) is None
     assert placement.assign("b") == (2, 3)
+
+
+operations = st.lists(
+    st.tuples(
+        st.sampled_from(["assign", "claim", "release"]),
+        st.sampled_from(["a", "b", "c", "d"]),
+        st.lists(st.integers(0, 7), max_size=4),
+        st.integers(1, 3),
+    ),
+    max_size=30,
+)
+
+
+@given(operations)
+def test_every_cluster_has_at_most_one_holder_whatever_happens(ops: list[tuple[str, str, list[int], int]]) -> None:
+    placement = Placement(build_plan(16, shards_per_cluster=2, total_machines=3))
+    for op, machine, clusters, most in ops:
+        if op == "assign":
+            placement.assign(machine, max_clusters=most)
+        elif op == "claim":
+            placement.claim(machine, clusters)
+        else:
+            placement.release(machine)
+        held = {m: placement.held_by(m) for m in "abcd"}
+        owners = [(c, m) for m, chunk in held.items() for c in chunk]
+        assert len(owners) == len({c for c, _ in owners})  # never held twice
+        for cid in range(8):
+            assert placement.holder_of(cid) == next((m for c, m in owners if c == cid), None)
 
 
 def test_shard_data_record() -> None:

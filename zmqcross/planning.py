@@ -216,6 +216,7 @@ class Placement:
         self.plan = plan
         self._free: list[tuple[int, ...]] = list(plan.chunks)
         self._held: dict[str, tuple[int, ...]] = {}
+        self._holder: dict[int, str] = {}  # _held turned around: every eval asks it, per cluster
         self._orphaned: dict[str, tuple[int, ...]] = {}
 
     def held_by(self, machine_id: str) -> tuple[int, ...]:
@@ -224,10 +225,18 @@ class Placement:
 
     def holder_of(self, cluster_id: int) -> str | None:
         """The connected machine holding ``cluster_id``, if any."""
-        for machine_id, clusters in self._held.items():
-            if cluster_id in clusters:
-                return machine_id
-        return None
+        return self._holder.get(cluster_id)
+
+    def _hold(self, machine_id: str, chunk_: tuple[int, ...]) -> None:
+        self._held[machine_id] = chunk_
+        for cid in chunk_:
+            self._holder[cid] = machine_id
+
+    def _unhold(self, machine_id: str) -> tuple[int, ...]:
+        chunk_ = self._held.pop(machine_id, ())
+        for cid in chunk_:
+            self._holder.pop(cid, None)
+        return chunk_
 
     def assign(
         self, machine_id: str, *, max_clusters: int | None = None, fenced: Collection[str] = ()
@@ -253,12 +262,12 @@ class Placement:
         if max_clusters is not None and len(chunk_) > max_clusters:
             chunk_, rest = chunk_[:max_clusters], chunk_[max_clusters:]
             self._free.insert(0, rest)
-        self._held[machine_id] = chunk_
+        self._hold(machine_id, chunk_)
         return chunk_
 
     def claim(self, machine_id: str, cluster_ids: Sequence[int]) -> str | None:
         """Record that ``machine_id`` already runs ``cluster_ids``; None if accepted, else why not."""
-        wanted = tuple(cluster_ids)
+        wanted = tuple(dict.fromkeys(cluster_ids))  # a cluster named twice is held once
         for cid in wanted:
             if not 0 <= cid < self.plan.total_clusters:
                 return f"cluster {cid} is not in the plan"
@@ -266,7 +275,7 @@ class Placement:
             if holder is not None and holder != machine_id:
                 return f"cluster {cid} is held by machine {holder!r}"
         taken = set(wanted)
-        previous = self._held.pop(machine_id, ()) + self._orphaned.pop(machine_id, ())
+        previous = self._unhold(machine_id) + self._orphaned.pop(machine_id, ())
         leftover = tuple(cid for cid in previous if cid not in taken)
         if leftover:
             self._free.insert(0, leftover)
@@ -277,12 +286,12 @@ class Placement:
             if rest
         }
         if wanted:
-            self._held[machine_id] = wanted
+            self._hold(machine_id, wanted)
         return None
 
     def release(self, machine_id: str) -> tuple[int, ...]:
         """``machine_id`` left: its clusters wait for it (or a standby) as an orphaned chunk."""
-        chunk_ = self._held.pop(machine_id, ())
+        chunk_ = self._unhold(machine_id)
         if chunk_:
             self._orphaned[machine_id] = chunk_
         return chunk_

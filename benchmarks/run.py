@@ -1,7 +1,8 @@
 """`make bench`: the seed's latency table for zmqcross, measured like the original's harness.
 
 1 bridge (this process, where cases are timed), 4 machines x 2 clusters x 2 shards, 20,000
-guilds on the offline gateway, CURVE on. Then a floor row (bare pyzmq + pipes, same shape),
+guilds on the offline gateway, CURVE on. Then floor rows (bare pyzmq + pipes, same shape:
+one broadcast at a time, and 32 in flight batched at every hop),
 a scale sweep, and cold starts and whole-fleet restarts against Discord's IDENTIFY limits
 (16 shards, max_concurrency 1 and 4, a 0.5 s window: time to all ready, and to every cluster
 restarted one at a time, against the floor, and refused IDENTIFYs), and a simulated fleet
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu import CpuMeter, cpu_seconds, host_cpu_seconds  # noqa: E402
 from fleet import Fleet, fleet  # noqa: E402
-from floor import measure_floor  # noqa: E402
+from floor import measure_floor, measure_floor_throughput  # noqa: E402
 from simfleet import measure_sim  # noqa: E402
 from stats import compare, summarize, table  # noqa: E402
 
@@ -339,6 +340,12 @@ def report_main(results: dict[str, Any]) -> None:
         results["overhead_over_floor_1_math_p50"] = round(ratio, 2)
         print(f"{'floor: bare pyzmq + pipes':34} {floor['n']:>5} {floor['min']:>9.2f} {floor['p50']:>9.2f} "
               f"{floor['p90']:>9.2f} {floor['p99']:>9.2f} {floor['max']:>9.2f}   1_math/floor p50 = {ratio:.2f}x")
+    tp_floor = results.get("floor_throughput")
+    if tp_floor:
+        ours = results["cases"]["7_throughput_math"]["broadcast_evals_per_sec"]
+        print(f"floor throughput, batched at every hop, {tp_floor['in_flight']} in flight: "
+              f"{tp_floor['broadcasts_per_sec']:.0f} broadcasts/s; 7_throughput_math is "
+              f"{ours / tp_floor['broadcasts_per_sec']:.2f}x of it")
     for case in ("1_math", "7_throughput_math"):
         cpu = results["cases"][case].get("cpu_us_per_call")
         if cpu:
@@ -400,6 +407,7 @@ async def run(args: argparse.Namespace) -> int:
     if "main" in only:
         await main_fleet(profile, results)
         results["floor"] = await asyncio.to_thread(measure_floor, profile.n * 3, profile.warmup)
+        results["floor_throughput"] = await asyncio.to_thread(measure_floor_throughput, profile.throughput_seconds)
     if "sweep" in only:
         await sweep(profile, results)
     if "cold" in only:

@@ -58,14 +58,18 @@ def is_loopback(host: str) -> bool:
 class FrameOrigin:
     """What libzmq knows of the connection a routing frame came on."""
 
-    __slots__ = ("_curve", "_frame")
+    __slots__ = ("_curve", "_frame", "_user_id")
 
     def __init__(self, frame: zmq.Frame, curve: bool) -> None:
         self._frame = frame
         self._curve = curve
+        self._user_id: str | None = None
 
     def user_id(self) -> str | None:
-        return str(self._frame.get("User-Id")) if self._curve else None
+        # Read once per socket message: every message of a batch asks (a libzmq call each).
+        if self._curve and self._user_id is None:
+            self._user_id = str(self._frame.get("User-Id"))
+        return self._user_id
 
     def address(self) -> str | None:
         try:

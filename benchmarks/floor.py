@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -102,13 +103,7 @@ def _batching_agent(endpoint: str) -> None:
 
 def measure_floor_throughput(seconds: float, in_flight: int = 32) -> dict[str, Any]:
     """Broadcasts per second over the bare stack with ``in_flight`` outstanding, batched at every hop."""
-    mp = multiprocessing.get_context("spawn")
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    agents = [mp.Process(target=_batching_agent, args=(f"tcp://127.0.0.1:{port}",)) for _ in range(AGENTS)]
-    for agent in agents:
-        agent.start()
-    ids = [sock.recv_multipart()[0] for _ in range(AGENTS)]
+    sock, agents, ids = _start_agents(_batching_agent)
 
     def run(duration: float) -> int:
         answered = dict.fromkeys(ids, 0)
@@ -135,24 +130,13 @@ def measure_floor_throughput(seconds: float, in_flight: int = 32) -> dict[str, A
     started = time.perf_counter()
     done = run(seconds)
     took = time.perf_counter() - started
-    for ident in ids:
-        sock.send_multipart([ident, b"stop"])
-    for agent in agents:
-        agent.join(5)
-    sock.close(0)
+    _stop_agents(sock, agents, ids)
     return {"in_flight": in_flight, "seconds": round(took, 3), "broadcasts_per_sec": round(done / took, 1)}
 
 
 def measure_floor(n: int, warmup: int) -> dict[str, Any]:
     """p50/p99 of one broadcast-and-gather round over the bare stack."""
-    mp = multiprocessing.get_context("spawn")
-    sock = zmq.Context.instance().socket(zmq.ROUTER)
-    port = sock.bind_to_random_port("tcp://127.0.0.1")
-    # Agents are not daemons (daemons may not have children); they exit on "stop".
-    agents = [mp.Process(target=_agent, args=(f"tcp://127.0.0.1:{port}",)) for _ in range(AGENTS)]
-    for agent in agents:
-        agent.start()
-    ids = [sock.recv_multipart()[0] for _ in range(AGENTS)]
+    sock, agents, ids = _start_agents(_agent)
     samples = []
     for i in range(warmup + n):
         t0 = time.perf_counter()
@@ -162,12 +146,28 @@ def measure_floor(n: int, warmup: int) -> dict[str, Any]:
             sock.recv_multipart()
         if i >= warmup:
             samples.append((time.perf_counter() - t0) * 1000)
+    _stop_agents(sock, agents, ids)
+    return summarize(samples)
+
+
+def _start_agents(target: Callable[[str], None]) -> tuple[zmq.Socket[Any], list[Any], list[bytes]]:
+    """A ROUTER on loopback and AGENTS processes running ``target`` connected to it, with their ids."""
+    mp = multiprocessing.get_context("spawn")
+    sock = zmq.Context.instance().socket(zmq.ROUTER)
+    port = sock.bind_to_random_port("tcp://127.0.0.1")
+    # Agents are not daemons (daemons may not have children); they exit on "stop".
+    agents = [mp.Process(target=target, args=(f"tcp://127.0.0.1:{port}",)) for _ in range(AGENTS)]
+    for agent in agents:
+        agent.start()
+    return sock, agents, [sock.recv_multipart()[0] for _ in range(AGENTS)]
+
+
+def _stop_agents(sock: zmq.Socket[Any], agents: list[Any], ids: list[bytes]) -> None:
     for ident in ids:
         sock.send_multipart([ident, b"stop"])
     for agent in agents:
         agent.join(5)
     sock.close(0)
-    return summarize(samples)
 
 
 if __name__ == "__main__":

@@ -55,6 +55,27 @@ def test_a_shard_moves_with_discord_py_s_events_and_counts_its_troubles() -> Non
     assert health.wire({}, {})[1] == [3, "ready", None, None, 1, 1, 0.0]
 
 
+def test_a_shard_is_down_from_when_it_left_ready_however_often_it_tries_again() -> None:
+    # A shard whose reconnects keep failing cycles disconnected -> waiting -> identifying ->
+    # connecting -> disconnected; each move must not restart its clock, or a zombie shard
+    # never reaches shard_down_timeout and the dashboard never raises its alert.
+    clock = Clock()
+    health = ShardHealth([0], clock=clock)
+    health.observe("shard_ready", (0,))
+    clock.now += 10
+    health.observe("shard_disconnect", (0,))
+    for event in ("waiting", "identifying", "shard_connect", "shard_disconnect") * 3:
+        clock.now += 1
+        health.move(0, event)
+    assert health.down_for(0) == 12
+    assert health.wire({}, {})[0][6] == 12
+    health.observe("shard_ready", (0,))
+    clock.now += 3
+    health.observe("shard_disconnect", (0,))
+    clock.now += 0.5
+    assert health.down_for(0) == 0.5  # back up in between: a new outage
+
+
 def test_shard_records_survive_the_wire_and_refuse_what_is_not_one() -> None:
     shard = ShardStatus(3, "disconnected", 0.04, 1.5, 2, 1, 12.0)
     assert ShardStatus.from_row(shard.to_row()) == shard and not shard.up

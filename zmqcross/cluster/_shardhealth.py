@@ -42,7 +42,7 @@ SHARD_EVENTS = frozenset(event for event in SHARD_MOVES if event.startswith("sha
 @dataclass(slots=True)
 class _Shard:
     state: str = "connecting"
-    since: float = 0.0  # monotonic: when it entered its state
+    down_since: float = 0.0  # monotonic: when it last left ``ready`` (or was created)
     disconnects: int = 0
     resumes: int = 0
 
@@ -53,7 +53,7 @@ class ShardHealth:
     def __init__(self, shard_ids: Iterable[int], *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         now = clock()
-        self._shards = {sid: _Shard(since=now) for sid in shard_ids}
+        self._shards = {sid: _Shard(down_since=now) for sid in shard_ids}
 
     def observe(self, event: str, args: tuple[Any, ...]) -> None:
         """A discord.py dispatch; shard events (the shard id first) move their shard."""
@@ -71,13 +71,14 @@ class ShardHealth:
             shard.disconnects += 1
         elif event == "shard_resumed":
             shard.resumes += 1
-        if state != shard.state:
-            shard.state, shard.since = state, self._clock()
+        if shard.state == "ready" and state != "ready":
+            shard.down_since = self._clock()  # an outage starts; retries within it do not restart it
+        shard.state = state
 
     def down_for(self, shard_id: int) -> float:
         """Seconds ``shard_id`` has been out of the ready state (0 when ready)."""
         shard = self._shards[shard_id]
-        return 0.0 if shard.state == "ready" else self._clock() - shard.since
+        return 0.0 if shard.state == "ready" else self._clock() - shard.down_since
 
     def wire(self, latencies: Mapping[int, float], idle: Mapping[int, float | None]) -> list[list[Any]]:
         """The heartbeat's ``shards``: ``[id, state, latency_s, idle_s, disconnects, resumes, down_s]`` each.
@@ -97,7 +98,7 @@ class ShardHealth:
                     round(idle[sid], 2) if idle.get(sid) is not None else None,  # type: ignore[arg-type]
                     shard.disconnects,
                     shard.resumes,
-                    0.0 if shard.state == "ready" else round(now - shard.since, 2),
+                    0.0 if shard.state == "ready" else round(now - shard.down_since, 2),
                 ]
             )
         return rows

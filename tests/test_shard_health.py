@@ -55,21 +55,38 @@ def test_a_shard_moves_with_discord_py_s_events_and_counts_its_troubles() -> Non
     assert health.wire({}, {})[1] == [3, "ready", None, None, 1, 1, 0.0]
 
 
-def test_a_shard_is_down_from_when_it_left_ready_however_often_it_tries_again() -> None:
+def test_a_shard_is_down_from_when_it_left_ready_not_counting_its_turns_in_the_queue() -> None:
     # A shard whose reconnects keep failing cycles disconnected -> waiting -> identifying ->
-    # connecting -> disconnected; each move must not restart its clock, or a zombie shard
-    # never reaches shard_down_timeout and the dashboard never raises its alert.
+    # connecting -> disconnected; no move may restart its clock, or a zombie shard never
+    # reaches shard_down_timeout and the dashboard never raises its alert. Time spent
+    # waiting for an IDENTIFY turn is the fleet's queue, not the shard's failure: counting it
+    # would restart a cluster the moment its shard's turn came after a long queue.
     clock = Clock()
     health = ShardHealth([0], clock=clock)
     health.observe("shard_ready", (0,))
     clock.now += 10
-    health.observe("shard_disconnect", (0,))
-    for event in ("waiting", "identifying", "shard_connect", "shard_disconnect") * 3:
+    health.observe("shard_disconnect", (0,))  # down from t=110
+    for _ in range(2):
         clock.now += 1
-        health.move(0, event)
-    assert health.down_for(0) == 12
-    assert health.wire({}, {})[0][6] == 12
+        health.move(0, "waiting")
+        clock.now += 30  # the queue
+        assert health.down_for(0) == health.wire({}, {})[0][6]
+        health.move(0, "identifying")
+        clock.now += 1
+        health.observe("shard_connect", (0,))
+        clock.now += 1
+        health.observe("shard_disconnect", (0,))
+    clock.now += 2
+    assert health.down_for(0) == 68 - 60  # 68 s out of ready, 60 of them queued
+    assert health.wire({}, {})[0][6] == 8
+    health.move(0, "waiting")
+    clock.now += 100
+    assert health.down_for(0) == 8  # still queued: the clock stands
+    health.move(0, "identifying")
+    clock.now += 0.5
+    assert health.down_for(0) == 8.5
     health.observe("shard_ready", (0,))
+    assert health.down_for(0) == 0
     clock.now += 3
     health.observe("shard_disconnect", (0,))
     clock.now += 0.5

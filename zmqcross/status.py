@@ -32,7 +32,8 @@ class ShardStatus:
     ``state`` is one of waiting (for its IDENTIFY slot), identifying, connecting (its guilds
     streaming in), ready, disconnected (discord.py reconnects behind it). ``latency`` is the gateway heartbeat's round trip in seconds
     (None before the first), ``idle`` the seconds since its connection last received
-    anything, ``down_for`` the seconds it has been out of the ready state (0 when ready);
+    anything, ``down_for`` the seconds it has been out of the ready state, less the turns it waited
+    for in the fleet's IDENTIFY queue (0 when ready);
     ``disconnects`` and ``resumes`` count since its cluster process started.
     """
 

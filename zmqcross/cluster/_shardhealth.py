@@ -42,9 +42,18 @@ SHARD_EVENTS = frozenset(event for event in SHARD_MOVES if event.startswith("sha
 @dataclass(slots=True)
 class _Shard:
     state: str = "connecting"
-    down_since: float = 0.0  # monotonic: when it last left ``ready`` (or was created)
+    since: float = 0.0  # monotonic: when it entered its state
+    down_since: float = 0.0  # when it last left ``ready`` (or was created)
+    queued: float = 0.0  # seconds of this outage spent ``waiting``, up to its last turn
     disconnects: int = 0
     resumes: int = 0
+
+    def down_for(self, now: float) -> float:
+        """Seconds out of ``ready``, less the outage's turns waited in the IDENTIFY queue."""
+        if self.state == "ready":
+            return 0.0
+        until = self.since if self.state == "waiting" else now  # queued now: the clock stands
+        return until - self.down_since - self.queued
 
 
 class ShardHealth:
@@ -53,7 +62,7 @@ class ShardHealth:
     def __init__(self, shard_ids: Iterable[int], *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         now = clock()
-        self._shards = {sid: _Shard(down_since=now) for sid in shard_ids}
+        self._shards = {sid: _Shard(since=now, down_since=now) for sid in shard_ids}
 
     def observe(self, event: str, args: tuple[Any, ...]) -> None:
         """A discord.py dispatch; shard events (the shard id first) move their shard."""
@@ -71,14 +80,20 @@ class ShardHealth:
             shard.disconnects += 1
         elif event == "shard_resumed":
             shard.resumes += 1
-        if shard.state == "ready" and state != "ready":
-            shard.down_since = self._clock()  # an outage starts; retries within it do not restart it
-        shard.state = state
+        if state == shard.state:
+            return
+        now = self._clock()
+        if shard.state == "ready":  # an outage starts; the retries within it do not restart it
+            shard.down_since, shard.queued = now, 0.0
+        elif shard.state == "waiting":
+            shard.queued += now - shard.since
+        shard.state, shard.since = state, now
 
     def down_for(self, shard_id: int) -> float:
-        """Seconds ``shard_id`` has been out of the ready state (0 when ready)."""
-        shard = self._shards[shard_id]
-        return 0.0 if shard.state == "ready" else self._clock() - shard.down_since
+        """Seconds ``shard_id`` has been down on its own account (0 when ready): out of the
+        ready state, not counting the turns it waited for in the fleet's IDENTIFY queue (a
+        long queue is not a broken shard, and must not get its cluster restarted)."""
+        return self._shards[shard_id].down_for(self._clock())
 
     def wire(self, latencies: Mapping[int, float], idle: Mapping[int, float | None]) -> list[list[Any]]:
         """The heartbeat's ``shards``: ``[id, state, latency_s, idle_s, disconnects, resumes, down_s]`` each.
@@ -98,7 +113,7 @@ class ShardHealth:
                     round(idle[sid], 2) if idle.get(sid) is not None else None,  # type: ignore[arg-type]
                     shard.disconnects,
                     shard.resumes,
-                    0.0 if shard.state == "ready" else round(now - shard.down_since, 2),
+                    round(shard.down_for(now), 2),
                 ]
             )
         return rows

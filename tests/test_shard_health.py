@@ -203,3 +203,57 @@ def _metric(text: str, shard: int) -> float | None:
         if line.startswith("zmqcross_shard_up{") and f'shard="{shard}"' in line and 'cluster="1"' in line:
             return float(line.rsplit(" ", 1)[1])
     return None
+
+
+QUEUE_WINDOW = 0.6  # one IDENTIFY per 0.6 s: 8 shards dropped at once wait up to 4.2 s for turns
+QUEUE_DOWN_TIMEOUT = 2.0
+
+
+async def test_a_long_identify_queue_after_a_fleet_wide_drop_restarts_no_cluster(
+    make_bridge, make_client, request: pytest.FixtureRequest
+) -> None:
+    # Discord ends every session at once (op 9): every shard must IDENTIFY again, one turn at
+    # a time. The back of the queue waits longer than shard_down_timeout, yet no shard is
+    # broken: restarting its cluster as its turn comes would only send its other shard to the
+    # back of the queue again.
+    gateway = GatewayServer(guilds=64, identify_window=QUEUE_WINDOW)
+    await gateway.start()
+    port = free_port()
+    procs = Processes(
+        fleet_env(
+            gateway.api_base,
+            port,
+            ZMQCROSS_SHARD_DOWN_TIMEOUT=str(QUEUE_DOWN_TIMEOUT),
+            ZMQCROSS_IDENTIFY_WINDOW=str(QUEUE_WINDOW),
+        )
+    )
+    try:
+        bridge = await fleet_bridge(make_bridge, port, identify_window=QUEUE_WINDOW)
+        procs.machine("machine-1"), procs.machine("machine-2")
+        dash = await make_client(
+            auth_token=TOKEN, port=port, pub_port=port + 1, agent="dashboard", machine_id="dash"
+        )
+        await wait_clusters(dash, [0, 1, 2, 3], timeout=60)
+        pids = {c.id: c.pid for m in (await bridge.status()).machines for c in m.clusters}
+        dropped = time.time()
+        for shard in range(8):
+            assert await gateway.invalidate(shard) == 1
+        end = time.monotonic() + 40
+        while True:
+            status = await bridge.status()
+            clusters = {c.id: c for m in status.machines for c in m.clusters}
+            assert all(c.restarts == 0 for c in clusters.values()), status
+            again = [r for r in gateway.identifies() if r["accepted"] and r["time"] > dropped]
+            if len(again) == 8 and all(s.up for c in clusters.values() for s in c.shard_health):
+                break
+            assert time.monotonic() < end, (again, status)
+            await asyncio.sleep(0.2)
+        last_turn = max(r["time"] for r in again) - dropped
+        assert last_turn > QUEUE_DOWN_TIMEOUT + 1, last_turn  # the queue was long enough to matter
+        await asyncio.sleep(QUEUE_DOWN_TIMEOUT + 1.5)  # a late repair would show now
+        status = await bridge.status()
+        assert {c.id: c.pid for m in status.machines for c in m.clusters} == pids
+        assert all(c.restarts == 0 for m in status.machines for c in m.clusters), status
+    finally:
+        await procs.stop_all(failed=failed_test(request))
+        await gateway.close()

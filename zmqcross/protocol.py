@@ -760,7 +760,7 @@ def batches(messages: Sequence[list[bytes]]) -> list[list[bytes]]:
         size = 0
 
     for message in messages:
-        length = sum(len(frame) for frame in message)
+        length = sum(map(len, message))
         if length >= BATCH_BYTES:
             close()
             out.append(message)

@@ -115,8 +115,8 @@ class ClusterRelay:
         ev.timer = core.call_later(deadline - now, self._expire, fan_id, _TIMEOUT)
         self._evals[fan_id] = ev
         frames = forward_eval(route, fan_id, deadline)  # the script and context pass as they came
-        for pipe in routes:
-            pipe.send_frames(frames)
+        for pipe in routes:  # each is open: eval_targets took only open pipes
+            pipe.post(frames)
 
     def _answer(self, conn: PipeConn, fan_id: int, ok: bool, result: bytes) -> None:
         ev = self._evals.get(fan_id)

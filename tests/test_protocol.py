@@ -330,6 +330,21 @@ def test_encode_each_equals_encoding_each_variant_alone() -> None:
     assert [p.decode(frames) for frames in p.encode_each(msg, "clusters", shares)] == expected
 
 
+def test_encode_each_with_other_fields_set_or_cleared_equals_a_replaced_message() -> None:
+    # The bridge re-addresses a caller's eval (its own id and deadline, no target list)
+    # while it encodes it: the same bytes as encoding the replaced message.
+    msg = p.EvalRequest(id=3, deadline=9.5, script="1+1", shards=(1, 2), clusters=(5,), context=[1])
+    shares = [(0, 1), (4,)]
+    expected = [
+        p.decode(p.encode(dataclasses.replace(msg, id=8, deadline=4.25, shards=None, clusters=share)))
+        for share in shares
+    ]
+    encoded = p.encode_each(msg, "clusters", shares, id=8, deadline=4.25, shards=None)
+    assert [p.decode(frames) for frames in encoded] == expected
+    with pytest.raises(TypeError, match="'eval' message has no field 'guild'"):
+        p.encode_each(msg, "clusters", shares, guild=1)
+
+
 def test_encode_each_refuses_what_encode_refuses() -> None:
     deep: object = []
     for _ in range(300):

@@ -105,6 +105,7 @@ class Codec:
             else:
                 required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
                 self.header.append((f.name, _unwrap_optional(hint), required))
+        self.header_names = frozenset(name for name, _, _ in self.header)
         self._checks = [(name, self._checker(hint), required) for name, hint, required in self.header]
         self.fast_decode: Callable[[Any, Sequence[bytes]], Any] = self._compile_decoder()
         """``fast_decode(header, body)``: the message, or None if anything is off (then the

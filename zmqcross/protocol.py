@@ -599,16 +599,25 @@ def encode(msg: Message) -> list[bytes]:
     return frames
 
 
-def encode_each(msg: Message, name: str, values: Iterable[Any]) -> list[list[bytes]]:
+def encode_each(msg: Message, name: str, values: Iterable[Any], **fields: Any) -> list[list[bytes]]:
     """The frames of ``msg`` once per value of its header field ``name``, in order.
 
-    Equal to ``[encode(dataclasses.replace(msg, **{name: v})) for v in values]`` with the
-    header built once: a fan-out sends one message to each machine, differing only in
-    the clusters it names. ``name`` is one of the message's header fields.
+    Equal to ``[encode(dataclasses.replace(msg, **fields, **{name: v})) for v in values]``
+    with the header built once and no message rebuilt: a fan-out re-addresses a caller's
+    eval (``fields``: its own id and deadline, no other target list) and sends it to each
+    machine, differing only in the clusters it names. ``name`` and ``fields`` are header
+    fields of the message; a field set to None is left out, as :func:`encode` leaves it.
     """
     codec = _CODEC_BY_CLASS[type(msg)]
     header = {"type": codec.kind}
     header.update(codec.to_json(msg))
+    for field_name, value in fields.items():
+        if field_name not in codec.header_names:
+            raise TypeError(f"a {codec.kind!r} message has no field {field_name!r}")
+        if value is None:
+            header.pop(field_name, None)
+        else:
+            header[field_name] = value
     body = [getattr(msg, field_name) for field_name in codec.body]
     if codec.rest is not None:
         body.extend(getattr(msg, codec.rest))

@@ -211,8 +211,8 @@ class Router:
         hop = hop_deadline(deadline, now)
         fan_id = self._open.next_id()
         try:
-            base = dataclasses.replace(msg, id=fan_id, deadline=hop, clusters=None, shards=None)
-            sends = list(zip(by_machine, encode_each(base, "clusters", by_machine.values()), strict=True))
+            shares = encode_each(msg, "clusters", by_machine.values(), id=fan_id, deadline=hop, shards=None)
+            sends = list(zip(by_machine, shares, strict=True))
             for _, frames in sends:
                 check_limits(frames, self._limits)
         except ZmqcrossError as exc:

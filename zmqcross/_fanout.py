@@ -10,6 +10,7 @@ cluster's result, instead of the whole call timing out.
 
 from __future__ import annotations
 
+import functools
 import gc
 import time
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -150,9 +151,16 @@ class Gather:
         order = sorted(self._outcomes)
         return EvalReply(
             reply_to=reply_to,
-            slots=tuple(Slot(cluster=c, ok=self._outcomes[c][0]) for c in order),
+            slots=tuple(_slot(c, self._outcomes[c][0]) for c in order),
             results=tuple(self._outcomes[c][1] for c in order),
         )
+
+
+@functools.lru_cache(maxsize=8192)
+def _slot(cluster: int, ok: bool) -> Slot:
+    # Slots are frozen and there are two per cluster of the plan: one of each is shared by
+    # every reply (0.14 us against 0.73 us for a new one; eight per eval to 8 clusters).
+    return Slot(cluster=cluster, ok=ok)
 
 
 BIG_RESULT_BYTES = 1 << 20
@@ -163,7 +171,7 @@ def decode_results(reply: EvalReply) -> tuple[list[int], list[Any], dict[int, Zm
     """Cluster ids, values (exceptions in failed slots) and the failures by cluster."""
     # Decoding tens of MB makes millions of objects; the collector would scan the growing
     # heap again and again (measured: 8 x 2.6 MB took 486 ms with it, 161 ms without).
-    if sum(len(frame) for frame in reply.results) >= BIG_RESULT_BYTES and gc.isenabled():
+    if sum(map(len, reply.results)) >= BIG_RESULT_BYTES and gc.isenabled():
         gc.disable()
         try:
             return _decode_results(reply)

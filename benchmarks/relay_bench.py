@@ -35,6 +35,7 @@ from zmqcross.protocol import (
     DEFAULT_LIMITS,
     Batch,
     EvalRequest,
+    Heartbeat,
     batches,
     decode_header,
     encode,
@@ -120,14 +121,14 @@ def run(seconds: float, in_flight: int, evals: int = 0) -> dict[str, float]:
     dealer = ctx.socket(zmq.DEALER)
     dealer.connect(f"tcp://127.0.0.1:{port}")
     link, pipes, children = _relay(core, dealer)
-    link.send([b'{"type":"heartbeat","sent_at":0.0,"ready":true}'])
+    link.send(encode(Heartbeat(sent_at=0.0, ready=True)))  # the ROUTER learns the DEALER's routing id
     peer = router.recv_multipart()[0]
     ids = iter(range(1, 1 << 62))
 
     def send(count: int) -> None:
         deadline = time.time() + 60
-        evals = [encode(EvalRequest(id=next(ids), deadline=deadline, script="1+1")) for _ in range(count)]
-        for frames in batches(evals):
+        messages = [encode(EvalRequest(id=next(ids), deadline=deadline, script="1+1")) for _ in range(count)]
+        for frames in batches(messages):
             router.send_multipart([peer, *frames])
 
     def answered(parts: list[bytes]) -> int:

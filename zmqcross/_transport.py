@@ -65,10 +65,19 @@ HIGH_WATER_MARK = 100_000
 # send_multipart/recv_multipart costs more than the libzmq call itself.
 _DONTWAIT = int(zmq.DONTWAIT)
 _MORE = int(zmq.DONTWAIT | zmq.SNDMORE)
+_EVENTS = int(zmq.EVENTS)
+_POLLIN = int(zmq.POLLIN)
+# ZMQ_EVENTS as a plain int: getsockopt makes it a PollEvent, and `&` on that is enum arithmetic.
+_get: Callable[[zmq.Socket[Any], int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
 # pyzmq's Cython send, without the Python wrapper around it (0.8 against 1.6 us a frame here).
 _send: Callable[..., Any] = zmq.backend.Socket.send
 # And its Cython recv; a zmq.Frame carries `more`, read without getsockopt(RCVMORE).
 _recv: Callable[..., Any] = zmq.backend.Socket.recv
+
+
+def has_input(sock: zmq.Socket[Any]) -> bool:
+    """Whether a message waits on ``sock`` (ZMQ_EVENTS; it also re-arms the socket's FD)."""
+    return bool(_get(sock, _EVENTS) & _POLLIN)
 
 
 def send_frames(sock: zmq.Socket[Any], frames: list[bytes]) -> None:
@@ -299,11 +308,7 @@ class Pump:
 
     def kick(self) -> None:
         """Call after sending on this socket outside the pump: a send may eat the FD's signal."""
-        if (
-            self._loop is not None
-            and not self._scheduled
-            and cast(int, self.sock.getsockopt(zmq.EVENTS)) & zmq.POLLIN
-        ):
+        if self._loop is not None and not self._scheduled and has_input(self.sock):
             self._schedule()
 
     def _schedule(self) -> None:
@@ -318,15 +323,20 @@ class Pump:
 
     def _drain_batch(self) -> None:
         until = time.monotonic() + DRAIN_SECONDS
+        sock = self.sock
         for _ in range(DRAIN_BATCH):
             if self._loop is None:
                 return
             try:
-                message = self._receive(self.sock)
+                # Look first: reading an empty socket raises zmq.Again, which costs four
+                # times as much (8.5 against 2 us), and every drain would end with one.
+                if not has_input(sock):
+                    return
+                message = self._receive(sock)
             except zmq.Again:
                 return
             except zmq.ZMQError as exc:
-                if exc.errno == zmq.ENOTSOCK or self.sock.closed:
+                if exc.errno == zmq.ENOTSOCK or sock.closed:
                     return
                 raise
             if message is not None:

@@ -20,7 +20,7 @@ from typing import Any, cast
 import zmq
 
 from .._records import RecordReader, pack
-from .._transport import receive_frames, send_frames
+from .._transport import has_input, receive_frames, send_frames
 from ..errors import ConnectionLost, ProtocolError
 from ..protocol import DEFAULT_LIMITS, Limits, Message, batches, check_limits, encode
 from ._loop import RelayCore
@@ -37,11 +37,6 @@ READS_PER_ROUND = 16
 
 _IOV_MAX = 512
 """Pieces handed to one ``sendmsg`` (Linux allows 1,024)."""
-
-_EVENTS = int(zmq.EVENTS)
-_POLLIN = int(zmq.POLLIN)
-# ZMQ_EVENTS as a plain int: pyzmq's own Socket.get makes it an enum (slow Python arithmetic).
-_get: Callable[[zmq.Socket[Any], int], int] = zmq.backend.Socket.get  # type: ignore[assignment]
 
 
 class SocketLink:
@@ -85,7 +80,7 @@ class SocketLink:
             try:
                 send_frames(self.sock, frames)
             finally:
-                if not self.core.on_thread and _get(self.sock, _EVENTS) & _POLLIN:
+                if not self.core.on_thread and has_input(self.sock):
                     self.core.wake()
 
     def post(self, frames: list[bytes]) -> None:
@@ -107,7 +102,7 @@ class SocketLink:
                     self.on_send_error("the queue to the bridge is full: an answer was dropped")
                 except zmq.ZMQError as exc:
                     self.on_send_error(f"an answer to the bridge was not sent: {exc}")
-            if _get(sock, _EVENTS) & _POLLIN:  # the sends may have eaten the descriptor's signal
+            if has_input(sock):  # the sends may have eaten the descriptor's signal
                 self.core.again()
 
     def _drain(self) -> bool:
@@ -117,7 +112,7 @@ class SocketLink:
         with self._lock:
             sock = self.sock
             try:
-                while _get(sock, _EVENTS) & _POLLIN:  # looking first is cheaper than a zmq.Again
+                while has_input(sock):  # looking first is cheaper than a zmq.Again
                     received.append(receive_frames(sock))
                     if len(received) == DRAIN_MESSAGES:
                         break

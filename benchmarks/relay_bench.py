@@ -30,7 +30,7 @@ import orjson
 import zmq
 
 from zmqcross._records import RecordReader, pack
-from zmqcross._relaying import answer_frames, eval_route
+from zmqcross._relaying import answers_frames, eval_route
 from zmqcross.protocol import (
     DEFAULT_LIMITS,
     Batch,
@@ -48,7 +48,7 @@ CLUSTERS = 2
 
 
 def _cluster(end: Connection) -> None:
-    """Answer every eval record at once: one write per read, as a cluster's cork does."""
+    """Answer every eval of a read at once, in one record of answers, as a cluster's cork does."""
     fd = end.fileno()
     reader = RecordReader(DEFAULT_LIMITS)
     while True:
@@ -56,11 +56,9 @@ def _cluster(end: Connection) -> None:
         if count == 0:
             return
         reader.advance(count)
-        out: list[bytes] = []
-        for frames in reader.records():
-            out.extend(pack(answer_frames(orjson.loads(frames[0])["id"], True, b"2")))
-        if out:
-            os.writev(fd, out)
+        answers = [(orjson.loads(frames[0])["id"], True, b"2") for frames in reader.records()]
+        if answers:
+            os.writev(fd, pack(answers_frames(answers)))
 
 
 def _relay(core: RelayCore, dealer: zmq.Socket[Any]) -> tuple[SocketLink, list[PipeConn], list[Any]]:

@@ -11,6 +11,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zmqcross import protocol as p
+from zmqcross._records import RecordReader
+from zmqcross._relaying import read_answers
+from zmqcross._transport import CORK
 from zmqcross.cluster._pipe import PipeEnd, open_pipe, pack, unpack
 from zmqcross.protocol import Limits
 
@@ -84,4 +87,64 @@ async def test_corrupt_frame_table_closes_the_pipe() -> None:
             break
         await asyncio.sleep(0.01)
     assert closed and not end.open
+    there.close()
+
+
+async def records_from(there: multiprocessing.connection.Connection, count: int) -> list[list[bytes]]:
+    """The next ``count`` records written to the far end ``there`` of a pipe."""
+    reader = RecordReader(p.DEFAULT_LIMITS)
+    got: list[list[bytes]] = []
+    async with asyncio.timeout(5):
+        while len(got) < count:
+            if not there.poll():
+                await asyncio.sleep(0.005)
+                continue
+            buffer = reader.buffer()
+            n = os.readv(there.fileno(), [buffer])
+            reader.advance(n)
+            got.extend(reader.records())
+    return got
+
+
+def shape(record: list[bytes]) -> object:
+    """A record as the answers it carries, or its message type."""
+    answers = read_answers(record)
+    return answers if answers is not None else p.decode(record).type
+
+
+async def test_answers_written_in_one_burst_leave_as_one_record_in_order() -> None:
+    here, there = multiprocessing.Pipe()
+    end = await open_pipe(here, PipeEnd(lambda m: None, lambda exc: None, name="test"))
+    with CORK:  # as while a cluster handles one read's evals
+        end.send_answer(1, True, b"10")
+        end.send_answer(2, False, b"20")
+        end.send(p.Heartbeat(sent_at=1.0, ready=True))  # answers before it leave before it
+        end.send_answer(3, True, b"30")
+    end.send_answer(4, True, b"40")  # outside a burst: at once, alone
+    got = await records_from(there, 4)
+    assert [shape(record) for record in got] == [
+        [(1, True, b"10"), (2, False, b"20")],
+        "heartbeat",
+        [(3, True, b"30")],
+        [(4, True, b"40")],
+    ]
+    end.close()
+    there.close()
+
+
+async def test_a_record_of_answers_stays_within_the_frame_and_size_limits() -> None:
+    here, there = multiprocessing.Pipe()
+    limits = Limits(max_frames=3, max_frame_bytes=1000, max_message_bytes=1500, max_header_bytes=500)
+    end = await open_pipe(here, PipeEnd(lambda m: None, lambda exc: None, limits=limits, name="test"))
+    with CORK:
+        for n in range(5):  # two results a record by frames (head + 2)
+            end.send_answer(n, True, b"x")
+        for n in range(5, 8):  # two results of 800 bytes are over 1500 with their head
+            end.send_answer(n, True, b"y" * 800)
+    got = await records_from(there, 5)
+    counts = [len(shape(record)) for record in got]  # type: ignore[arg-type]
+    assert counts == [2, 2, 2, 1, 1]  # the last "x" shares a record with the first "y"
+    assert [answer[0] for record in got for answer in shape(record)] == list(range(8))  # type: ignore[union-attr]
+    assert all(sum(map(len, record)) <= limits.max_message_bytes for record in got)
+    end.close()
     there.close()

@@ -23,7 +23,7 @@ import pytest
 import zmq
 
 from zmqcross._records import RecordReader, pack
-from zmqcross._relaying import answer_frames, eval_route
+from zmqcross._relaying import answer_frames, answers_frames, eval_route
 from zmqcross.errors import ConnectionLost, ProtocolError
 from zmqcross.protocol import (
     DEFAULT_LIMITS,
@@ -339,6 +339,34 @@ def test_cancelled_timers_do_not_pile_up_in_the_heap(machine: Machine) -> None:
 
     core.submit(churn)
     assert sizes.get(timeout=5) < 200
+
+
+def replies(machine: Machine, count: int) -> dict[int, EvalReply]:
+    """The next ``count`` eval replies, by the eval they answer, whether batched or not."""
+    got: dict[int, EvalReply] = {}
+    while len(got) < count:
+        msg = machine.receive()
+        inner = [decode(frames) for frames in msg.messages()] if msg.type == "batch" else [msg]  # type: ignore[union-attr]
+        for reply in inner:
+            assert isinstance(reply, EvalReply)
+            got[reply.reply_to] = reply
+    return got
+
+
+def test_one_record_of_answers_fills_each_evals_own_slot(machine: Machine) -> None:
+    # A cluster answers what it ran in one burst as one record; each answer goes to its own
+    # eval, and one for an eval this pipe was never sent is ignored without losing the rest.
+    machine.send(eval_frames(51))
+    machine.send(eval_frames(52))
+    ids = [[orjson.loads(cluster.read()[0])["id"] for _ in range(2)] for cluster in machine.clusters]
+    machine.clusters[0].write(
+        answers_frames([(ids[0][1], True, b"520"), (999_999, True, b"666"), (ids[0][0], True, b"510")])
+    )
+    machine.clusters[1].write(answers_frames([(ids[1][0], True, b"511"), (ids[1][1], False, b"521")]))
+    got = replies(machine, 2)
+    assert got[51].results == (b"510", b"511") and [s.ok for s in got[51].slots] == [True, True]
+    assert got[52].results == (b"520", b"521") and [s.ok for s in got[52].slots] == [True, False]
+    assert machine.relay.in_flight == 0
 
 
 def test_a_malformed_reply_is_dropped_and_its_cluster_answers_at_the_deadline(machine: Machine) -> None:

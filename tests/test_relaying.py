@@ -9,7 +9,15 @@ from hypothesis import strategies as st
 
 from zmqcross import protocol as p
 from zmqcross.errors import ProtocolError
-from zmqcross._relaying import answer_frames, eval_route, forward_eval, full_reply, read_answer, reply_slots
+from zmqcross._relaying import (
+    answer_frames,
+    answers_frames,
+    eval_route,
+    forward_eval,
+    full_reply,
+    read_answers,
+    reply_slots,
+)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -50,19 +58,29 @@ def test_reply_slots_pass_the_result_frames_untouched() -> None:
     assert full_reply(reply) == p.decode(frames)
 
 
-@given(request_id=st.integers(0, 2**64 - 1), ok=st.booleans(), result=st.binary(max_size=64))
-def test_a_clusters_answer_reads_back_as_written(request_id: int, ok: bool, result: bytes) -> None:
-    frames = answer_frames(request_id, ok, result)
-    assert read_answer(frames) == (request_id, ok, result)
-    assert frames[1] is result
+answer = st.tuples(st.integers(0, 2**64 - 1), st.booleans(), st.binary(max_size=64))
+
+
+@given(answers=st.lists(answer, min_size=1, max_size=20))
+def test_a_clusters_answers_read_back_as_written(answers: list[tuple[int, bool, bytes]]) -> None:
+    frames = answers_frames(answers)
+    assert read_answers(frames) == answers
+    assert all(frame is result for frame, (_, _, result) in zip(frames[1:], answers, strict=True))
+
+
+def test_one_answer_is_the_fixed_ten_byte_head_and_its_result() -> None:
+    frames = answer_frames(5, True, b"2")
+    assert frames == answers_frames([(5, True, b"2")])
+    assert len(frames[0]) == 10 and frames[1] == b"2"
 
 
 def test_json_messages_are_not_answers_and_broken_answers_say_why() -> None:
-    assert read_answer(p.encode(p.Heartbeat(sent_at=1.0, ready=True))) is None
-    head = answer_frames(5, True, b"2")[0]
-    for frames in ([head], [head, b"2", b"3"], [head[:-1], b"2"], [head + b"x", b"2"]):
-        with pytest.raises(ProtocolError, match="an eval answer is a 10-byte head and one result frame"):
-            read_answer(frames)
+    assert read_answers(p.encode(p.Heartbeat(sent_at=1.0, ready=True))) is None
+    head = answers_frames([(5, True, b"2"), (6, False, b"3")])[0]
+    broken = ([head], [head, b"2"], [head, b"2", b"3", b"4"], [head[:-1], b"2", b"3"], [head + b"x", b"2", b"3"])
+    for frames in broken:
+        with pytest.raises(ProtocolError, match="an eval answer record is a tag byte, 9 bytes per answer"):
+            read_answers(frames)
 
 
 @pytest.mark.parametrize(

@@ -8,11 +8,14 @@ per eval (measured warm in the benchmark's shape, two clusters per machine: deco
 eval 11 us and each reply 9 us, of about 70 us per eval). A cluster, too, runs an eval
 from its checked header.
 
-A cluster's answer on its pipe is not a wire-protocol message at all: the pipe is the
-machine's own, and the machine knows which cluster is at its far end, so the answer is a
-fixed 10-byte head (a tag byte, the request id, ok) and the result frame
-(:func:`answer_frames`, :func:`read_answer`: 0.4 us to read against 5.9 us for a JSON
-``eval_reply`` here). It names no cluster, so a cluster cannot answer for another.
+A cluster's answers on its pipe are not wire-protocol messages at all: the pipe is the
+machine's own, and the machine knows which cluster is at its far end. A record of answers
+is a head (a tag byte, then 9 bytes per answer: the request id and ok) and one result
+frame per answer (:func:`answers_frames`, :func:`read_answers`): one answer is a 10-byte
+head and its result, 0.4 us to read against 5.9 us for a JSON ``eval_reply`` here. Under
+load a cluster answers every eval of one read in one record, so the machine reads one
+record per burst, not one per answer. The head names no cluster, so a cluster cannot
+answer for another.
 
 The header readers check exactly as :func:`~zmqcross.protocol.decode` would, so a
 malformed message still gets its precise :class:`~zmqcross.errors.ProtocolError`.
@@ -30,21 +33,27 @@ from .errors import ProtocolError
 from .protocol import EvalReply, Slot, check_header
 
 __all__ = [
+    "ANSWER_ENTRY_BYTES",
     "ANSWER_TAG",
     "EvalRoute",
     "ReplySlots",
     "answer_frames",
+    "answers_frames",
     "eval_route",
     "forward_eval",
     "full_reply",
-    "read_answer",
+    "read_answers",
     "reply_slots",
 ]
 
 ANSWER_TAG = b"A"
 """First byte of a cluster's eval answer on its pipe (every JSON header starts with ``{``)."""
 
-_ANSWER = struct.Struct(">cQ?")
+_ENTRY = struct.Struct(">Q?")
+"""One answer in a record's head: the request id and ok."""
+
+ANSWER_ENTRY_BYTES = _ENTRY.size
+"""What one answer adds to its record's head."""
 
 
 class EvalRoute(NamedTuple):
@@ -106,19 +115,28 @@ def full_reply(reply: ReplySlots) -> EvalReply:
 
 
 def answer_frames(request_id: int, ok: bool, result: bytes) -> list[bytes]:
-    """A cluster's answer to the eval ``request_id`` on its pipe: the fixed head, then the result frame."""
-    return [_ANSWER.pack(ANSWER_TAG, request_id, ok), result]
+    """A record of one answer to the eval ``request_id``: the 10-byte head, then the result frame."""
+    return [ANSWER_TAG + _ENTRY.pack(request_id, ok), result]
 
 
-def read_answer(frames: Sequence[bytes]) -> tuple[int, bool, bytes] | None:
-    """``(request id, ok, result)`` of a cluster's eval answer; None for anything else (a JSON message)."""
+def answers_frames(answers: Sequence[tuple[int, bool, bytes]]) -> list[bytes]:
+    """A record of ``(request id, ok, result)`` answers: the head, then each result frame."""
+    head = ANSWER_TAG + b"".join([_ENTRY.pack(request_id, ok) for request_id, ok, _ in answers])
+    return [head, *[result for _, _, result in answers]]
+
+
+def read_answers(frames: Sequence[bytes]) -> list[tuple[int, bool, bytes]] | None:
+    """The ``(request id, ok, result)`` answers of a record; None for anything else (a JSON message)."""
     head = frames[0]
     if head[:1] != ANSWER_TAG:
         return None
-    if len(head) != _ANSWER.size or len(frames) != 2:
+    count = len(frames) - 1
+    if count < 1 or len(head) != 1 + _ENTRY.size * count:
         raise ProtocolError(
-            f"an eval answer is a {_ANSWER.size}-byte head and one result frame, "
-            f"not a {len(head)}-byte head and {len(frames) - 1} frame(s)"
+            f"an eval answer record is a tag byte, {_ENTRY.size} bytes per answer and one result "
+            f"frame each: not a {len(head)}-byte head and {count} result frame(s)"
         )
-    _, request_id, ok = _ANSWER.unpack(head)
-    return request_id, ok, frames[1]
+    return [
+        (request_id, ok, result)
+        for (request_id, ok), result in zip(_ENTRY.iter_unpack(head[1:]), frames[1:], strict=True)
+    ]

@@ -44,7 +44,7 @@ from .._events import EventEmitter, Handler
 from .._fanout import error_frame
 from .._handover import pack_fingerprints, unpack_fingerprints
 from .._identify import IdentifyParams
-from .._relaying import EvalRoute, answer_frames, eval_route
+from .._relaying import EvalRoute, eval_route
 from .._requests import OpenRequests
 from ..errors import ConfigurationError, ConnectionLost, MessageTooLarge, RequestTimeout, ZmqcrossError
 from ..messages import IncomingMessage, IncomingRequest, serve_request
@@ -610,7 +610,7 @@ class ClusterClient:
         else:
             frame = error_frame(value)
         if self._pipe is not None:
-            self._pipe.send_frames(answer_frames(request_id, ok, frame))
+            self._pipe.send_answer(request_id, ok, frame)
 
     def _serve(self, msg: GuildRequest | Request) -> None:
         request = IncomingRequest(msg.data, request_id=msg.id, deadline=msg.deadline, respond=self._reply)

@@ -18,6 +18,7 @@ from multiprocessing.connection import Connection
 from typing import Any, cast
 
 from .._records import RecordReader, pack, unpack
+from .._relaying import ANSWER_ENTRY_BYTES, ANSWER_TAG, answer_frames, answers_frames
 from .._transport import CORK
 from ..errors import ProtocolError
 from ..protocol import DEFAULT_LIMITS, Limits, Message, check_limits, decode_header, encode, read_header
@@ -56,7 +57,10 @@ class PipeEnd(asyncio.BufferedProtocol):
         self._name = name
         self._reader = RecordReader(limits)
         self._transport: asyncio.Transport | None = None
-        self._held: list[bytes] = []  # records written while the cork is held
+        self._held: list[bytes] = []  # pieces of the records written while the cork is held
+        self._answers: list[tuple[int, bool, bytes]] = []  # eval answers for the next answer record
+        self._answer_bytes = 0  # that record's size so far
+        self._deferred = False  # a flush waits for the cork's release
 
     # asyncio.BufferedProtocol --------------------------------------------------
 
@@ -117,16 +121,53 @@ class PipeEnd(asyncio.BufferedProtocol):
         if not CORK.held:
             # Held records go first. (Not reached today: a cork is released within the
             # callback that took it, before anything else can write.)
-            if self._held:
-                self._flush()
+            self._flush()
             self._transport.writelines(pack(frames))
             return True
-        if not self._held:
-            CORK.defer(self._flush)
+        self._close_answers()  # answers sent before this message leave before it
+        self._defer()
         self._held.extend(pack(frames))
         return True
 
+    def send_answer(self, request_id: int, ok: bool, result: bytes) -> bool:
+        """Queue an eval's answer; False if the pipe is closed.
+
+        While the cork is held (a read's evals being run) answers share one record, so the
+        machine reads one record per burst; a record stays within ``max_frames`` and
+        ``max_message_bytes``. Outside a burst an answer leaves at once, alone.
+        """
+        if self._transport is None or self._transport.is_closing():
+            return False
+        if not CORK.held:
+            self._flush()
+            self._transport.writelines(pack(answer_frames(request_id, ok, result)))
+            return True
+        size = ANSWER_ENTRY_BYTES + len(result)
+        limits = self._limits
+        if self._answers and (
+            len(self._answers) + 2 > limits.max_frames or self._answer_bytes + size > limits.max_message_bytes
+        ):
+            self._close_answers()
+        if not self._answers:
+            self._answer_bytes = len(ANSWER_TAG)
+        self._answers.append((request_id, ok, result))
+        self._answer_bytes += size
+        self._defer()
+        return True
+
+    def _close_answers(self) -> None:
+        if self._answers:
+            self._held.extend(pack(answers_frames(self._answers)))
+            self._answers = []
+
+    def _defer(self) -> None:
+        if not self._deferred:
+            self._deferred = True
+            CORK.defer(self._flush)
+
     def _flush(self) -> None:
+        self._deferred = False
+        self._close_answers()
         held, self._held = self._held, []
         if held and self._transport is not None and not self._transport.is_closing():
             self._transport.writelines(held)

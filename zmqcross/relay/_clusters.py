@@ -4,13 +4,13 @@ Runs on the relay core's thread, as lean as it can be: it runs for every eval on
 machine. An eval goes to each ready cluster here under one id, with one timer and one
 encoding; a hop answers a little before its caller gives up (:func:`~zmqcross._fanout.hop_deadline`),
 so a silent cluster costs its own slot, not the call. Each cluster answers on its own
-pipe with a fixed head and its result frame (:func:`~zmqcross._relaying.read_answer`):
-the answer fills that pipe's cluster's slot, the first answer wins, an answer to what the
-pipe was not asked is ignored, and the result passes through untouched (one over the
-frame limit becomes an error in its slot); the gathered answer is written straight as
-frames. Anything a cluster sends that is not an answer to this work
-(heartbeats, its bots' own requests, handover steps) goes to the manager on its event
-loop, decoded.
+pipe, many answers to a record, each a fixed head and its result frame
+(:func:`~zmqcross._relaying.read_answers`): an answer fills that pipe's cluster's slot,
+the first answer wins, an answer to what the pipe was not asked is ignored, and the
+result passes through untouched (one over the frame limit becomes an error in its slot);
+the gathered answer is written straight as frames. Anything a cluster sends that is not
+an answer to this work (heartbeats, its bots' own requests, handover steps) goes to the
+manager on its event loop, decoded.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from collections.abc import Callable
 import orjson
 
 from .._fanout import error_frame, hop_deadline
-from .._relaying import EvalRoute, forward_eval, read_answer
+from .._relaying import EvalRoute, forward_eval, read_answers
 from ..errors import MessageTooLarge, ProtocolError, RequestTimeout, ZmqcrossError
 from ..protocol import (
     DEFAULT_LIMITS,
@@ -35,7 +35,7 @@ from ..protocol import (
     read_header,
     readdress,
 )
-from ._io import PipeConn
+from ._io import PipeConn, record_pieces
 from ._loop import CoreTimer, RelayCore
 from ._routes import EMPTY_ROUTES, RouteTable, eval_targets, guild_target
 
@@ -114,9 +114,10 @@ class ClusterRelay:
         deadline = hop_deadline(route.deadline, now)
         ev.timer = core.call_later(deadline - now, self._expire, fan_id, _TIMEOUT)
         self._evals[fan_id] = ev
-        frames = forward_eval(route, fan_id, deadline)  # the script and context pass as they came
+        # The script and context pass as they came; one record's pieces serve every pipe.
+        pieces = record_pieces(forward_eval(route, fan_id, deadline))
         for pipe in routes:  # each is open: eval_targets took only open pipes
-            pipe.post(frames)
+            pipe.post(pieces)
 
     def _answer(self, conn: PipeConn, fan_id: int, ok: bool, result: bytes) -> None:
         ev = self._evals.get(fan_id)
@@ -176,9 +177,10 @@ class ClusterRelay:
     def from_pipe(self, conn: PipeConn, frames: list[bytes]) -> None:
         """A record from a cluster: an answer to this work is handled here, the rest delivered."""
         try:
-            answer = read_answer(frames)
-            if answer is not None:  # the hot one: a fixed head, the result passes untouched
-                self._answer(conn, *answer)
+            answers = read_answers(frames)
+            if answers is not None:  # the hot one: fixed heads, the results pass untouched
+                for fan_id, ok, result in answers:
+                    self._answer(conn, fan_id, ok, result)
                 return
             header = read_header(frames, self._limits)
             kind = header.get("type")

@@ -25,7 +25,7 @@ from ..errors import ConnectionLost, ProtocolError
 from ..protocol import DEFAULT_LIMITS, Limits, Message, batches, check_limits, encode
 from ._loop import RelayCore
 
-__all__ = ["DRAIN_MESSAGES", "PipeConn", "SocketLink"]
+__all__ = ["DRAIN_MESSAGES", "PipeConn", "SocketLink", "record_pieces"]
 
 log = logging.getLogger("zmqcross.relay")
 
@@ -190,15 +190,16 @@ class PipeConn:
         if not self.open:
             return False
         if self._core.on_thread:
-            self._post(frames)
+            self._post(record_pieces(frames))
         else:
-            self._core.submit(self._post, frames)
+            self._core.submit(self._post, record_pieces(frames))
         return True
 
-    def post(self, frames: list[bytes]) -> None:
-        """:meth:`send_frames` from the core's own thread, as the hot path calls it: the
-        pipe open, the caller known to be on the core (no check of either)."""
-        self._post(frames)
+    def post(self, pieces: list[bytes]) -> None:
+        """Queue one record already packed with :func:`record_pieces`, from the core's own
+        thread, as the hot path does: the pipe open, the caller known to be on the core (no
+        check of either). An eval to several clusters is packed once for all their pipes."""
+        self._post(pieces)
 
     def close(self) -> None:
         """Close after what is already queued is written (the cluster sees end of file)."""
@@ -212,12 +213,9 @@ class PipeConn:
 
     # ------------------------------------------------------------------ the core's thread
 
-    def _post(self, frames: list[bytes]) -> None:
+    def _post(self, pieces: list[bytes]) -> None:
         if self._closed:
             return
-        pieces = pack(frames)
-        if not all(pieces):  # an empty frame is no piece to send
-            pieces = [piece for piece in pieces if piece]
         self._out.extend(pieces)
         if not self._flushing:
             self._flushing = True
@@ -299,6 +297,14 @@ class PipeConn:
         self._core.remove_writer(self._fd)
         self._sock.close()
         self._on_closed(self, exc)
+
+
+def record_pieces(frames: list[bytes]) -> list[bytes]:
+    """``frames`` as one pipe record's pieces for ``sendmsg`` (an empty frame is no piece)."""
+    pieces = pack(frames)
+    if not all(pieces):
+        pieces = [piece for piece in pieces if piece]
+    return pieces
 
 
 def _detach(conn: Connection) -> int:

@@ -116,7 +116,7 @@ def full_reply(reply: ReplySlots) -> EvalReply:
 
 def answer_frames(request_id: int, ok: bool, result: bytes) -> list[bytes]:
     """A record of one answer to the eval ``request_id``: the 10-byte head, then the result frame."""
-    return [ANSWER_TAG + _ENTRY.pack(request_id, ok), result]
+    return answers_frames([(request_id, ok, result)])
 
 
 def answers_frames(answers: Sequence[tuple[int, bool, bytes]]) -> list[bytes]:

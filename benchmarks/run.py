@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu import CpuMeter, cpu_seconds, host_cpu_seconds  # noqa: E402
 from fleet import Fleet, fleet  # noqa: E402
+from ceiling import measure_ceiling  # noqa: E402
 from floor import measure_floor, measure_floor_throughput  # noqa: E402
 from simfleet import measure_sim  # noqa: E402
 from stats import compare, summarize, table  # noqa: E402
@@ -346,6 +347,14 @@ def report_main(results: dict[str, Any]) -> None:
         print(f"floor throughput, batched at every hop, {tp_floor['in_flight']} in flight: "
               f"{tp_floor['broadcasts_per_sec']:.0f} broadcasts/s; 7_throughput_math is "
               f"{ours / tp_floor['broadcasts_per_sec']:.2f}x of it")
+    ceiling = results.get("ceiling_throughput")
+    if ceiling:
+        ours = results["cases"]["7_throughput_math"]["broadcast_evals_per_sec"]
+        cpu = ceiling["cpu_us_per_eval"]
+        print(f"ceiling, batch-first in Python with each hop's own work, {ceiling['in_flight']} in flight: "
+              f"{ceiling['evals_per_sec']:.0f} evals/s (7_throughput_math is {ours / ceiling['evals_per_sec']:.2f}x "
+              f"of it); CPU per eval (us): bridge {cpu['bridge']:.0f}, agents {cpu['agents']:.0f}, "
+              f"children {cpu['children']:.0f}; total {cpu['total']:.0f}")
     for case in ("1_math", "7_throughput_math"):
         cpu = results["cases"][case].get("cpu_us_per_call")
         if cpu:
@@ -408,6 +417,7 @@ async def run(args: argparse.Namespace) -> int:
         await main_fleet(profile, results)
         results["floor"] = await asyncio.to_thread(measure_floor, profile.n * 3, profile.warmup)
         results["floor_throughput"] = await asyncio.to_thread(measure_floor_throughput, profile.throughput_seconds)
+        results["ceiling_throughput"] = await asyncio.to_thread(measure_ceiling, profile.throughput_seconds)
     if "sweep" in only:
         await sweep(profile, results)
     if "cold" in only:

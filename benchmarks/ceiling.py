@@ -13,7 +13,8 @@ cannot avoid per eval:
 - a child (asyncio, as a discord.py cluster must be): each eval's header parsed, its
   script run (compiled once), its result encoded; one record of answers per read.
 
-No CURVE, no limits, no deadlines, no discord.py: a ceiling, not a design. The gap
+CURVE is on, as in ``7_throughput_math``; no limits, no deadlines, no discord.py: a
+ceiling, not a design. The gap
 between it and ``7_throughput_math`` is what a batch-first protocol (and trimming the
 rest) could win; the gap between it and the floor is Python's own per-eval work.
 """
@@ -25,6 +26,7 @@ import itertools
 import multiprocessing
 import os
 import socket
+import statistics
 import struct
 import time
 from multiprocessing.connection import Connection
@@ -125,7 +127,7 @@ def _child(conn: Connection) -> None:
     asyncio.run(main())
 
 
-def _agent(endpoint: str) -> None:
+def _agent(endpoint: str, server_key: bytes) -> None:
     mp = multiprocessing.get_context("spawn")
     pipes: list[socket.socket] = []
     for _ in range(CHILDREN):
@@ -135,6 +137,8 @@ def _agent(endpoint: str) -> None:
         here.close()
         pipes.append(pipe)
     sock: zmq.Socket[bytes] = zmq.Context.instance().socket(zmq.DEALER)
+    sock.curve_publickey, sock.curve_secretkey = zmq.curve_keypair()
+    sock.curve_serverkey = server_key
     sock.connect(endpoint)
     sock.send(b"hello")
     poller = zmq.Poller()
@@ -179,9 +183,12 @@ def _agent(endpoint: str) -> None:
 async def _bridge(seconds: float, in_flight: int) -> dict[str, Any]:
     ctx = zmq.asyncio.Context()
     sock = ctx.socket(zmq.ROUTER)
+    public, secret = zmq.curve_keypair()
+    sock.curve_server = True
+    sock.curve_secretkey = secret
     port = sock.bind_to_random_port("tcp://127.0.0.1")
     mp = multiprocessing.get_context("spawn")
-    agents = [mp.Process(target=_agent, args=(f"tcp://127.0.0.1:{port}",)) for _ in range(AGENTS)]
+    agents = [mp.Process(target=_agent, args=(f"tcp://127.0.0.1:{port}", public)) for _ in range(AGENTS)]
     for agent in agents:
         agent.start()
     ids = [(await sock.recv_multipart())[0] for _ in agents]
@@ -222,11 +229,13 @@ async def _bridge(seconds: float, in_flight: int) -> dict[str, Any]:
                     slot[0].set_result(slot[1])
 
     completed = 0
+    took_ms: list[float] = []
 
     async def worker(until: float) -> None:
         nonlocal completed
-        while time.perf_counter() < until:
+        while (began := time.perf_counter()) < until:
             await broadcast_eval("1+1")
+            took_ms.append((time.perf_counter() - began) * 1000)
             completed += 1
 
     reader = asyncio.create_task(receive())
@@ -236,6 +245,7 @@ async def _bridge(seconds: float, in_flight: int) -> dict[str, Any]:
         {"bridge": [os.getpid()], "agents": [a.pid for a in agents if a.pid], "children": children}
     )
     completed = 0
+    took_ms.clear()
     started = time.perf_counter()
     await asyncio.gather(*(worker(started + seconds) for _ in range(in_flight)))
     took = time.perf_counter() - started
@@ -251,6 +261,7 @@ async def _bridge(seconds: float, in_flight: int) -> dict[str, Any]:
         "in_flight": in_flight,
         "seconds": round(took, 3),
         "evals_per_sec": round(completed / took, 1),
+        "p50_ms": round(statistics.median(took_ms), 3),
         "cpu_us_per_eval": cpu,
     }
 
@@ -269,3 +280,4 @@ def measure_ceiling(seconds: float, in_flight: int = 32) -> dict[str, Any]:
 
 if __name__ == "__main__":
     print(measure_ceiling(5.0))
+    print(measure_ceiling(5.0, in_flight=1))

@@ -355,6 +355,11 @@ def report_main(results: dict[str, Any]) -> None:
               f"{ceiling['evals_per_sec']:.0f} evals/s (7_throughput_math is {ours / ceiling['evals_per_sec']:.2f}x "
               f"of it); CPU per eval (us): bridge {cpu['bridge']:.0f}, agents {cpu['agents']:.0f}, "
               f"children {cpu['children']:.0f}; total {cpu['total']:.0f}")
+    serial = results.get("ceiling_serial")
+    if serial:
+        ratio = results["cases"]["1_math"]["p50"] / serial["p50_ms"]
+        print(f"ceiling, one eval at a time: p50 {serial['p50_ms']:.2f} ms (1_math p50 is {ratio:.2f}x of it); "
+              f"CPU per eval (us): total {serial['cpu_us_per_eval']['total']:.0f}")
     for case in ("1_math", "7_throughput_math"):
         cpu = results["cases"][case].get("cpu_us_per_call")
         if cpu:
@@ -418,6 +423,7 @@ async def run(args: argparse.Namespace) -> int:
         results["floor"] = await asyncio.to_thread(measure_floor, profile.n * 3, profile.warmup)
         results["floor_throughput"] = await asyncio.to_thread(measure_floor_throughput, profile.throughput_seconds)
         results["ceiling_throughput"] = await asyncio.to_thread(measure_ceiling, profile.throughput_seconds)
+        results["ceiling_serial"] = await asyncio.to_thread(measure_ceiling, profile.throughput_seconds, 1)
     if "sweep" in only:
         await sweep(profile, results)
     if "cold" in only:

@@ -13,10 +13,11 @@ cannot avoid per eval:
 - a child (asyncio, as a discord.py cluster must be): each eval's header parsed, its
   script run (compiled once), its result encoded; one record of answers per read.
 
-CURVE is on, as in ``7_throughput_math``; no limits, no deadlines, no discord.py: a
-ceiling, not a design. The gap
-between it and ``7_throughput_math`` is what a batch-first protocol (and trimming the
-rest) could win; the gap between it and the floor is Python's own per-eval work.
+CURVE is on, as in ``7_throughput_math``; no limits, no deadlines, no checks, no
+discord.py: a ceiling, not a design. The gap between it and ``7_throughput_math`` is what
+a batch-first protocol (and trimming the rest) could at most win; the gap between it and
+the floor is Python's own per-eval work. Run with one eval in flight, it says what the
+shape costs a single eval when the code on its path is as short as it can be.
 """
 
 from __future__ import annotations

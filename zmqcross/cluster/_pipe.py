@@ -139,9 +139,7 @@ class PipeEnd(asyncio.BufferedProtocol):
         if self._transport is None or self._transport.is_closing():
             return False
         if not CORK.held:
-            self._flush()
-            self._transport.writelines(pack(answer_frames(request_id, ok, result)))
-            return True
+            return self.send_frames(answer_frames(request_id, ok, result))
         size = ANSWER_ENTRY_BYTES + len(result)
         limits = self._limits
         if self._answers and (

@@ -335,6 +335,7 @@ def _get_json(url: str) -> Any:
 
 def report_main(results: dict[str, Any]) -> None:
     print(table(results["cases"]))
+    ours = results["cases"]["7_throughput_math"]["broadcast_evals_per_sec"]
     floor = results.get("floor", {})
     if floor:
         ratio = results["cases"]["1_math"]["p50"] / floor["p50"]
@@ -343,13 +344,11 @@ def report_main(results: dict[str, Any]) -> None:
               f"{floor['p90']:>9.2f} {floor['p99']:>9.2f} {floor['max']:>9.2f}   1_math/floor p50 = {ratio:.2f}x")
     tp_floor = results.get("floor_throughput")
     if tp_floor:
-        ours = results["cases"]["7_throughput_math"]["broadcast_evals_per_sec"]
         print(f"floor throughput, batched at every hop, {tp_floor['in_flight']} in flight: "
               f"{tp_floor['broadcasts_per_sec']:.0f} broadcasts/s; 7_throughput_math is "
               f"{ours / tp_floor['broadcasts_per_sec']:.2f}x of it")
     ceiling = results.get("ceiling_throughput")
     if ceiling:
-        ours = results["cases"]["7_throughput_math"]["broadcast_evals_per_sec"]
         cpu = ceiling["cpu_us_per_eval"]
         print(f"ceiling, batch-first in Python with each hop's own work, {ceiling['in_flight']} in flight: "
               f"{ceiling['evals_per_sec']:.0f} evals/s (7_throughput_math is {ours / ceiling['evals_per_sec']:.2f}x "
